@@ -1,0 +1,1 @@
+//! Bolide benchmarks.

@@ -1,0 +1,1 @@
+//! The conformance suite every [`crate::BlockDevice`] backend must pass. (to be written)

@@ -1,0 +1,1 @@
+//! Deterministic simulated block device. (to be written)

@@ -1,0 +1,1 @@
+//! io_uring block device. (to be written)

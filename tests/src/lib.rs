@@ -1,0 +1,1 @@
+//! Bolide end-to-end test helpers.
