@@ -407,11 +407,21 @@ fn magic_at(buf: &[u8], magic: u32) -> Option<bool> {
 /// the reserved byte is zero, no unknown flag is set and `total_len` covers at least the parts
 /// the flags announce (`HeaderCorrupt`). Only bytes `..64` are read.
 ///
+/// One refinement of "magic absent": when the magic is wrong but bytes 8..64 still match the
+/// header checksum in bytes 4..8, the header was written whole and only its magic was damaged (a
+/// bit flip). That is `HeaderCorrupt`, so a scan reports it instead of silently ending the
+/// wblock there. (Zeros and erased flash never pass: the CRC32C of zeros is not zero.)
+///
 /// # Errors
 /// See [`RecordError`]; the body is not checked.
 pub fn decode_header(buf: &[u8], expect_seq: Option<u64>) -> Result<RecordHeader, RecordError> {
     match magic_at(buf, RECORD_MAGIC) {
-        Some(false) => return Err(RecordError::NoRecord),
+        Some(false) => {
+            return Err(match buf.get(..RECORD_HEADER_BYTES) {
+                Some(h) if crc32c::crc32c(&h[8..]) == le_u32(h, 4) => RecordError::HeaderCorrupt,
+                _ => RecordError::NoRecord,
+            })
+        }
         None => {
             return Err(RecordError::Truncated {
                 need: RECORD_HEADER_BYTES,
@@ -975,10 +985,21 @@ mod tests {
             Err(RecordError::NoRecord)
         );
         assert_eq!(decode(&[0; 4096], None), Err(RecordError::NoRecord));
-        // A flipped magic bit makes the header look absent.
+        assert_eq!(decode_header(&[0; 64], None), Err(RecordError::NoRecord));
+        // A zeroed magic on an otherwise valid header is still found: whole, but damaged.
         let mut buf = enc(&small_record(), SEQ);
-        buf[2] ^= 0x10;
+        buf[..4].fill(0);
+        assert_eq!(decode(&buf, Some(SEQ)), Err(RecordError::HeaderCorrupt));
+        // Same for a magic bit flip, but not if the rest of the header is damaged too.
+        buf[..4].copy_from_slice(b"BRgc");
+        assert_eq!(decode(&buf, Some(SEQ)), Err(RecordError::HeaderCorrupt));
+        buf[20] ^= 1;
         assert_eq!(decode(&buf, Some(SEQ)), Err(RecordError::NoRecord));
+        // Fewer than 64 bytes with no magic: nothing to check the checksum on.
+        let buf = enc(&small_record(), SEQ);
+        let mut short = buf[..40].to_vec();
+        short[0] = 0;
+        assert_eq!(decode_header(&short, None), Err(RecordError::NoRecord));
     }
 
     #[test]
@@ -1571,6 +1592,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
         #[test]
         fn prop_round_trip(rec in arb_record(), seq in any::<u64>()) {
             let buf = enc(&rec, seq);
