@@ -104,7 +104,7 @@ impl SimConfig {
     /// Panics naming the first field that is out of range (a programmer error).
     fn validate(&self) {
         assert!(
-            self.capacity_bytes > 0 && self.capacity_bytes % SECTOR_SIZE as u64 == 0,
+            self.capacity_bytes > 0 && self.capacity_bytes.is_multiple_of(SECTOR_SIZE as u64),
             "sim {}: capacity {} bytes is not a positive multiple of {SECTOR_SIZE}",
             self.name,
             self.capacity_bytes
@@ -171,7 +171,7 @@ impl SimDisk {
     /// If `capacity_bytes` is not a positive multiple of [`SECTOR_SIZE`].
     pub fn new(capacity_bytes: u64) -> SimDisk {
         assert!(
-            capacity_bytes > 0 && capacity_bytes % SECTOR_SIZE as u64 == 0,
+            capacity_bytes > 0 && capacity_bytes.is_multiple_of(SECTOR_SIZE as u64),
             "disk capacity {capacity_bytes} bytes is not a positive multiple of {SECTOR_SIZE}"
         );
         SimDisk {
@@ -624,9 +624,9 @@ impl BlockDevice for SimDevice {
             .rev()
             .find(|&i| chosen[i] && self.pending[i].kind == IoKind::Flush)
         {
-            for i in 0..last_flush {
-                if self.pending[i].kind == IoKind::Write && !chosen[i] {
-                    chosen[i] = true;
+            for (op, c) in self.pending[..last_flush].iter().zip(chosen.iter_mut()) {
+                if op.kind == IoKind::Write && !*c {
+                    *c = true;
                     n_chosen += 1;
                 }
             }

@@ -52,7 +52,8 @@ pub const MAX_REGISTERED_BUFFERS: u32 = 16384;
 /// The one registered file's index in the ring's file table.
 const FILE_INDEX: types::Fixed = types::Fixed(0);
 
-const _: () = assert!(MAX_IO_BYTES % SECTOR_SIZE == 0 && MAX_IO_BYTES <= u32::MAX as usize);
+const _: () =
+    assert!(MAX_IO_BYTES.is_multiple_of(SECTOR_SIZE) && MAX_IO_BYTES <= u32::MAX as usize);
 
 /// How to open a [`UringDevice`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,32 +88,53 @@ impl Default for UringOptions {
     }
 }
 
-/// Why [`UringDevice::open`] failed.
+/// Why [`UringDevice::open`] failed. Every variant names the path.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// An option is out of range.
     #[error("cannot open {path}: {reason}")]
-    Options { path: PathBuf, reason: String },
-    /// The filesystem refused `O_DIRECT` (`EINVAL`), e.g. tmpfs before Linux 6.6.
+    Options {
+        /// The path being opened.
+        path: PathBuf,
+        /// Which option, and its range.
+        reason: String,
+    },
+    /// The filesystem refused `O_DIRECT` (`EINVAL` at open or on the first read), e.g. tmpfs
+    /// before Linux 6.6.
     #[error(
         "cannot open {path}: O_DIRECT is not supported on this filesystem (EINVAL); put the file \
          on a filesystem that supports it (ext4, xfs, a block device) or set `direct = false`"
     )]
-    DirectUnsupported { path: PathBuf },
-    /// A system call on the path failed; `action` says which step.
+    DirectUnsupported {
+        /// The path being opened.
+        path: PathBuf,
+    },
+    /// A system call on the path failed.
     #[error("cannot {action} {path}: {source}")]
     Io {
+        /// The step that failed: "open", "stat", "resize", "find the size of", "read the first
+        /// sector of", "set up an io_uring for", "register with io_uring".
         action: &'static str,
+        /// The path being opened.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: io::Error,
     },
     /// The path is a directory, socket, character device, ...
     #[error("{path} is neither a regular file nor a block device")]
-    NotFileOrBlockDevice { path: PathBuf },
+    NotFileOrBlockDevice {
+        /// The path being opened.
+        path: PathBuf,
+    },
     /// The file or device holds less than one sector.
     #[error("{path} holds {bytes} bytes, less than one {SECTOR_SIZE}-byte sector")]
-    TooSmall { path: PathBuf, bytes: u64 },
+    TooSmall {
+        /// The path being opened.
+        path: PathBuf,
+        /// Its size, bytes.
+        bytes: u64,
+    },
 }
 
 /// One I/O in the slab, owned by the driver until its CQE arrives.

@@ -1,0 +1,234 @@
+//! Runs the conformance suite on every backend available here, plus backend-specific tests of
+//! the io_uring device (open errors, durability through the file, drop with I/O in flight).
+
+use bolide_drivers::conformance::{self, pattern_buf, read_sync, reap_n, submit_all, write_sync};
+use bolide_drivers::sim::{SimConfig, SimDevice};
+use bolide_drivers::{BlockDevice, SECTOR_SIZE};
+
+const CAPACITY: u64 = 16 << 20;
+
+fn sim_plain() -> SimDevice {
+    SimDevice::new(SimConfig::new("sim-plain", CAPACITY, 1))
+}
+
+fn sim_slow() -> SimDevice {
+    let mut cfg = SimConfig::new("sim-slow", CAPACITY, 2);
+    cfg.latency_polls_max = 5;
+    SimDevice::new(cfg)
+}
+
+fn sim_small_queue() -> SimDevice {
+    let mut cfg = SimConfig::new("sim-small-queue", CAPACITY, 3);
+    cfg.max_in_flight = conformance::MIN_IN_FLIGHT;
+    cfg.latency_polls_min = 1;
+    cfg.latency_polls_max = 4;
+    SimDevice::new(cfg)
+}
+
+bolide_drivers::conformance_suite!(sim_no_faults, sim_plain());
+bolide_drivers::conformance_suite!(sim_random_latency, sim_slow());
+bolide_drivers::conformance_suite!(sim_min_queue, sim_small_queue());
+
+#[cfg(target_os = "linux")]
+mod uring {
+    use super::*;
+    use bolide_drivers::uring::{OpenError, UringDevice, UringOptions};
+    use std::path::Path;
+
+    /// A device on a fresh sparse file in the target's temp dir (a disk filesystem, so
+    /// `O_DIRECT` works). The file is unlinked once open: the descriptor keeps it alive.
+    fn uring_in(dir: &Path, direct: bool, dsync: bool) -> UringDevice {
+        let tmp = tempfile::tempdir_in(dir).expect("temp dir");
+        let opts = UringOptions {
+            direct,
+            dsync,
+            create_size_bytes: Some(CAPACITY),
+            ..Default::default()
+        };
+        let dev =
+            UringDevice::open(&tmp.path().join("dev.img"), &opts).unwrap_or_else(|e| panic!("{e}"));
+        drop(tmp);
+        dev
+    }
+
+    fn target_tmp() -> &'static Path {
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+    }
+
+    pub fn uring_direct() -> UringDevice {
+        uring_in(target_tmp(), true, false)
+    }
+
+    pub fn uring_dsync() -> UringDevice {
+        uring_in(target_tmp(), true, true)
+    }
+
+    /// Buffered I/O on tmpfs, where it exists.
+    pub fn uring_tmpfs() -> Option<UringDevice> {
+        let shm = Path::new("/dev/shm");
+        shm.is_dir().then(|| uring_in(shm, false, false))
+    }
+
+    bolide_drivers::conformance_suite!(direct, uring_direct());
+    bolide_drivers::conformance_suite!(direct_dsync, uring_dsync());
+
+    #[test]
+    fn tmpfs_buffered_conformance() {
+        if uring_tmpfs().is_none() {
+            eprintln!("no /dev/shm; skipped");
+            return;
+        }
+        conformance::check_all(|| uring_tmpfs().expect("tmpfs device"));
+    }
+
+    #[test]
+    fn info_reflects_options() {
+        let dev = uring_dsync();
+        assert_eq!(dev.info().capacity_bytes, CAPACITY);
+        assert_eq!(dev.info().max_in_flight, 128);
+        assert!(dev.info().durable_writes);
+        assert!(!uring_direct().info().durable_writes);
+    }
+
+    #[test]
+    fn open_errors_are_clear() {
+        let tmp = tempfile::tempdir_in(target_tmp()).expect("temp dir");
+        let missing = tmp.path().join("missing.img");
+        let e = UringDevice::open(&missing, &UringOptions::default()).unwrap_err();
+        assert!(matches!(e, OpenError::Io { action: "open", .. }), "{e}");
+        assert!(e.to_string().contains("missing.img"), "{e}");
+
+        let e = UringDevice::open(tmp.path(), &UringOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OpenError::Io { .. } | OpenError::NotFileOrBlockDevice { .. }
+            ),
+            "{e}"
+        );
+
+        let small = tmp.path().join("small.img");
+        std::fs::write(&small, [1u8; 100]).expect("write small file");
+        let e = UringDevice::open(
+            &small,
+            &UringOptions {
+                direct: false,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, OpenError::TooSmall { bytes: 100, .. }), "{e}");
+
+        let opts = UringOptions {
+            queue_depth: 0,
+            create_size_bytes: Some(CAPACITY),
+            ..Default::default()
+        };
+        let e = UringDevice::open(&tmp.path().join("q.img"), &opts).unwrap_err();
+        assert!(matches!(e, OpenError::Options { .. }), "{e}");
+
+        let e = OpenError::DirectUnsupported { path: missing };
+        assert!(e.to_string().contains("direct = false"), "{e}");
+    }
+
+    #[test]
+    fn capacity_rounds_down_and_file_grows() {
+        let tmp = tempfile::tempdir_in(target_tmp()).expect("temp dir");
+        let path = tmp.path().join("odd.img");
+        std::fs::write(&path, vec![0u8; 3 * SECTOR_SIZE + 100]).expect("write file");
+        let dev = UringDevice::open(&path, &UringOptions::default()).expect("open");
+        assert_eq!(dev.info().capacity_bytes, 3 * SECTOR_SIZE as u64);
+        drop(dev);
+        let opts = UringOptions {
+            create_size_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        let dev = UringDevice::open(&path, &opts).expect("open and grow");
+        assert_eq!(dev.info().capacity_bytes, 1 << 20);
+        // Never shrinks.
+        drop(dev);
+        let opts = UringOptions {
+            create_size_bytes: Some(SECTOR_SIZE as u64),
+            ..Default::default()
+        };
+        let dev = UringDevice::open(&path, &opts).expect("open");
+        assert_eq!(dev.info().capacity_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn writes_reach_the_file_and_drop_waits_for_in_flight_io() {
+        let tmp = tempfile::tempdir_in(target_tmp()).expect("temp dir");
+        let path = tmp.path().join("dev.img");
+        let opts = UringOptions {
+            create_size_bytes: Some(CAPACITY),
+            ..Default::default()
+        };
+        let mut dev = UringDevice::open(&path, &opts).expect("open");
+        write_sync(&mut dev, 0, pattern_buf(SECTOR_SIZE, 1, 0));
+        // Submitted but never reaped: the drop must wait for them, not free their buffers.
+        for i in 1..33u64 {
+            let offset = i * 64 * 1024;
+            dev.submit_write(offset, pattern_buf(64 * 1024, i, offset), i)
+                .expect("submit");
+        }
+        submit_all(&mut dev, 32);
+        // Queued but never submitted: dropped without being written.
+        dev.submit_write(
+            CAPACITY - SECTOR_SIZE as u64,
+            pattern_buf(SECTOR_SIZE, 99, 0),
+            99,
+        )
+        .expect("submit");
+        drop(dev);
+
+        let data = std::fs::read(&path).expect("read file");
+        let mut want = vec![0u8; 64 * 1024];
+        conformance::fill_pattern(&mut want[..SECTOR_SIZE], 1, 0);
+        assert_eq!(&data[..SECTOR_SIZE], &want[..SECTOR_SIZE]);
+        for i in 1..33u64 {
+            let offset = i * 64 * 1024;
+            conformance::fill_pattern(&mut want, i, offset);
+            assert!(
+                data[offset as usize..][..64 * 1024] == want[..],
+                "write {i} missing from the file"
+            );
+        }
+        assert!(
+            data[data.len() - SECTOR_SIZE..].iter().all(|&b| b == 0),
+            "unsubmitted write executed"
+        );
+    }
+
+    #[test]
+    fn registered_pool_uses_the_fixed_path_and_several_pools_register() {
+        let mut dev = uring_direct();
+        let mut a = bolide_drivers::BufPool::new(4, SECTOR_SIZE);
+        let b = bolide_drivers::BufPool::new(3, 2 * SECTOR_SIZE);
+        dev.register_buffers(&a).expect("register a");
+        dev.register_buffers(&a).expect("register a again");
+        dev.register_buffers(&b).expect("register b");
+        assert_eq!(dev.registered_buffers(), 7);
+        let mut buf = a.take().expect("buffer");
+        conformance::fill_pattern(buf.as_mut_slice(), 5, 0);
+        let buf = write_sync(&mut dev, 0, buf);
+        a.put(buf);
+        assert_eq!(
+            read_sync(&mut dev, 0, SECTOR_SIZE).as_slice(),
+            pattern_buf(SECTOR_SIZE, 5, 0).as_slice()
+        );
+    }
+
+    #[test]
+    fn unsubmitted_io_does_not_complete() {
+        let mut dev = uring_direct();
+        dev.submit_read(0, bolide_drivers::IoBuf::new(SECTOR_SIZE), 1)
+            .expect("submit");
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            assert_eq!(dev.reap(&mut out, 1).expect("reap"), 0);
+        }
+        assert_eq!(dev.in_flight(), 1);
+        submit_all(&mut dev, 1);
+        assert_eq!(reap_n(&mut dev, 1)[0].tag, 1);
+    }
+}
