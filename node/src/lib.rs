@@ -1,7 +1,15 @@
 //! The Bolide storage node.
+//!
+//! Layers, bottom up: [`digest`] and [`particle`] (the data model of wire spec §3.5/§4),
+//! [`record`] (the on-disk record and wblock formats), [`index`] (the RAM primary index),
+//! [`shard`] (one core's log-structured store: write buffers, group commit, defrag, expiry,
+//! cold start, fast restart). [`config`] validates settings; [`clock`] abstracts time.
 #![forbid(unsafe_code)]
 
+pub mod clock;
+pub mod config;
 pub mod digest;
+pub mod index;
 pub mod particle;
 pub mod record;
-pub mod index;
+pub mod shard;
