@@ -682,3 +682,541 @@ impl BlockDevice for SimDevice {
         self.queued.len() + self.pending.len() + self.dead.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{fill_pattern, pattern_buf, reap_n, submit_all};
+
+    const SS: u64 = SECTOR_SIZE as u64;
+    const CAP: u64 = 4 << 20;
+
+    fn faulty(seed: u64) -> SimConfig {
+        let mut cfg = SimConfig::new("sim-faulty", CAP, seed);
+        cfg.latency_polls_max = 5;
+        cfg.read_error_ppm = 50_000;
+        cfg.write_error_ppm = 50_000;
+        cfg.bit_flip_ppm = 50_000;
+        cfg
+    }
+
+    /// One step of a completion trace: tag, kind, offset, ok, FNV hash of the buffer.
+    type Event = (u64, IoKind, u64, bool, u64);
+
+    fn fnv(data: &[u8]) -> u64 {
+        data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+    }
+
+    /// A random but script-seeded workload; returns the completion trace and the crash image.
+    fn run_script(cfg: SimConfig, script_seed: u64) -> (Vec<Event>, SimDisk) {
+        let mut dev = SimDevice::new(cfg);
+        let mut script = ChaCha8Rng::seed_from_u64(script_seed);
+        let mut out = Vec::new();
+        for tag in 0..400u64 {
+            let full = dev.in_flight() >= dev.info().max_in_flight;
+            match script.gen_range(0..10) {
+                0..=3 if !full => {
+                    let sectors = script.gen_range(1..=4usize);
+                    let offset = script.gen_range(0..256u64) * SS;
+                    dev.submit_write(offset, pattern_buf(sectors * SECTOR_SIZE, tag, offset), tag)
+                        .expect("write");
+                }
+                4..=5 if !full => {
+                    let offset = script.gen_range(0..256u64) * SS;
+                    dev.submit_read(offset, IoBuf::new(SECTOR_SIZE), tag)
+                        .expect("read");
+                }
+                6 if !full => dev.submit_flush(tag).expect("flush"),
+                7 => {
+                    dev.submit().expect("submit");
+                }
+                _ => {
+                    let min = script.gen_range(0..3);
+                    dev.reap(&mut out, min).expect("reap");
+                }
+            }
+        }
+        let trace = out
+            .iter()
+            .map(|c| {
+                (
+                    c.tag,
+                    c.kind,
+                    c.offset,
+                    c.result.is_ok(),
+                    c.buf.as_ref().map_or(0, |b| fnv(b.as_slice())),
+                )
+            })
+            .collect();
+        (trace, dev.crash())
+    }
+
+    #[test]
+    fn same_seed_same_completions_and_crash_image() {
+        let (trace_a, disk_a) = run_script(faulty(7), 1);
+        let (trace_b, disk_b) = run_script(faulty(7), 1);
+        assert!(
+            trace_a.len() > 50,
+            "script too small: {} completions",
+            trace_a.len()
+        );
+        assert!(trace_a.iter().any(|e| !e.3), "no faults injected");
+        assert_eq!(trace_a, trace_b);
+        assert_eq!(disk_a, disk_b);
+        let (trace_c, disk_c) = run_script(faulty(8), 1);
+        assert!(
+            trace_a != trace_c || disk_a != disk_c,
+            "another seed changed nothing"
+        );
+    }
+
+    #[test]
+    fn completions_overtake_each_other() {
+        let mut cfg = SimConfig::new("sim", CAP, 3);
+        cfg.latency_polls_max = 5;
+        let mut dev = SimDevice::new(cfg);
+        for i in 0..32u64 {
+            dev.submit_read(i * SS, IoBuf::new(SECTOR_SIZE), i)
+                .expect("read");
+        }
+        submit_all(&mut dev, 32);
+        let mut out = Vec::new();
+        while out.len() < 32 {
+            dev.reap(&mut out, 0).expect("reap");
+        }
+        let tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
+        assert!(
+            tags.windows(2).any(|w| w[0] > w[1]),
+            "completions in submission order: {tags:?}"
+        );
+    }
+
+    #[test]
+    fn latency_is_counted_in_reap_calls_and_min_forces() {
+        let mut cfg = SimConfig::new("sim", CAP, 4);
+        cfg.latency_polls_min = 2;
+        cfg.latency_polls_max = 2;
+        let mut dev = SimDevice::new(cfg);
+        let mut out = Vec::new();
+        dev.submit_read(0, IoBuf::new(SECTOR_SIZE), 1)
+            .expect("read");
+        dev.submit().expect("submit");
+        assert_eq!(dev.reap(&mut out, 0).expect("reap"), 0);
+        assert_eq!(dev.reap(&mut out, 0).expect("reap"), 0);
+        assert_eq!(dev.reap(&mut out, 0).expect("reap"), 1);
+
+        dev.submit_read(0, IoBuf::new(SECTOR_SIZE), 2)
+            .expect("read");
+        dev.submit_read(SS, IoBuf::new(SECTOR_SIZE), 3)
+            .expect("read");
+        dev.submit().expect("submit");
+        assert_eq!(
+            dev.reap(&mut out, 1).expect("reap"),
+            1,
+            "min 1 forces exactly one"
+        );
+        assert_eq!(
+            dev.reap(&mut out, 5).expect("reap"),
+            1,
+            "min is capped at in_flight"
+        );
+        assert_eq!(dev.in_flight(), 0);
+    }
+
+    #[test]
+    fn queued_but_unsubmitted_io_never_completes() {
+        let mut dev = SimDevice::new(SimConfig::new("sim", CAP, 5));
+        dev.submit_write(0, pattern_buf(SECTOR_SIZE, 1, 0), 1)
+            .expect("write");
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            assert_eq!(dev.reap(&mut out, 1).expect("reap"), 0);
+        }
+        assert_eq!(dev.in_flight(), 1);
+        assert_eq!(dev.submit().expect("submit"), 1);
+        assert_eq!(dev.reap(&mut out, 1).expect("reap"), 1);
+    }
+
+    #[test]
+    fn flush_completes_after_the_writes_before_it() {
+        for seed in 0..64 {
+            let mut cfg = SimConfig::new("sim", CAP, seed);
+            cfg.latency_polls_max = 8;
+            let mut dev = SimDevice::new(cfg);
+            for i in 0..5u64 {
+                dev.submit_write(i * SS, pattern_buf(SECTOR_SIZE, i, i * SS), i)
+                    .expect("write");
+            }
+            dev.submit_flush(100).expect("flush");
+            dev.submit_write(9 * SS, pattern_buf(SECTOR_SIZE, 9, 9 * SS), 9)
+                .expect("write");
+            dev.submit().expect("submit");
+            let mut out = Vec::new();
+            while out.len() < 7 {
+                let min = (seed % 2) as usize;
+                dev.reap(&mut out, min).expect("reap");
+            }
+            let at = |tag| {
+                out.iter()
+                    .position(|c| c.tag == tag)
+                    .expect("tag completed")
+            };
+            for i in 0..5 {
+                assert!(
+                    at(i) < at(100),
+                    "seed {seed}: write {i} completed after the flush"
+                );
+            }
+        }
+    }
+
+    fn old_data_disk() -> SimDisk {
+        let mut disk = SimDisk::new(CAP);
+        let mut old = vec![0u8; 256 * SECTOR_SIZE];
+        fill_pattern(&mut old, 1, 0);
+        disk.write(0, &old);
+        disk
+    }
+
+    /// Classifies each sector of `[offset, +len)`: `Some(true)` new, `Some(false)` old, `None`
+    /// neither (corrupt).
+    fn sectors_state(disk: &SimDisk, offset: u64, len: usize, new_seed: u64) -> Vec<Option<bool>> {
+        let mut got = vec![0u8; SECTOR_SIZE];
+        let mut old = vec![0u8; SECTOR_SIZE];
+        let mut new = vec![0u8; SECTOR_SIZE];
+        (0..(len / SECTOR_SIZE) as u64)
+            .map(|s| {
+                let at = offset + s * SS;
+                disk.read(at, &mut got);
+                fill_pattern(&mut old, 1, at);
+                fill_pattern(&mut new, new_seed, at);
+                if got == new {
+                    Some(true)
+                } else if got == old {
+                    Some(false)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn crash_loses_applies_or_tears_each_in_flight_write_by_sector() {
+        let (mut lost, mut applied, mut torn) = (0, 0, 0);
+        for seed in 0..40 {
+            let mut cfg = SimConfig::new("sim", CAP, seed);
+            cfg.latency_polls_max = 4;
+            let mut dev = SimDevice::from_disk(old_data_disk(), cfg);
+            let place = |i: u64| (i * 8 * SS, 4 * SECTOR_SIZE);
+            for i in 0..16u64 {
+                let (offset, len) = place(i);
+                dev.submit_write(offset, pattern_buf(len, 1000 + i, offset), i)
+                    .expect("write");
+            }
+            dev.submit().expect("submit");
+            let mut out = Vec::new();
+            dev.reap(&mut out, 0).expect("reap");
+            dev.reap(&mut out, 0).expect("reap");
+            // Queued, never handed over: always lost.
+            dev.submit_write(200 * SS, pattern_buf(SECTOR_SIZE, 2000, 200 * SS), 99)
+                .expect("write");
+            let completed: Vec<u64> = out.iter().map(|c| c.tag).collect();
+            let disk = dev.crash();
+            for i in 0..16u64 {
+                let (offset, len) = place(i);
+                let state = sectors_state(&disk, offset, len, 1000 + i);
+                assert!(
+                    state.iter().all(Option::is_some),
+                    "seed {seed}: write {i}: a sector is neither old nor new"
+                );
+                let new = state.iter().filter(|s| **s == Some(true)).count();
+                if completed.contains(&i) {
+                    assert_eq!(new, 4, "seed {seed}: completed write {i} not on the disk");
+                } else if new == 0 {
+                    lost += 1;
+                } else if new == 4 {
+                    applied += 1;
+                } else {
+                    torn += 1;
+                }
+            }
+            assert_eq!(
+                sectors_state(&disk, 200 * SS, SECTOR_SIZE, 2000),
+                vec![Some(false)],
+                "seed {seed}"
+            );
+            // Untouched sectors between the writes kept the old data.
+            assert_eq!(
+                sectors_state(&disk, 5 * SS, SECTOR_SIZE, 0),
+                vec![Some(false)]
+            );
+        }
+        assert!(
+            lost > 0 && applied > 0 && torn > 0,
+            "lost {lost} applied {applied} torn {torn}"
+        );
+    }
+
+    #[test]
+    fn crash_image_reboots() {
+        let mut dev = SimDevice::new(SimConfig::new("sim", CAP, 6));
+        crate::conformance::write_sync(&mut dev, 8 * SS, pattern_buf(2 * SECTOR_SIZE, 5, 8 * SS));
+        let disk = dev.crash();
+        let mut dev = SimDevice::from_disk(disk, SimConfig::new("sim", CAP, 7));
+        let got = crate::conformance::read_sync(&mut dev, 8 * SS, 2 * SECTOR_SIZE);
+        assert_eq!(
+            got.as_slice(),
+            pattern_buf(2 * SECTOR_SIZE, 5, 8 * SS).as_slice()
+        );
+    }
+
+    /// Reads sector `i % 256` `n` times (each reaped before the next batch) on a device over
+    /// [`old_data_disk`]; returns the completions and the device.
+    fn many_reads(cfg: SimConfig, n: u64) -> (Vec<Completion>, SimDevice) {
+        let mut dev = SimDevice::from_disk(old_data_disk(), cfg);
+        let mut all = Vec::new();
+        for batch in 0..n / 32 {
+            for i in 0..32 {
+                let tag = batch * 32 + i;
+                dev.submit_read((tag % 256) * SS, IoBuf::new(SECTOR_SIZE), tag)
+                    .expect("read");
+            }
+            submit_all(&mut dev, 32);
+            all.extend(reap_n(&mut dev, 32));
+        }
+        (all, dev)
+    }
+
+    #[test]
+    fn read_errors_at_the_configured_rate_and_stored_data_intact() {
+        let mut cfg = SimConfig::new("sim", CAP, 8);
+        cfg.read_error_ppm = 100_000;
+        let (done, dev) = many_reads(cfg, 4096);
+        let errors = done.iter().filter(|c| c.result.is_err()).count();
+        assert!(
+            (300..=520).contains(&errors),
+            "{errors} read errors in 4096 reads at 10%"
+        );
+        for c in &done {
+            assert!(c.buf.is_some(), "buffer not returned");
+            if let Err(e) = &c.result {
+                assert_eq!(e.status, IoStatus::Injected("read error"));
+                assert_eq!(
+                    (e.op, e.offset, e.len),
+                    (IoKind::Read, c.offset, SECTOR_SIZE)
+                );
+                assert_eq!(e.device, "sim");
+            } else {
+                let mut want = vec![0u8; SECTOR_SIZE];
+                fill_pattern(&mut want, 1, c.offset);
+                assert_eq!(c.buf.as_ref().expect("buf").as_slice(), &want[..]);
+            }
+        }
+        assert_eq!(dev.stats().injected_faults, errors as u64);
+        assert_eq!(dev.stats().reads, 4096);
+        assert_eq!(dev.stats().bytes_read, (4096 - errors as u64) * SS);
+        assert_eq!(
+            dev.disk(),
+            &old_data_disk(),
+            "read errors changed the stored data"
+        );
+    }
+
+    #[test]
+    fn bit_flips_at_the_configured_rate_one_bit_each_and_stored_data_intact() {
+        let mut cfg = SimConfig::new("sim", CAP, 9);
+        cfg.bit_flip_ppm = 50_000;
+        let (done, dev) = many_reads(cfg, 4096);
+        let mut flipped = 0;
+        let mut want = vec![0u8; SECTOR_SIZE];
+        for c in &done {
+            assert!(c.result.is_ok(), "a bit flip is silent");
+            fill_pattern(&mut want, 1, c.offset);
+            let got = c.buf.as_ref().expect("buf").as_slice();
+            let bits: u32 = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a ^ b).count_ones())
+                .sum();
+            assert!(bits <= 1, "{bits} bits flipped in one read");
+            flipped += bits as u64;
+        }
+        assert!(
+            (130..=290).contains(&flipped),
+            "{flipped} flips in 4096 reads at 5%"
+        );
+        assert_eq!(dev.stats().injected_faults, flipped);
+        assert_eq!(
+            dev.disk(),
+            &old_data_disk(),
+            "bit flips reached the stored data"
+        );
+    }
+
+    #[test]
+    fn write_errors_fail_and_leave_each_sector_old_or_new() {
+        let mut cfg = SimConfig::new("sim", CAP, 10);
+        cfg.write_error_ppm = PPM;
+        let mut dev = SimDevice::from_disk(old_data_disk(), cfg);
+        for i in 0..8u64 {
+            dev.submit_write(
+                i * 16 * SS,
+                pattern_buf(8 * SECTOR_SIZE, 50 + i, i * 16 * SS),
+                i,
+            )
+            .expect("write");
+        }
+        submit_all(&mut dev, 8);
+        let done = reap_n(&mut dev, 8);
+        for c in &done {
+            let e = c.result.as_ref().expect_err("every write fails");
+            assert_eq!(e.status, IoStatus::Injected("write error"));
+            assert_eq!((e.op, e.len), (IoKind::Write, 8 * SECTOR_SIZE));
+            let state = sectors_state(dev.disk(), c.offset, 8 * SECTOR_SIZE, 50 + c.tag);
+            assert!(
+                state.iter().all(Option::is_some),
+                "a sector of a failed write is corrupt"
+            );
+        }
+        assert_eq!(dev.stats().injected_faults, 8);
+        assert_eq!(dev.stats().bytes_written, 0);
+    }
+
+    #[test]
+    fn fail_all_fails_everything() {
+        let mut dev = SimDevice::new(SimConfig::new("sim-dead", CAP, 11));
+        dev.submit_write(0, pattern_buf(SECTOR_SIZE, 1, 0), 1)
+            .expect("write");
+        dev.submit_read(SS, IoBuf::new(SECTOR_SIZE), 2)
+            .expect("read");
+        dev.submit().expect("submit");
+        dev.submit_write(2 * SS, pattern_buf(SECTOR_SIZE, 3, 2 * SS), 3)
+            .expect("write");
+        dev.fail_all();
+        assert!(dev.is_failed());
+        assert_eq!(dev.in_flight(), 3);
+        let mut out = Vec::new();
+        assert_eq!(dev.reap(&mut out, 0).expect("reap"), 3);
+        for c in &out {
+            let e = c.result.as_ref().expect_err("failed");
+            assert_eq!(e.status, IoStatus::Failed);
+            assert_eq!(
+                (e.op, e.offset, e.device.as_str()),
+                (c.kind, c.offset, "sim-dead")
+            );
+            assert!(c.buf.is_some());
+        }
+        assert_eq!(dev.in_flight(), 0);
+        match dev.submit_write(0, pattern_buf(SECTOR_SIZE, 4, 0), 4) {
+            Err(SubmitError::Failed(e, Some(buf))) => {
+                assert_eq!(
+                    (e.op, e.len, e.status),
+                    (IoKind::Write, SECTOR_SIZE, IoStatus::Failed)
+                );
+                assert_eq!(buf.len(), SECTOR_SIZE);
+            }
+            other => panic!("want Failed, got {other:?}"),
+        }
+        assert!(matches!(
+            dev.submit_read(0, IoBuf::new(SECTOR_SIZE), 5),
+            Err(SubmitError::Failed(_, Some(_)))
+        ));
+        assert!(matches!(
+            dev.submit_flush(6),
+            Err(SubmitError::Failed(_, None))
+        ));
+        assert_eq!(dev.submit().expect("submit"), 0);
+        assert_eq!(dev.disk().stored_sectors(), 0, "a failed write was applied");
+        assert_eq!(dev.crash().stored_sectors(), 0);
+    }
+
+    #[test]
+    fn storage_is_sparse() {
+        let cap = 1 << 40;
+        let mut dev = SimDevice::new(SimConfig::new("sim-1tib", cap, 12));
+        crate::conformance::write_sync(&mut dev, cap - SS, pattern_buf(SECTOR_SIZE, 1, cap - SS));
+        crate::conformance::write_sync(&mut dev, 0, pattern_buf(SECTOR_SIZE, 1, 0));
+        assert_eq!(dev.disk().stored_sectors(), 2);
+        crate::conformance::write_sync(&mut dev, 0, IoBuf::new(SECTOR_SIZE));
+        assert_eq!(
+            dev.disk().stored_sectors(),
+            1,
+            "an all-zero sector is not stored"
+        );
+        let got = crate::conformance::read_sync(&mut dev, cap / 2, SECTOR_SIZE);
+        assert!(got.as_slice().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn disk_helpers_take_any_range_and_flip_bits() {
+        let mut disk = SimDisk::new(4 * SS);
+        let data: Vec<u8> = (0..6000u32).map(|i| (i % 251) as u8 + 1).collect();
+        disk.write(100, &data);
+        let mut back = vec![0u8; 6000];
+        disk.read(100, &mut back);
+        assert_eq!(back, data);
+        let mut edge = [0u8; 200];
+        disk.read(0, &mut edge);
+        assert!(edge[..100].iter().all(|&b| b == 0));
+        assert_eq!(&edge[100..], &data[..100]);
+
+        let before = disk.clone();
+        disk.flip_bit(5000, 3);
+        assert_ne!(disk, before);
+        let mut b = [0u8; 1];
+        disk.read(5000, &mut b);
+        assert_eq!(b[0], data[4900] ^ 8);
+        disk.flip_bit(5000, 3);
+        assert_eq!(disk, before);
+    }
+
+    #[test]
+    #[should_panic(expected = "past the end")]
+    fn disk_read_past_the_end_panics() {
+        SimDisk::new(SS).read(SS - 1, &mut [0u8; 2]);
+    }
+
+    #[test]
+    fn stats_count_completions_and_bytes() {
+        let mut dev = SimDevice::new(SimConfig::new("sim", CAP, 13));
+        crate::conformance::write_sync(&mut dev, 0, pattern_buf(2 * SECTOR_SIZE, 1, 0));
+        crate::conformance::read_sync(&mut dev, 0, SECTOR_SIZE);
+        dev.submit_flush(1).expect("flush");
+        submit_all(&mut dev, 1);
+        reap_n(&mut dev, 1);
+        let s = dev.stats();
+        assert_eq!((s.reads, s.writes, s.flushes), (1, 1, 1));
+        assert_eq!(
+            (s.bytes_read, s.bytes_written, s.injected_faults),
+            (SS, 2 * SS, 0)
+        );
+    }
+
+    #[test]
+    fn invalid_io_error_names_op_device_offset_and_length() {
+        let mut dev = SimDevice::new(SimConfig::new("sim-named", CAP, 14));
+        match dev.submit_write(512, IoBuf::new(SECTOR_SIZE), 1) {
+            Err(SubmitError::Invalid {
+                reason,
+                buf: Some(_),
+            }) => {
+                for part in ["write", "sim-named", "512", "4096"] {
+                    assert!(reason.contains(part), "{reason:?} lacks {part:?}");
+                }
+            }
+            other => panic!("want Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "latency_polls_min")]
+    fn bad_config_panics() {
+        let mut cfg = SimConfig::new("sim", CAP, 0);
+        cfg.latency_polls_min = 5;
+        cfg.latency_polls_max = 1;
+        let _ = SimDevice::new(cfg);
+    }
+}
