@@ -240,9 +240,10 @@ impl UringDevice {
             Err(e) => return Err(io_err("open")(e)),
         };
 
-        let file_type = file.metadata().map_err(io_err("stat"))?.file_type();
+        let meta = file.metadata().map_err(io_err("stat"))?;
+        let file_type = meta.file_type();
         let bytes = if file_type.is_file() {
-            let mut len = file.metadata().map_err(io_err("stat"))?.len();
+            let mut len = meta.len();
             if let Some(want) = opts.create_size_bytes {
                 if len < want {
                     file.set_len(want).map_err(io_err("resize"))?;

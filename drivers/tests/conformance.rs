@@ -81,6 +81,46 @@ mod uring {
         conformance::check_all(|| uring_tmpfs().expect("tmpfs device"));
     }
 
+    /// Runs the whole suite on the block device named by `BOLIDE_TEST_BLOCK_DEVICE`, which must
+    /// be a zero-filled scratch device of at least 8 MiB (e.g. `losetup --find --show` over a
+    /// fresh sparse file). DESTROYS its contents. Skipped when the variable is unset.
+    #[test]
+    fn block_device_from_env() {
+        let Some(path) = std::env::var_os("BOLIDE_TEST_BLOCK_DEVICE") else {
+            eprintln!("BOLIDE_TEST_BLOCK_DEVICE not set; skipped");
+            return;
+        };
+        let path = std::path::PathBuf::from(path);
+        let open =
+            || UringDevice::open(&path, &UringOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let cap = open().info().capacity_bytes;
+        assert!(
+            cap >= conformance::MIN_CAPACITY_BYTES,
+            "{} is too small",
+            path.display()
+        );
+        // Each check expects a zeroed device: zero what the checks touch (the first 8 MiB and the
+        // last 64 KiB) before each.
+        let zero = || {
+            let mut dev = open();
+            for offset in (0..conformance::MIN_CAPACITY_BYTES).step_by(1 << 20) {
+                write_sync(&mut dev, offset, bolide_drivers::IoBuf::new(1 << 20));
+            }
+            write_sync(
+                &mut dev,
+                cap - (64 << 10),
+                bolide_drivers::IoBuf::new(64 << 10),
+            );
+            write_sync(
+                &mut dev,
+                (cap / 2) / 4096 * 4096,
+                bolide_drivers::IoBuf::new(SECTOR_SIZE),
+            );
+            dev
+        };
+        conformance::check_all(zero);
+    }
+
     #[test]
     fn info_reflects_options() {
         let dev = uring_dsync();
