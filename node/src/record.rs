@@ -70,6 +70,10 @@ pub const FLAG_HAS_KEY: u8 = 0x04;
 /// Every flag bit this format defines; a header with another bit set is corrupt.
 pub const FLAGS_KNOWN: u8 = FLAG_TOMBSTONE | FLAG_HAS_SET | FLAG_HAS_KEY;
 
+/// A record magic with at most this many bits wrong, on a header whose checksum passes, is a
+/// damaged header ([`RecordError::HeaderCorrupt`]) rather than no record ([`decode_header`]).
+pub const MAGIC_FLIP_MAX_BITS: u32 = 2;
+
 /// Smallest body: `[u16 n_bins]` alone.
 const BODY_MIN_BYTES: usize = 2;
 /// Smallest encoded bin: a 1-byte name and an empty value
@@ -407,10 +411,12 @@ fn magic_at(buf: &[u8], magic: u32) -> Option<bool> {
 /// the reserved byte is zero, no unknown flag is set and `total_len` covers at least the parts
 /// the flags announce (`HeaderCorrupt`). Only bytes `..64` are read.
 ///
-/// One refinement of "magic absent": when the magic is wrong but bytes 8..64 still match the
-/// header checksum in bytes 4..8, the header was written whole and only its magic was damaged (a
-/// bit flip). That is `HeaderCorrupt`, so a scan reports it instead of silently ending the
-/// wblock there. (Zeros and erased flash never pass: the CRC32C of zeros is not zero.)
+/// One refinement of "magic absent": when the magic is off by at most
+/// [`MAGIC_FLIP_MAX_BITS`] bits and bytes 8..64 still match the header checksum in bytes 4..8,
+/// the header was written whole and only its magic was damaged (a bit flip). That is
+/// `HeaderCorrupt`, so a scan reports it instead of silently ending the wblock there. Other
+/// magics (zeros, erased flash, old data) cost no checksum, so a scan that steps through empty
+/// space stays cheap.
 ///
 /// # Errors
 /// See [`RecordError`]; the body is not checked.
@@ -418,7 +424,12 @@ pub fn decode_header(buf: &[u8], expect_seq: Option<u64>) -> Result<RecordHeader
     match magic_at(buf, RECORD_MAGIC) {
         Some(false) => {
             return Err(match buf.get(..RECORD_HEADER_BYTES) {
-                Some(h) if crc32c::crc32c(&h[8..]) == le_u32(h, 4) => RecordError::HeaderCorrupt,
+                Some(h)
+                    if (le_u32(h, 0) ^ RECORD_MAGIC).count_ones() <= MAGIC_FLIP_MAX_BITS
+                        && crc32c::crc32c(&h[8..]) == le_u32(h, 4) =>
+                {
+                    RecordError::HeaderCorrupt
+                }
                 _ => RecordError::NoRecord,
             })
         }
@@ -1034,15 +1045,26 @@ mod tests {
         );
         assert_eq!(decode(&[0; 4096], None), Err(RecordError::NoRecord));
         assert_eq!(decode_header(&[0; 64], None), Err(RecordError::NoRecord));
-        // A zeroed magic on an otherwise valid header is still found: whole, but damaged.
-        let mut buf = enc(&small_record(), SEQ);
-        buf[..4].fill(0);
-        assert_eq!(decode(&buf, Some(SEQ)), Err(RecordError::HeaderCorrupt));
-        // Same for a magic bit flip, but not if the rest of the header is damaged too.
-        buf[..4].copy_from_slice(b"BRgc");
-        assert_eq!(decode(&buf, Some(SEQ)), Err(RecordError::HeaderCorrupt));
-        buf[20] ^= 1;
-        assert_eq!(decode(&buf, Some(SEQ)), Err(RecordError::NoRecord));
+        // A magic with a bit or two flipped on an otherwise valid header: whole, but damaged.
+        let buf = enc(&small_record(), SEQ);
+        for (byte, bits) in [(0, 0x01), (2, 0x10), (3, 0x80), (1, 0x81)] {
+            let mut b = buf.clone();
+            b[byte] ^= bits;
+            assert_eq!(
+                decode(&b, Some(SEQ)),
+                Err(RecordError::HeaderCorrupt),
+                "{byte} {bits:#x}"
+            );
+            // Not if the rest of the header is damaged too.
+            b[20] ^= 1;
+            assert_eq!(decode(&b, Some(SEQ)), Err(RecordError::NoRecord));
+        }
+        // Three bits off, or a zeroed magic: no record, whatever follows.
+        let mut b = buf.clone();
+        b[0] ^= 0x07;
+        assert_eq!(decode(&b, Some(SEQ)), Err(RecordError::NoRecord));
+        b[..4].fill(0);
+        assert_eq!(decode(&b, Some(SEQ)), Err(RecordError::NoRecord));
         // Fewer than 64 bytes with no magic: nothing to check the checksum on.
         let buf = enc(&small_record(), SEQ);
         let mut short = buf[..40].to_vec();
