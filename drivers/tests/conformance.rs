@@ -259,6 +259,48 @@ mod uring {
     }
 
     #[test]
+    fn a_short_read_is_reported_as_short() {
+        let tmp = tempfile::tempdir_in(target_tmp()).expect("temp dir");
+        let path = tmp.path().join("shrinks.img");
+        let opts = UringOptions {
+            create_size_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        let mut dev = UringDevice::open(&path, &opts).expect("open");
+        // Someone shrinks the file under the device: a read across the new end is short.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(4 * SECTOR_SIZE as u64))
+            .expect("shrink");
+        dev.submit_read(
+            2 * SECTOR_SIZE as u64,
+            bolide_drivers::IoBuf::new(4 * SECTOR_SIZE),
+            7,
+        )
+        .expect("submit");
+        submit_all(&mut dev, 1);
+        let c = reap_n(&mut dev, 1).pop().expect("completion");
+        let e = c.result.expect_err("short read");
+        assert_eq!(
+            e.status,
+            bolide_drivers::IoStatus::Short {
+                done_bytes: 2 * SECTOR_SIZE
+            }
+        );
+        assert_eq!(
+            (e.op, e.offset, e.len),
+            (
+                bolide_drivers::IoKind::Read,
+                2 * SECTOR_SIZE as u64,
+                4 * SECTOR_SIZE
+            )
+        );
+        assert!(e.to_string().contains("shrinks.img"), "{e}");
+        assert!(c.buf.is_some());
+    }
+
+    #[test]
     fn unsubmitted_io_does_not_complete() {
         let mut dev = uring_direct();
         dev.submit_read(0, bolide_drivers::IoBuf::new(SECTOR_SIZE), 1)
