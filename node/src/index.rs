@@ -354,6 +354,35 @@ pub enum Visit {
 /// One chunk: 1..=CHUNK_MAX_ENTRIES entries in digest order.
 type Chunk = Vec<IndexEntry>;
 
+/// A chunk and the first 8 digest bytes (big-endian) of its first entry, side by side so that the
+/// search over a partition's chunks reads one array and finds the chunk's address there.
+struct ChunkRef {
+    first: u64,
+    entries: Chunk,
+}
+
+const _: () = assert!(std::mem::size_of::<ChunkRef>() == 32);
+
+impl ChunkRef {
+    fn new(entries: Chunk) -> ChunkRef {
+        ChunkRef {
+            first: entries[0].key().hi,
+            entries,
+        }
+    }
+
+    /// Whether the chunk's first entry sorts at or before `key` (the full digest is read only
+    /// when the 8-byte prefixes tie).
+    #[inline]
+    fn starts_at_or_before(&self, key: Key) -> bool {
+        self.first < key.hi || (self.first == key.hi && self.entries[0].key() <= key)
+    }
+
+    fn refresh_first(&mut self) {
+        self.first = self.entries[0].key().hi;
+    }
+}
+
 /// Slots a chunk of `len` entries grows by: [`CHUNK_GROW_ENTRIES`], fewer for small chunks so
 /// that sparse partitions do not carry a full step of spare slots per entry.
 #[inline]
@@ -396,14 +425,80 @@ fn chunk_array_step(n: usize) -> usize {
     (n / 16).max(1)
 }
 
-/// One partition's ordered entries. Invariants (checked by `check` in tests): `prefixes` and
-/// `chunks` have equal length; every chunk is non-empty, sorted, at most `CHUNK_MAX_ENTRIES`
-/// long; chunks are in order; `prefixes[i]` is the first 8 digest bytes of `chunks[i][0]`;
-/// `len` is the sum of chunk lengths.
+/// Bits of a digest's first 8 bytes that vary within a partition (see [`rank`]).
+const RANK_BITS: u32 = 52;
+
+/// The digest prefix `hi` (first 8 bytes, big-endian) without the 12 partition-id bits (byte 0
+/// and the low nibble of byte 1): within a partition it orders like `hi` and, digests being
+/// uniformly random, is uniform over `0..2^52`, which is what interpolation needs.
+#[inline]
+fn rank(hi: u64) -> u64 {
+    ((hi >> 4) & (0xf << 48)) | (hi & ((1 << 48) - 1))
+}
+
+/// Where among `n ≥ 1` items spread uniformly over ranks `lo..hi` the rank `r` falls, clamped
+/// to `0..n`. Only a starting point: the searches below never trust it.
+#[inline]
+fn interpolate(r: u64, lo: u64, hi: u64, n: usize) -> usize {
+    if r <= lo || hi <= lo {
+        return 0;
+    }
+    let g = (r - lo) as f64 * n as f64 / (hi - lo) as f64;
+    (g as usize).min(n - 1)
+}
+
+/// Steps the searches walk linearly from an interpolated guess before they bisect.
+const SCAN_STEPS: usize = 8;
+
+/// The number of leading `i` in `0..n` for which `pred(i)` holds (`pred` must be true, then
+/// false over `0..n`), found by walking up to [`SCAN_STEPS`] from `guess`, then bisecting the
+/// rest: O(1) probes near a good guess, O(log n) whatever the guess.
+#[inline]
+fn partition_point_from(n: usize, guess: usize, pred: impl Fn(usize) -> bool) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let mut i = guess.min(n - 1);
+    let (mut lo, mut hi) = if pred(i) {
+        // The answer is in i+1..=n.
+        let stop = (i + 1 + SCAN_STEPS).min(n);
+        i += 1;
+        while i < stop {
+            if !pred(i) {
+                return i;
+            }
+            i += 1;
+        }
+        (i, n)
+    } else {
+        // The answer is in 0..=i.
+        let stop = i.saturating_sub(SCAN_STEPS);
+        while i > stop {
+            if pred(i - 1) {
+                return i;
+            }
+            i -= 1;
+        }
+        (0, i)
+    };
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// One partition's ordered entries. Invariants (checked by `check` in tests): every chunk is
+/// non-empty, sorted, at most `CHUNK_MAX_ENTRIES` long; chunks are in order; each `first` is
+/// the prefix of its chunk's first entry; `len` is the sum of chunk lengths; capacities are
+/// within their growth steps.
 #[derive(Default)]
 struct Partition {
-    prefixes: Vec<u64>,
-    chunks: Vec<Chunk>,
+    chunks: Vec<ChunkRef>,
     len: usize,
 }
 
@@ -412,17 +507,19 @@ impl Partition {
     /// sorts before every chunk. The partition must have a chunk.
     #[inline]
     fn chunk_for(&self, key: Key) -> usize {
-        debug_assert!(!self.chunks.is_empty());
-        let p = key.hi;
-        let below = self.prefixes.partition_point(|&f| f < p);
-        let n_le = if below < self.prefixes.len() && self.prefixes[below] == p {
-            // Chunks whose first prefix equals the key's: compare full first digests.
-            let ties = self.prefixes[below..].partition_point(|&f| f == p);
-            below + self.chunks[below..below + ties].partition_point(|c| c[0].key() <= key)
-        } else {
-            below
-        };
-        n_le.saturating_sub(1)
+        let cs = &self.chunks;
+        debug_assert!(!cs.is_empty());
+        let guess = interpolate(rank(key.hi), 0, 1 << RANK_BITS, cs.len());
+        partition_point_from(cs.len(), guess, |i| cs[i].starts_at_or_before(key)).saturating_sub(1)
+    }
+
+    /// Interpolated position of `key` in chunk `ci`, whose entries span the ranks from its first
+    /// entry to the next chunk's first (or the partition's end).
+    #[inline]
+    fn guess_in(&self, ci: usize, key: Key) -> usize {
+        let cs = &self.chunks;
+        let end = cs.get(ci + 1).map_or(1 << RANK_BITS, |c| rank(c.first));
+        interpolate(rank(key.hi), rank(cs[ci].first), end, cs[ci].entries.len())
     }
 
     /// Where `key` is: `(chunk, Ok(pos))` when present, `(chunk, Err(pos))` where it would go.
@@ -432,89 +529,91 @@ impl Partition {
             return None;
         }
         let ci = self.chunk_for(key);
-        Some((ci, self.chunks[ci].binary_search_by(|e| e.key().cmp(&key))))
+        let es = &self.chunks[ci].entries;
+        let pos = partition_point_from(es.len(), self.guess_in(ci, key), |i| es[i].key() < key);
+        let found = pos < es.len() && es[pos].key() == key;
+        Some((ci, if found { Ok(pos) } else { Err(pos) }))
+    }
+
+    /// The entries after `key`: the rest of its chunk, and the chunks after.
+    fn after(&self, key: Key) -> (&[IndexEntry], &[ChunkRef]) {
+        if self.chunks.is_empty() {
+            return (&[], &[]);
+        }
+        let ci = self.chunk_for(key);
+        let es = &self.chunks[ci].entries;
+        let pos = partition_point_from(es.len(), self.guess_in(ci, key), |i| es[i].key() <= key);
+        (&es[pos..], &self.chunks[ci + 1..])
     }
 
     fn get(&self, key: Key) -> Option<&IndexEntry> {
         match self.locate(key)? {
-            (ci, Ok(pos)) => Some(&self.chunks[ci][pos]),
+            (ci, Ok(pos)) => Some(&self.chunks[ci].entries[pos]),
             (_, Err(_)) => None,
         }
     }
 
     fn get_mut(&mut self, key: Key) -> Option<&mut IndexEntry> {
         match self.locate(key)? {
-            (ci, Ok(pos)) => Some(&mut self.chunks[ci][pos]),
+            (ci, Ok(pos)) => Some(&mut self.chunks[ci].entries[pos]),
             (_, Err(_)) => None,
         }
     }
 
-    /// Inserts a chunk at index `at` (its first entry must sort after chunk `at - 1` and before
-    /// chunk `at`), growing the chunk arrays in steps.
-    fn insert_chunk(&mut self, at: usize, chunk: Chunk) {
-        debug_assert!(!chunk.is_empty());
+    /// Inserts a chunk at index `at` (its first entry must sort after chunk `at - 1` and its
+    /// last before chunk `at`), growing the chunk array in steps.
+    fn insert_chunk(&mut self, at: usize, entries: Chunk) {
         let n = self.chunks.len();
         if n == self.chunks.capacity() {
             self.chunks.reserve_exact(chunk_array_step(n));
         }
-        if n == self.prefixes.capacity() {
-            self.prefixes.reserve_exact(chunk_array_step(n));
-        }
-        self.prefixes.insert(at, chunk[0].key().hi);
-        self.chunks.insert(at, chunk);
+        self.chunks.insert(at, ChunkRef::new(entries));
     }
 
     /// Removes chunk `at` and releases chunk-array capacity.
     fn remove_chunk(&mut self, at: usize) {
         self.chunks.remove(at);
-        self.prefixes.remove(at);
         let n = self.chunks.len();
         if n == 0 {
             self.chunks = Vec::new();
-            self.prefixes = Vec::new();
-        } else {
-            let step = chunk_array_step(n);
-            if self.chunks.capacity() > n + 2 * step {
-                self.chunks.shrink_to(n + step);
-            }
-            if self.prefixes.capacity() > n + 2 * step {
-                self.prefixes.shrink_to(n + step);
-            }
+        } else if self.chunks.capacity() > n + 2 * chunk_array_step(n) {
+            self.chunks.shrink_to(n + chunk_array_step(n));
         }
     }
 
     /// Inserts a new entry at `pos` of chunk `ci` (which must be where it sorts).
     fn insert_at(&mut self, ci: usize, pos: usize, entry: IndexEntry) {
-        let n = self.chunks[ci].len();
+        let n = self.chunks[ci].entries.len();
         if n < CHUNK_MAX_ENTRIES {
-            let chunk = &mut self.chunks[ci];
-            if n == chunk.capacity() {
-                chunk.reserve_exact(chunk_grow(n).min(CHUNK_MAX_ENTRIES - n));
+            let c = &mut self.chunks[ci];
+            if n == c.entries.capacity() {
+                c.entries
+                    .reserve_exact(chunk_grow(n).min(CHUNK_MAX_ENTRIES - n));
             }
-            chunk.insert(pos, entry);
+            c.entries.insert(pos, entry);
             if pos == 0 {
-                self.prefixes[ci] = entry.key().hi;
+                c.first = entry.key().hi;
             }
             return;
         }
         if pos == n {
             // Past the end of a full chunk: the front of the next chunk, or a chunk of its own,
             // so that ascending inserts leave full chunks behind.
-            if ci + 1 < self.chunks.len() && self.chunks[ci + 1].len() < CHUNK_MAX_ENTRIES {
+            if ci + 1 < self.chunks.len() && self.chunks[ci + 1].entries.len() < CHUNK_MAX_ENTRIES {
                 return self.insert_at(ci + 1, 0, entry);
             }
             return self.insert_chunk(ci + 1, vec![entry]);
         }
         // Split in half.
         let mid = CHUNK_MAX_ENTRIES / 2;
-        let left = &mut self.chunks[ci];
+        let c = &mut self.chunks[ci];
         let mut right = Vec::with_capacity(CHUNK_MAX_ENTRIES - mid + chunk_grow(mid));
-        right.extend_from_slice(&left[mid..]);
-        left.truncate(mid);
-        left.shrink_to(mid + chunk_grow(mid));
+        right.extend_from_slice(&c.entries[mid..]);
+        c.entries.truncate(mid);
+        c.entries.shrink_to(mid + chunk_grow(mid));
         if pos <= mid {
-            left.insert(pos, entry);
-            self.prefixes[ci] = left[0].key().hi;
+            c.entries.insert(pos, entry);
+            c.refresh_first();
         } else {
             right.insert(pos - mid, entry);
         }
@@ -523,11 +622,9 @@ impl Partition {
 
     fn insert(&mut self, entry: IndexEntry) -> Option<IndexEntry> {
         match self.locate(entry.key()) {
-            None => {
-                self.insert_chunk(0, vec![entry]);
-            }
+            None => self.insert_chunk(0, vec![entry]),
             Some((ci, Ok(pos))) => {
-                return Some(std::mem::replace(&mut self.chunks[ci][pos], entry))
+                return Some(std::mem::replace(&mut self.chunks[ci].entries[pos], entry))
             }
             Some((ci, Err(pos))) => self.insert_at(ci, pos, entry),
         }
@@ -538,35 +635,36 @@ impl Partition {
     /// Restores the invariants around chunk `ci` after it lost entries: frees it when empty,
     /// merges or evens it out with a neighbour when small, trims its capacity.
     fn repair_after_removal(&mut self, ci: usize) {
-        let n = self.chunks[ci].len();
+        let n = self.chunks[ci].entries.len();
         if n == 0 {
             self.remove_chunk(ci);
             return;
         }
-        self.prefixes[ci] = self.chunks[ci][0].key().hi;
+        self.chunks[ci].refresh_first();
         let n_chunks = self.chunks.len();
         if n >= CHUNK_MIN_ENTRIES || n_chunks == 1 {
-            trim_chunk(&mut self.chunks[ci]);
+            trim_chunk(&mut self.chunks[ci].entries);
             return;
         }
         // Pair with the smaller neighbour; `a` is the left chunk of the pair.
+        let len_of = |i: usize| self.chunks[i].entries.len();
         let a = if ci == 0 {
             0
-        } else if ci + 1 == n_chunks || self.chunks[ci - 1].len() <= self.chunks[ci + 1].len() {
+        } else if ci + 1 == n_chunks || len_of(ci - 1) <= len_of(ci + 1) {
             ci - 1
         } else {
             ci
         };
         let (l, r) = self.chunks.split_at_mut(a + 1);
         let (left, right) = (&mut l[a], &mut r[0]);
-        if left.len() + right.len() <= MERGE_MAX_ENTRIES {
-            left.reserve_exact(right.len());
-            left.extend_from_slice(right);
-            trim_chunk(left);
+        if left.entries.len() + right.entries.len() <= MERGE_MAX_ENTRIES {
+            left.entries.reserve_exact(right.entries.len());
+            left.entries.extend_from_slice(&right.entries);
+            trim_chunk(&mut left.entries);
             self.remove_chunk(a + 1);
         } else {
-            even_out(left, right);
-            self.prefixes[a + 1] = right[0].key().hi;
+            even_out(&mut left.entries, &mut right.entries);
+            right.refresh_first();
         }
     }
 
@@ -575,7 +673,7 @@ impl Partition {
             (ci, Ok(pos)) => (ci, pos),
             (_, Err(_)) => return None,
         };
-        let old = self.chunks[ci].remove(pos);
+        let old = self.chunks[ci].entries.remove(pos);
         self.len -= 1;
         self.repair_after_removal(ci);
         Some(old)
@@ -583,18 +681,19 @@ impl Partition {
 
     fn push_sorted(&mut self, entry: IndexEntry) {
         if let Some(last) = self.chunks.last_mut() {
-            let tail = last[last.len() - 1];
+            let es = &mut last.entries;
+            let tail = es[es.len() - 1];
             assert!(
                 entry.key() > tail.key(),
                 "push_sorted: digest {:?} does not sort after the partition's last {:?}",
                 entry.digest(),
                 tail.digest()
             );
-            if last.len() < PUSH_FILL_ENTRIES {
-                if last.len() == last.capacity() {
-                    last.reserve_exact(PUSH_FILL_ENTRIES - last.len());
+            if es.len() < PUSH_FILL_ENTRIES {
+                if es.len() == es.capacity() {
+                    es.reserve_exact(PUSH_FILL_ENTRIES - es.len());
                 }
-                last.push(entry);
+                es.push(entry);
                 self.len += 1;
                 return;
             }
@@ -609,89 +708,89 @@ impl Partition {
     /// chunks below `CHUNK_MIN_ENTRIES`, trims capacities, recomputes prefixes.
     fn normalize(&mut self) {
         let old = std::mem::take(&mut self.chunks);
-        let mut out: Vec<Chunk> = Vec::with_capacity(old.len());
+        let mut out: Vec<ChunkRef> = Vec::with_capacity(old.len());
         for mut c in old {
-            if c.is_empty() {
+            if c.entries.is_empty() {
                 continue;
             }
             if let Some(last) = out.last_mut() {
-                if last.len() < CHUNK_MIN_ENTRIES || c.len() < CHUNK_MIN_ENTRIES {
-                    if last.len() + c.len() <= MERGE_MAX_ENTRIES {
-                        last.reserve_exact(c.len());
-                        last.extend_from_slice(&c);
+                let (l, n) = (last.entries.len(), c.entries.len());
+                if l < CHUNK_MIN_ENTRIES || n < CHUNK_MIN_ENTRIES {
+                    if l + n <= MERGE_MAX_ENTRIES {
+                        last.entries.reserve_exact(n);
+                        last.entries.extend_from_slice(&c.entries);
                         continue;
                     }
-                    even_out(last, &mut c);
+                    even_out(&mut last.entries, &mut c.entries);
                 }
             }
             out.push(c);
         }
         for c in &mut out {
-            trim_chunk(c);
+            trim_chunk(&mut c.entries);
+            c.refresh_first();
         }
-        out.shrink_to(out.len() + chunk_array_step(out.len()));
         if out.is_empty() {
             out = Vec::new();
+        } else {
+            out.shrink_to(out.len() + chunk_array_step(out.len()));
         }
-        let mut prefixes = Vec::with_capacity(out.capacity());
-        prefixes.extend(out.iter().map(|c| c[0].key().hi));
-        self.prefixes = prefixes;
         self.chunks = out;
     }
 
     fn shrink_to_fit(&mut self) {
         for c in &mut self.chunks {
-            c.shrink_to_fit();
+            c.entries.shrink_to_fit();
         }
         self.chunks.shrink_to_fit();
-        self.prefixes.shrink_to_fit();
     }
 
     fn heap_bytes(&self) -> usize {
-        self.prefixes.capacity() * std::mem::size_of::<u64>()
-            + self.chunks.capacity() * std::mem::size_of::<Chunk>()
-            + self.chunks.iter().map(|c| c.capacity()).sum::<usize>()
+        self.chunks.capacity() * std::mem::size_of::<ChunkRef>()
+            + self
+                .chunks
+                .iter()
+                .map(|c| c.entries.capacity())
+                .sum::<usize>()
                 * std::mem::size_of::<IndexEntry>()
     }
 
     /// Panics unless every invariant of the partition holds.
     #[cfg(test)]
     fn check(&self, pid: usize) {
-        assert_eq!(self.prefixes.len(), self.chunks.len());
         let mut n = 0;
         let mut prev: Option<Key> = None;
         for (i, c) in self.chunks.iter().enumerate() {
+            let es = &c.entries;
             assert!(
-                !c.is_empty() && c.len() <= CHUNK_MAX_ENTRIES,
+                !es.is_empty() && es.len() <= CHUNK_MAX_ENTRIES,
                 "chunk {i} len {}",
-                c.len()
+                es.len()
             );
-            assert!(c.capacity() <= CHUNK_MAX_ENTRIES + 2 * CHUNK_GROW_ENTRIES);
+            assert!(es.capacity() <= CHUNK_MAX_ENTRIES + 2 * CHUNK_GROW_ENTRIES);
             let last = i + 1 == self.chunks.len();
             assert!(
-                c.capacity() - c.len() <= 2 * chunk_grow(c.len())
-                    || (last && c.capacity() == PUSH_FILL_ENTRIES),
+                es.capacity() - es.len() <= 2 * chunk_grow(es.len())
+                    || (last && es.capacity() == PUSH_FILL_ENTRIES),
                 "chunk {i}: len {} capacity {}",
-                c.len(),
-                c.capacity()
+                es.len(),
+                es.capacity()
             );
-            assert_eq!(self.prefixes[i], c[0].key().hi);
-            for e in c {
+            assert_eq!(c.first, es[0].key().hi);
+            for e in es {
                 assert_eq!(e.digest().partition_id().0 as usize, pid);
                 if let Some(p) = prev {
                     assert!(p < e.key(), "out of order in chunk {i}");
                 }
                 prev = Some(e.key());
             }
-            n += c.len();
+            n += es.len();
         }
         assert_eq!(n, self.len);
         let step = chunk_array_step(self.chunks.len());
         assert!(self.chunks.capacity() <= self.chunks.len() + 2 * step);
-        assert!(self.prefixes.capacity() <= self.prefixes.len() + 2 * step);
         if self.chunks.is_empty() {
             assert_eq!(self.chunks.capacity(), 0);
-            assert_eq!(self.prefixes.capacity(), 0);
         }
     }
 }
@@ -705,7 +804,7 @@ pub struct PrimaryIndex {
 }
 
 impl PrimaryIndex {
-    /// An empty index (allocates the 4096 empty partition headers, 56 bytes each).
+    /// An empty index (allocates the 4096 empty partition headers, 32 bytes each).
     pub fn new() -> PrimaryIndex {
         let partitions: Box<[Partition]> =
             (0..N_PARTITIONS).map(|_| Partition::default()).collect();
@@ -785,24 +884,18 @@ impl PrimaryIndex {
         after: Option<&Digest>,
     ) -> impl Iterator<Item = &'a IndexEntry> + 'a {
         let part = self.partition(pid);
-        let (head, rest): (&'a [IndexEntry], &'a [Chunk]) = match after {
+        let (head, rest): (&'a [IndexEntry], &'a [ChunkRef]) = match after {
             None => (&[], &part.chunks),
-            Some(_) if part.chunks.is_empty() => (&[], &[]),
-            Some(d) => {
-                let key = Key::of(d);
-                let ci = part.chunk_for(key);
-                let c = &part.chunks[ci];
-                let pos = c.partition_point(|e| e.key() <= key);
-                (&c[pos..], &part.chunks[ci + 1..])
-            }
+            Some(d) => part.after(Key::of(d)),
         };
-        head.iter().chain(rest.iter().flat_map(|c| c.iter()))
+        head.iter()
+            .chain(rest.iter().flat_map(|c| c.entries.iter()))
     }
     /// Every entry, partition by partition, each in digest order.
     pub fn iter(&self) -> impl Iterator<Item = &IndexEntry> + '_ {
         self.partitions
             .iter()
-            .flat_map(|p| p.chunks.iter().flat_map(|c| c.iter()))
+            .flat_map(|p| p.chunks.iter().flat_map(|c| c.entries.iter()))
     }
     /// Visits every entry of a partition in digest order; the visitor may change an entry (not its
     /// digest) or remove it. Returns how many were removed.
@@ -817,7 +910,7 @@ impl PrimaryIndex {
         let part = self.partition_mut(pid);
         let mut removed = 0;
         for chunk in &mut part.chunks {
-            chunk.retain_mut(|e| {
+            chunk.entries.retain_mut(|e| {
                 let key = e.key();
                 let v = f(e);
                 assert!(
@@ -1086,6 +1179,38 @@ mod tests {
             b.0[i] = rng.gen();
             assert_eq!(Key::of(&a).cmp(&Key::of(&b)), a.cmp(&b));
         }
+    }
+
+    #[test]
+    fn partition_point_from_agrees_with_bisection_for_any_guess() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..20_000 {
+            let n = rng.gen_range(0..80);
+            let answer = rng.gen_range(0..=n);
+            let guess = rng.gen_range(0..n + 3);
+            assert_eq!(
+                partition_point_from(n, guess, |i| i < answer),
+                answer,
+                "n {n} guess {guess}"
+            );
+        }
+        assert_eq!(partition_point_from(100_000, 0, |i| i < 99_999), 99_999);
+        assert_eq!(partition_point_from(100_000, 99_999, |i| i < 1), 1);
+    }
+
+    #[test]
+    fn rank_orders_like_prefix_within_a_partition() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for _ in 0..10_000 {
+            let pid = rng.gen_range(0..N_PARTITIONS as u16);
+            let (a, b) = (digest_in(&mut rng, pid), digest_in(&mut rng, pid));
+            let (ka, kb) = (Key::of(&a), Key::of(&b));
+            assert_eq!(rank(ka.hi).cmp(&rank(kb.hi)), ka.hi.cmp(&kb.hi));
+            assert!(rank(ka.hi) < 1 << RANK_BITS);
+        }
+        assert_eq!(interpolate(5, 5, 5, 10), 0);
+        assert_eq!(interpolate(u64::MAX, 0, 1 << RANK_BITS, 10), 9);
+        assert_eq!(interpolate(1 << 51, 0, 1 << RANK_BITS, 10), 5);
     }
 
     // ---- PrimaryIndex ----
@@ -1430,7 +1555,10 @@ mod tests {
         check_against(&ix, &model, &pids, &mut rng);
         let p = &ix.partitions[200];
         if p.chunks.len() > 1 {
-            assert!(p.chunks.iter().all(|c| c.len() >= CHUNK_MIN_ENTRIES));
+            assert!(p
+                .chunks
+                .iter()
+                .all(|c| c.entries.len() >= CHUNK_MIN_ENTRIES));
         }
         // Nothing removed, nothing changed.
         assert_eq!(ix.visit_partition(PartitionId(100), |_| Visit::Keep), 0);
