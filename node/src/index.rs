@@ -8,27 +8,31 @@
 //!
 //! # Representation
 //!
-//! [`PrimaryIndex`] holds 4096 partitions. A partition is a sorted list of *chunks*: each chunk is
-//! a `Vec<IndexEntry>` of 1 to [`CHUNK_MAX_ENTRIES`] entries sorted by digest, and every entry of
-//! chunk `i` sorts before every entry of chunk `i + 1`. Beside the chunks the partition keeps a
-//! parallel `Vec<u64>` with the first 8 digest bytes (big-endian) of each chunk's first entry,
-//! so finding a chunk is a binary search over a dense array of integers; chunks whose prefixes
-//! tie are told apart by their full first digest (still a binary search, so lookups stay
-//! O(log n) even for adversarial digests).
+//! [`PrimaryIndex`] holds 4096 partitions. A partition is a sorted array of *chunk refs*; each
+//! ref (32 bytes) is the first 8 digest bytes (big-endian) of its chunk's first entry beside the
+//! chunk itself, a `Vec<IndexEntry>` of 1 to [`CHUNK_MAX_ENTRIES`] entries sorted by digest.
+//! Every entry of chunk `i` sorts before every entry of chunk `i + 1`.
 //!
-//! Inside an entry the digest is kept as three big-endian integers, so comparing two digests is
-//! three integer compares instead of a `memcmp` call.
+//! Digests are RIPEMD-160 output, so within a partition they are uniform: a search guesses the
+//! chunk from the digest's 52 non-partition prefix bits, and the slot within the chunk from
+//! where those bits fall between this chunk's first prefix and the next one's
+//! (interpolation). From the guess it walks at most 8 steps and then bisects, so a good guess
+//! costs one or two cache lines per level and a bad one (digests that are not uniform) still
+//! only O(log n) compares. Chunks whose 8-byte prefixes tie are told apart by their full first
+//! digest. Inside an entry the digest is kept as three big-endian integers, so comparing two
+//! digests is three integer compares instead of a `memcmp` call.
 //!
 //! # Memory model
 //!
-//! Per record: the 40-byte entry, plus each chunk's spare capacity, plus per chunk 24 bytes of
-//! `Vec` header and 8 bytes of prefix, plus per partition two `Vec` headers and their spare
-//! capacity. Capacity is managed by hand, never by `Vec`'s doubling:
+//! Per record: the 40-byte entry, plus its chunk's spare capacity, plus per chunk the 32-byte
+//! ref, plus per partition a 32-byte header (4096 of them, 128 KiB, always allocated) and the
+//! ref array's spare capacity. Capacity is managed by hand, never by `Vec`'s doubling:
 //!
-//! * a chunk grows by [`CHUNK_GROW_ENTRIES`] slots at a time (`reserve_exact`), never past
-//!   [`CHUNK_MAX_ENTRIES`]; after losing entries it is shrunk when it has more than twice that
-//!   many spare slots; a full chunk splits in half (or, when the new entry lands past its end,
-//!   spills into the next chunk or a new one, so ascending inserts fill chunks);
+//! * a chunk grows by at most [`CHUNK_GROW_ENTRIES`] slots at a time (`reserve_exact`; fewer
+//!   while it is small), never past [`CHUNK_MAX_ENTRIES`]; after losing entries it is shrunk
+//!   when it has more than twice its step spare; a full chunk splits in half (or, when the new
+//!   entry lands past its end, spills into the next chunk or a new one, so ascending inserts
+//!   fill chunks); the ref array grows by 1/16 of its length (at least 1);
 //! * a chunk that falls below [`CHUNK_MIN_ENTRIES`] (by [`PrimaryIndex::remove`] or
 //!   [`PrimaryIndex::visit_partition`]) is merged with a neighbour, or evened out with it when
 //!   both together are too many for one chunk; empty chunks and empty partitions free their
@@ -37,23 +41,24 @@
 //!   except that the last chunk of each partition may hold up to that many spare slots until
 //!   [`PrimaryIndex::shrink_to_fit`].
 //!
-//! With random inserts chunks are on average about 70 % full (≈ 44 entries), so the overhead is
-//! about 32 / 44 ≈ 0.7 bytes per record for chunk headers and ≈ 2 spare slots per chunk
-//! (≈ 1.8 bytes per record), ≈ 43 bytes per record in all; a bulk load gives ≈ 40.6.
-//! [`PrimaryIndex::heap_bytes`] reports the bytes requested from the allocator; the allocator's
-//! own per-allocation overhead (about 8 to 16 bytes per chunk with glibc, ≈ 0.3 bytes per
-//! record) comes on top.
+//! With random inserts chunks are on average about 69 % full (≈ 44 entries): ≈ 0.7 bytes per
+//! record of chunk refs and ≈ 2 spare slots per chunk (≈ 1.7 bytes per record). Measured at
+//! 10 M records (`bench/README.md`): 42.2 bytes per record after random inserts, 44.4 after
+//! replacing half of them, 40.6 after a bulk load and `shrink_to_fit`.
+//! [`PrimaryIndex::heap_bytes`] reports the bytes requested from the allocator, which is what a
+//! counting allocator sees; the allocator's own headers and fragmentation come on top (with
+//! glibc the process grew by ≈ 47 bytes per record for the 42.2 above).
 //!
 //! # Complexity
 //!
-//! With `n` entries in a partition and `c = n / 44` chunks: `get`, `get_mut`, `insert`, `remove`
-//! and `iter_partition_after` (to its first item) are O(log n) compares; `insert` and `remove`
-//! also move at most one chunk's entries (≤ 2.5 KiB) and, when a chunk splits, merges or frees,
-//! shift the partition's chunk arrays (32 bytes per chunk, ≈ 1.7 KiB at 2,400 entries per
-//! partition). `push_sorted` is amortised O(1). `visit_partition` is O(n). `heap_bytes` is
-//! O(partitions + chunks).
+//! With `n` entries in a partition and `c ≈ n / 44` chunks: `get`, `get_mut`, `insert`,
+//! `remove` and `iter_partition_after` (to its first item) are O(log n) compares, O(1) cache
+//! lines per level for uniform digests; `insert` and `remove` also move at most one chunk's
+//! entries (≤ 2.5 KiB) and, when a chunk splits, merges or frees, shift the partition's ref
+//! array (32 bytes per chunk, ≈ 1.7 KiB at 2,400 entries per partition). `push_sorted` is
+//! amortised O(1). `visit_partition` is O(n). `heap_bytes` is O(partitions + chunks).
 //!
-//! Partitions far larger than ~100 k entries would spend more time shifting chunk arrays on
+//! Partitions far larger than ~100 k entries would spend more time shifting ref arrays on
 //! splits; at 10 M records per shard there are about 2,400 per partition.
 
 use crate::digest::{Digest, PartitionId, N_PARTITIONS};
