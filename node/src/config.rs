@@ -29,8 +29,8 @@ pub struct StorageConfig {
     /// Client writes are refused (out of space) when fewer than this percentage of wblocks are
     /// free; the rest is kept for defrag. 1..=50, default 5 (at least 2 wblocks).
     pub min_avail_pct: u32,
-    /// Largest record, bytes (header and bins). Default 1 MiB; at most the wblock size minus
-    /// the wblock header.
+    /// Largest record, bytes (header and bins). Default 1 MiB minus 64 bytes: a record must fit
+    /// in one wblock after the wblock's 64-byte header.
     pub max_record_bytes: u32,
     /// Recently flushed wblocks kept in RAM to serve reads. Default 4.
     pub post_write_cache_wblocks: u32,
@@ -53,7 +53,7 @@ impl Default for StorageConfig {
             commit_to_device: false,
             defrag_lwm_pct: 50,
             min_avail_pct: 5,
-            max_record_bytes: 1 << 20,
+            max_record_bytes: (1 << 20) - crate::record::WBLOCK_HEADER_BYTES as u32,
             post_write_cache_wblocks: 4,
             max_write_cache_wblocks: 8,
             max_pending_reads: 256,

@@ -238,6 +238,8 @@ struct RamBlock {
     write_in_flight: bool,
     sealed: bool,
     dirty_since_ms: Option<u64>,
+    /// Flush at the next turn whatever the timers say (flush_blocking, shutdown).
+    force_flush: bool,
     waiters: VecDeque<Waiter>,
 }
 
@@ -340,6 +342,11 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     }
     pub fn device(&self) -> &D {
         &self.dev
+    }
+    /// The device, for fault injection in tests and tools. Submitting I/O through it behind the
+    /// shard's back is a programmer error.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.dev
     }
     /// The device error that stopped writes, if any.
     pub fn failure(&self) -> Option<&DeviceError> {
@@ -545,6 +552,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             write_in_flight: false,
             sealed: false,
             dirty_since_ms: None,
+            force_flush: false,
             waiters: VecDeque::new(),
         });
         id
@@ -561,6 +569,11 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         }
         if self.defrag_wb == Some(id) {
             self.defrag_wb = None;
+        }
+        if self.ram_ref(id).is_some_and(|r| r.is_durable()) {
+            // Every byte is already on the device (group commit got there first).
+            self.maybe_queue_defrag(id);
+            self.trim_cache();
         }
     }
 
@@ -764,7 +777,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             if r.write_in_flight || r.used == r.submitted_used {
                 continue;
             }
-            let due = r.sealed || !r.waiters.is_empty() || r.dirty_since_ms.is_some_and(|t| now >= t + flush_max);
+            let due = r.sealed || r.force_flush || !r.waiters.is_empty() || r.dirty_since_ms.is_some_and(|t| now >= t + flush_max);
             if !due || self.failed.is_some() {
                 continue;
             }
@@ -780,6 +793,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
                     r.write_in_flight = true;
                     r.submitted_used = r.used;
                     r.dirty_since_ms = None;
+                    r.force_flush = false;
                     self.stats.device_writes += 1;
                     self.stats.device_write_bytes += (end - start) as u64;
                 }
@@ -988,6 +1002,14 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         }
     }
 
+    /// One blocking turn, keeping the events for later.
+    fn wait_io(&mut self) {
+        let mut evs = Vec::new();
+        self.poll(&mut evs);
+        self.wait(&mut evs);
+        self.stash.extend(evs);
+    }
+
     /// Events that blocking helpers collected on the way; call after using them.
     pub fn take_stashed_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.stash)
@@ -999,7 +1021,12 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     /// As `put`, plus a device failure while waiting.
     pub fn put_blocking(&mut self, rec: PutRecord) -> Result<Written, WriteError> {
         let token = self.internal_token();
-        let w = self.put(rec, token)?;
+        let w = loop {
+            match self.put(rec.clone(), token) {
+                Err(WriteError::Overload(_)) => self.wait_io(),
+                other => break other?,
+            }
+        };
         if w.pending {
             if let Event::WriteDone { result, .. } = self.wait_for(token) {
                 result?;
@@ -1014,7 +1041,12 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     /// As `delete`.
     pub fn delete_blocking(&mut self, digest: &Digest) -> Result<Written, WriteError> {
         let token = self.internal_token();
-        let w = self.delete(digest, token)?;
+        let w = loop {
+            match self.delete(digest, token) {
+                Err(WriteError::Overload(_)) => self.wait_io(),
+                other => break other?,
+            }
+        };
         if w.pending {
             if let Event::WriteDone { result, .. } = self.wait_for(token) {
                 result?;
@@ -1049,7 +1081,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             }
             for r in &mut self.ram {
                 if r.used > r.submitted_used {
-                    r.dirty_since_ms = Some(0);
+                    r.force_flush = true;
                 }
             }
             let mut evs = Vec::new();

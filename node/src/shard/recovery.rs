@@ -147,7 +147,8 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         match RegionHeader::decode(sector.as_slice()) {
             Err(e) => return Err(OpenError::HeaderCorrupt(e.to_string())),
             Ok(None) => {
-                shard.instance_id = rand::random::<u64>() | 1;
+                shard.instance_id = shard.entropy(0) | 1;
+                shard.next_seq = 1 + (shard.entropy(1) & 0xFFFF_FFFF);
                 shard.created_ms = shard.clock.now_cl_ms();
                 shard.write_header(None)?;
                 tracing::info!(shard = shard_id, wblocks = n_wblocks, "formatted a blank region");
@@ -193,6 +194,19 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         shard.nsup_due_ms = shard.clock.mono_ms();
         tracing::info!(shard = shard_id, ?report, "shard open");
         Ok((shard, report))
+    }
+
+    /// 64 bits that differ between starts (wall clock, monotonic clock, shard and device) yet
+    /// are reproducible under a simulated clock.
+    fn entropy(&self, salt: u64) -> u64 {
+        use ripemd::Digest as _;
+        let mut h = ripemd::Ripemd160::new();
+        h.update(self.clock.now_cl_ms().to_le_bytes());
+        h.update(self.clock.mono_ms().to_le_bytes());
+        h.update(self.shard_id.to_le_bytes());
+        h.update(self.dev.info().name.as_bytes());
+        h.update(salt.to_le_bytes());
+        u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
     }
 
     fn reset_blocks(&mut self) {
@@ -295,6 +309,11 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             self.nonfree_seqs.insert((seq, id));
             self.next_seq = self.next_seq.max(seq + 1);
         }
+        // Erased wblocks still hold records of their earlier lives, stamped with sequences that
+        // may be above every valid wblock's. Jump ahead by a random 32-bit step so a new wblock
+        // is very unlikely to share their low 32 bits (which would let a torn write expose
+        // them).
+        self.next_seq += self.entropy(2) & 0xFFFF_FFFF;
         if !corrupt.is_empty() {
             tracing::error!(shard = self.shard_id, records = corrupt.len(), "cold start: records whose newest copy is corrupt (reads will report it)");
         }
@@ -517,9 +536,11 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     /// Clean shutdown: stops defrag, makes every write durable, waits for all I/O, writes the
     /// index image into free wblocks and points the region header at it.
     ///
+    /// Returns the report and the device.
+    ///
     /// # Errors
     /// A device error (the next start will cold-start).
-    pub fn shutdown(mut self) -> Result<ShutdownReport, DeviceError> {
+    pub fn shutdown(mut self) -> Result<(ShutdownReport, D), DeviceError> {
         let started = Instant::now();
         for b in self.defrag_queue.drain(..) {
             self.blocks[b as usize].queued = false;
@@ -550,7 +571,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         if need > MAX_IMAGE_WBLOCKS || need > self.free.len() {
             tracing::warn!(shard = self.shard_id, need, free = self.free.len(), "index image does not fit in free wblocks; next start is a cold start");
             report.elapsed_ms = started.elapsed().as_millis() as u64;
-            return Ok(report);
+            return Ok((report, self.dev));
         }
         let ids: Vec<u32> = self.free.iter().take(need).copied().collect();
         let mut payload: Vec<u8> = Vec::with_capacity(IMAGE_HEADER_BYTES + n * IMAGE_BLOCK_ENTRY_BYTES);
@@ -581,7 +602,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         report.image_written = true;
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(shard = self.shard_id, ?report, "shard shut down cleanly");
-        Ok(report)
+        Ok((report, self.dev))
     }
 }
 
