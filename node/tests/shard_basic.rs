@@ -110,25 +110,30 @@ fn shutdown_keep_device(s: SimShard) -> bolide_drivers::sim::SimDisk {
 }
 
 #[test]
-fn a_corrupt_record_is_reported_never_returned() {
+fn a_corrupt_record_is_reported_never_returned_as_data() {
     let clock = ManualClock::new(START_CL_MS);
     let cfg = StorageConfig { post_write_cache_wblocks: 0, ..small_cfg(true) };
     let (mut s, _) = open_sim(sim(CAP, 5), &clock, cfg.clone());
-    for k in 0..50 {
+    for k in 0..300 {
         s.put_blocking(put_rec(k, 1, 1000, 0)).unwrap();
     }
     s.flush_blocking().unwrap();
     let e = *s.index().get(&digest_of(10)).unwrap();
-    let mut dev = s.into_device();
-    // Flip a bit in the middle of the record's bins.
-    dev.disk_mut().flip_bit(e.addr_bytes() + 200, 3);
-    let (mut s, rep) = open_sim(SimDevice::from_disk(dev.crash(), SimConfig::new("sim0", CAP, 5)), &clock, cfg);
-    assert_eq!(rep.corrupt_bodies, 1, "{rep:?}");
+    // Flip a bit in the middle of the record's bins, under the running shard.
+    s.device_mut().disk_mut().flip_bit(e.addr_bytes() + 200, 3);
     match s.get_blocking(&digest_of(10)) {
         Err(ReadError::Corrupt { digest, .. }) => assert_eq!(digest, digest_of(10)),
         other => panic!("corrupt record read gave {other:?}"),
     }
+    assert_eq!(s.stats().read_corrupt, 1);
     assert_eq!(check_rec(&s.get_blocking(&digest_of(11)).unwrap()), (11, 1));
+    // A cold start finds no valid copy: the record is dropped and reported, others are intact.
+    let (mut s, rep) = open_sim(SimDevice::from_disk(s.into_device().crash(), SimConfig::new("sim0", CAP, 5)), &clock, cfg);
+    assert_eq!((rep.corrupt_bodies, rep.corrupt_dropped), (1, 1), "{rep:?}");
+    assert_eq!(s.get_blocking(&digest_of(10)), Err(ReadError::NotFound));
+    for k in (0..300).filter(|&k| k != 10) {
+        assert_eq!(check_rec(&s.get_blocking(&digest_of(k)).unwrap()), (k, 1));
+    }
 }
 
 #[test]

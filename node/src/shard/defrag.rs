@@ -124,12 +124,20 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             }
         }
         self.stats.wblocks_defragged += 1;
-        let info = &mut self.blocks[b as usize];
+        let info = &self.blocks[b as usize];
         if info.live_bytes != 0 {
             tracing::error!(shard = self.shard_id, wblock = b, live_bytes = info.live_bytes, "defrag could not find every live record (damaged headers); wblock kept");
             self.pin(b);
             return;
         }
+        // Records of this wblock that were superseded by writes still in a write buffer must
+        // outlive those writes: wait until everything appended so far is durable.
+        for r in &self.ram {
+            if r.durable_used < r.used {
+                note_dep(&mut deps, r.id, r.used);
+            }
+        }
+        let info = &mut self.blocks[b as usize];
         info.state = BlockState::PendingFree;
         info.queued = false;
         info.free_deps = deps.len() as u32;

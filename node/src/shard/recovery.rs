@@ -9,7 +9,10 @@
 //! * **Cold start**: every wblock is read (several in flight, at the device's sequential
 //!   bandwidth) and every record header checked. For each digest the copy with the greatest
 //!   (valid body, LUT, wblock sequence) wins; tombstones and expired records stay in the index as
-//!   tombstones, so they keep shadowing older copies.
+//!   tombstones, so they keep shadowing older copies. A record none of whose copies passes its
+//!   body checksum is dropped and reported (`OpenReport::corrupt_dropped`, an error log line per
+//!   digest): after a crash that is a torn, never-acknowledged write. Reads at run time report
+//!   a checksum failure as an error instead.
 
 use super::region::{self, ImageRef, RegionHeader, IMAGE_BLOCK_ENTRY_BYTES, IMAGE_BLOCK_HEADER_BYTES, IMAGE_HEADER_BYTES, MAX_IMAGE_WBLOCKS};
 use super::{tag, BlockInfo, BlockState, OpenError, Region, Shard, ShardStats, TAG_STARTUP};
@@ -45,6 +48,8 @@ pub struct OpenReport {
     pub index_entries: usize,
     pub corrupt_headers: u64,
     pub corrupt_bodies: u64,
+    /// Records dropped because no copy passed its checksum (see the module docs).
+    pub corrupt_dropped: u64,
     pub bytes_read: u64,
     pub elapsed_ms: u64,
 }
@@ -140,6 +145,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             index_entries: 0,
             corrupt_headers: 0,
             corrupt_bodies: 0,
+            corrupt_dropped: 0,
             bytes_read: 0,
             elapsed_ms: 0,
         };
@@ -314,9 +320,14 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         // is very unlikely to share their low 32 bits (which would let a torn write expose
         // them).
         self.next_seq += self.entropy(2) & 0xFFFF_FFFF;
-        if !corrupt.is_empty() {
-            tracing::error!(shard = self.shard_id, records = corrupt.len(), "cold start: records whose newest copy is corrupt (reads will report it)");
+        // A record whose only copies fail their body checksum is, after a crash, almost always a
+        // torn write that was never acknowledged (a valid older copy would have won). It is
+        // dropped, and counted and logged, rather than served as an error for ever.
+        for d in &corrupt {
+            tracing::error!(shard = self.shard_id, digest = ?d, "cold start: dropped a record whose every copy fails its checksum (torn write or media corruption)");
+            self.index.remove(d);
         }
+        report.corrupt_dropped = corrupt.len() as u64;
         self.finish_load();
         Ok(())
     }
@@ -754,7 +765,7 @@ impl ImageParser {
             data = &data[IMAGE_BLOCK_ENTRY_BYTES..];
         }
         while data.len() >= 40 {
-            let e = IndexEntry::from_bytes(data[..40].try_into().expect("40"));
+            let e = IndexEntry::try_from_bytes(data[..40].try_into().expect("40")).map_err(|e| format!("bad index entry in image: {e:?}"))?;
             let key = (e.digest().partition_id().0, e.digest());
             if self.last.is_some_and(|l| l >= key) {
                 return Err("image entries are out of order".into());
