@@ -12,8 +12,10 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// Storage settings. `Default` gives the documented defaults.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Storage settings. `Default` gives the documented defaults. In TOML every key is optional
+/// and an unknown key is an error.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Write-block size, bytes: a power of two from 128 KiB to 8 MiB. Default 1 MiB.
     pub wblock_size_bytes: u32,
