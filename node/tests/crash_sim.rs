@@ -100,8 +100,8 @@ struct Coverage {
     tombstones_rewritten: u64,
     expired: u64,
     corrupt_dropped: u64,
-    /// Keys that came back older than their last acknowledged write (allowed only inside the
-    /// flush window without commit_to_device).
+    /// Keys that came back older than the newest write issued before the crash (a lost
+    /// unacknowledged write, or without commit_to_device a write inside the flush window).
     came_back_older: u64,
     reads_device: u64,
 }
