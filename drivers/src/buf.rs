@@ -45,8 +45,15 @@ impl IoBuf {
     /// # Panics
     /// If `len` is zero or not a multiple of [`SECTOR_SIZE`] (a programmer error).
     pub fn new(len: usize) -> IoBuf {
-        assert!(len > 0 && len % SECTOR_SIZE == 0, "IoBuf length {len} is not a positive multiple of {SECTOR_SIZE}");
-        IoBuf { sectors: vec![Sector([0; SECTOR_SIZE]); len / SECTOR_SIZE], len, reg: None }
+        assert!(
+            len > 0 && len.is_multiple_of(SECTOR_SIZE),
+            "IoBuf length {len} is not a positive multiple of {SECTOR_SIZE}"
+        );
+        IoBuf {
+            sectors: vec![Sector([0; SECTOR_SIZE]); len / SECTOR_SIZE],
+            len,
+            reg: None,
+        }
     }
 
     /// Bytes the next I/O transfers.
@@ -69,7 +76,11 @@ impl IoBuf {
     /// # Panics
     /// If `len` is zero, not a multiple of [`SECTOR_SIZE`], or over the capacity.
     pub fn set_len(&mut self, len: usize) {
-        assert!(len > 0 && len % SECTOR_SIZE == 0 && len <= self.capacity(), "bad IoBuf length {len} (capacity {})", self.capacity());
+        assert!(
+            len > 0 && len.is_multiple_of(SECTOR_SIZE) && len <= self.capacity(),
+            "bad IoBuf length {len} (capacity {})",
+            self.capacity()
+        );
         self.len = len;
     }
 
@@ -97,7 +108,11 @@ impl IoBuf {
 
 impl std::fmt::Debug for IoBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IoBuf").field("len", &self.len).field("capacity", &self.capacity()).field("reg", &self.reg).finish()
+        f.debug_struct("IoBuf")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity())
+            .field("reg", &self.reg)
+            .finish()
     }
 }
 
@@ -120,19 +135,31 @@ impl BufPool {
     /// If `count` is 0 or over `u16::MAX`, or `buf_len` is not a positive multiple of
     /// [`SECTOR_SIZE`].
     pub fn new(count: usize, buf_len: usize) -> BufPool {
-        assert!(count > 0 && count <= u16::MAX as usize, "pool count {count} out of range");
+        assert!(
+            count > 0 && count <= u16::MAX as usize,
+            "pool count {count} out of range"
+        );
         let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
         let mut free = Vec::with_capacity(count);
         let mut regions = Vec::with_capacity(count);
         for index in 0..count {
             let mut buf = IoBuf::new(buf_len);
-            buf.reg = Some(RegSlot { pool_id: id, index: index as u16 });
+            buf.reg = Some(RegSlot {
+                pool_id: id,
+                index: index as u16,
+            });
             regions.push((buf.as_mut_ptr() as usize, buf_len));
             free.push(buf);
         }
         // Hand out low indexes first.
         free.reverse();
-        BufPool { id, buf_len, count, regions, free }
+        BufPool {
+            id,
+            buf_len,
+            count,
+            regions,
+            free,
+        }
     }
 
     /// Process-unique id carried in every buffer's [`RegSlot`].
@@ -174,7 +201,10 @@ impl BufPool {
     /// # Panics
     /// If the buffer was not made by this pool.
     pub fn put(&mut self, buf: IoBuf) {
-        assert!(buf.reg.map(|r| r.pool_id) == Some(self.id), "buffer returned to the wrong pool");
+        assert!(
+            buf.reg.map(|r| r.pool_id) == Some(self.id),
+            "buffer returned to the wrong pool"
+        );
         assert!(self.free.len() < self.count);
         self.free.push(buf);
     }

@@ -53,12 +53,7 @@ fn preconditions<D: BlockDevice + ?Sized>(check: &str, dev: &D) {
         info.name,
         info.max_in_flight
     );
-    assert_eq!(
-        dev.in_flight(),
-        0,
-        "{check}: {} is not idle at the start",
-        info.name
-    );
+    assert_eq!(dev.in_flight(), 0, "{check}: {} is not idle at the start", info.name);
 }
 
 /// Fills `buf` with bytes that depend on `seed` and the device byte offset of each 8-byte word,
@@ -66,10 +61,8 @@ fn preconditions<D: BlockDevice + ?Sized>(check: &str, dev: &D) {
 pub fn fill_pattern(buf: &mut [u8], seed: u64, offset: u64) {
     for (i, word) in buf.chunks_mut(8).enumerate() {
         let pos = offset + 8 * i as u64;
-        let v = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ pos.wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
-        .rotate_left(17)
-            | 1;
+        let v =
+            (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pos.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)).rotate_left(17) | 1;
         word.copy_from_slice(&v.to_le_bytes()[..word.len()]);
     }
 }
@@ -116,9 +109,7 @@ pub fn submit_all<D: BlockDevice + ?Sized>(dev: &mut D, n: usize) {
         if done >= n {
             return;
         }
-        done += dev
-            .submit()
-            .unwrap_or_else(|e| panic!("submit failed: {e}"));
+        done += dev.submit().unwrap_or_else(|e| panic!("submit failed: {e}"));
     }
     panic!("{}: only {done} of {n} I/Os handed over", dev.info().name);
 }
@@ -159,12 +150,7 @@ pub fn reap_at_least<D: BlockDevice + ?Sized>(dev: &mut D, n: usize) -> Vec<Comp
 /// As [`reap_at_least`], and if more than `n` arrive.
 pub fn reap_n<D: BlockDevice + ?Sized>(dev: &mut D, n: usize) -> Vec<Completion> {
     let out = reap_at_least(dev, n);
-    assert_eq!(
-        out.len(),
-        n,
-        "{}: expected {n} completions",
-        dev.info().name
-    );
+    assert_eq!(out.len(), n, "{}: expected {n} completions", dev.info().name);
     out
 }
 
@@ -219,11 +205,7 @@ pub fn check_info<D: BlockDevice + ?Sized>(dev: &mut D) {
         info.name,
         info.capacity_bytes
     );
-    assert!(
-        info.max_in_flight >= 1,
-        "check_info: {}: max_in_flight is 0",
-        info.name
-    );
+    assert!(info.max_in_flight >= 1, "check_info: {}: max_in_flight is 0", info.name);
     assert_eq!(
         dev.in_flight(),
         0,
@@ -248,11 +230,7 @@ pub fn check_write_read_roundtrip<D: BlockDevice + ?Sized>(dev: &mut D) {
     for (i, &(offset, len)) in cases.iter().enumerate() {
         let seed = 100 + i as u64;
         let back = write_sync(dev, offset, pattern_buf(len, seed, offset));
-        assert_eq!(
-            back.len(),
-            len,
-            "{CHECK}: write buffer came back with another length"
-        );
+        assert_eq!(back.len(), len, "{CHECK}: write buffer came back with another length");
         assert_pattern(CHECK, back.as_slice(), seed, offset);
         let got = read_sync(dev, offset, len);
         assert_pattern(CHECK, got.as_slice(), seed, offset);
@@ -268,16 +246,8 @@ pub fn check_write_read_roundtrip<D: BlockDevice + ?Sized>(dev: &mut D) {
         read_sync(dev, 2 * MIB as u64, SECTOR_SIZE).as_slice(),
         2 * MIB as u64,
     );
-    assert_zeros(
-        CHECK,
-        read_sync(dev, 6 * SS, SECTOR_SIZE).as_slice(),
-        6 * SS,
-    );
-    assert_zeros(
-        CHECK,
-        read_sync(dev, 10 * SS, SECTOR_SIZE).as_slice(),
-        10 * SS,
-    );
+    assert_zeros(CHECK, read_sync(dev, 6 * SS, SECTOR_SIZE).as_slice(), 6 * SS);
+    assert_zeros(CHECK, read_sync(dev, 10 * SS, SECTOR_SIZE).as_slice(), 10 * SS);
 
     // A 4-sector buffer with len() 2 sectors moves only 2 sectors, both ways.
     let offset = 64 * SS;
@@ -332,30 +302,16 @@ pub fn check_many_in_flight<D: BlockDevice + ?Sized>(dev: &mut D) {
 
     for i in 0..n {
         let (offset, len) = place(i);
-        dev.submit_write(
-            offset,
-            pattern_buf(len, 1000 + i as u64, offset),
-            1000 + i as u64,
-        )
-        .unwrap_or_else(|e| panic!("{CHECK}: write {i} refused: {e}"));
-        assert_eq!(
-            dev.in_flight(),
-            i + 1,
-            "{CHECK}: in_flight after {} submits",
-            i + 1
-        );
+        dev.submit_write(offset, pattern_buf(len, 1000 + i as u64, offset), 1000 + i as u64)
+            .unwrap_or_else(|e| panic!("{CHECK}: write {i} refused: {e}"));
+        assert_eq!(dev.in_flight(), i + 1, "{CHECK}: in_flight after {} submits", i + 1);
     }
     submit_all(dev, n);
     let mut seen = BTreeMap::new();
     for c in reap_n(dev, n) {
         let i = c.tag.checked_sub(1000).filter(|&i| (i as usize) < n);
-        let i =
-            i.unwrap_or_else(|| panic!("{CHECK}: completion with unknown tag {}", c.tag)) as usize;
-        assert!(
-            seen.insert(i, ()).is_none(),
-            "{CHECK}: tag {} completed twice",
-            c.tag
-        );
+        let i = i.unwrap_or_else(|| panic!("{CHECK}: completion with unknown tag {}", c.tag)) as usize;
+        assert!(seen.insert(i, ()).is_none(), "{CHECK}: tag {} completed twice", c.tag);
         let (offset, len) = place(i);
         assert_eq!(c.kind, IoKind::Write, "{CHECK}: tag {} kind", c.tag);
         assert_eq!(c.offset, offset, "{CHECK}: tag {} offset", c.tag);
@@ -380,13 +336,8 @@ pub fn check_many_in_flight<D: BlockDevice + ?Sized>(dev: &mut D) {
     let mut seen = BTreeMap::new();
     for c in reap_n(dev, n) {
         let i = c.tag.checked_sub(5000).filter(|&i| (i as usize) < n);
-        let i =
-            i.unwrap_or_else(|| panic!("{CHECK}: completion with unknown tag {}", c.tag)) as usize;
-        assert!(
-            seen.insert(i, ()).is_none(),
-            "{CHECK}: tag {} completed twice",
-            c.tag
-        );
+        let i = i.unwrap_or_else(|| panic!("{CHECK}: completion with unknown tag {}", c.tag)) as usize;
+        assert!(seen.insert(i, ()).is_none(), "{CHECK}: tag {} completed twice", c.tag);
         let (offset, len) = place(i);
         assert_eq!(c.kind, IoKind::Read, "{CHECK}: tag {} kind", c.tag);
         assert_eq!(c.offset, offset, "{CHECK}: tag {} offset", c.tag);
@@ -429,13 +380,8 @@ pub fn check_invalid_refused<D: BlockDevice + ?Sized>(dev: &mut D) {
             match r {
                 Err(SubmitError::Invalid { reason, buf }) => {
                     assert!(!reason.is_empty(), "{CHECK}: {what}: empty reason");
-                    let buf = buf
-                        .unwrap_or_else(|| panic!("{CHECK}: {what} {kind}: buffer not returned"));
-                    assert_eq!(
-                        buf.len(),
-                        len,
-                        "{CHECK}: {what} {kind}: returned buffer length"
-                    );
+                    let buf = buf.unwrap_or_else(|| panic!("{CHECK}: {what} {kind}: buffer not returned"));
+                    assert_eq!(buf.len(), len, "{CHECK}: {what} {kind}: returned buffer length");
                     assert_pattern(CHECK, buf.as_slice(), 7, offset);
                 }
                 Err(e) => {
@@ -443,18 +389,11 @@ pub fn check_invalid_refused<D: BlockDevice + ?Sized>(dev: &mut D) {
                 }
                 Ok(()) => panic!("{CHECK}: {what} {kind} at {offset} (+{len}) was accepted"),
             }
-            assert_eq!(
-                dev.in_flight(),
-                0,
-                "{CHECK}: a refused {kind} counts in in_flight"
-            );
+            assert_eq!(dev.in_flight(), 0, "{CHECK}: a refused {kind} counts in in_flight");
         }
     }
     let info = dev.info();
-    assert!(
-        check_io(info, 0, 0).is_err(),
-        "{CHECK}: check_io accepts a zero length"
-    );
+    assert!(check_io(info, 0, 0).is_err(), "{CHECK}: check_io accepts a zero length");
     assert!(
         check_io(info, 0, 100).is_err(),
         "{CHECK}: check_io accepts a misaligned length"
@@ -519,11 +458,7 @@ pub fn check_queue_full<D: BlockDevice + ?Sized>(dev: &mut D) {
         "read after submit",
         Some(SECTOR_SIZE),
     );
-    assert_eq!(
-        dev.in_flight(),
-        m,
-        "{CHECK}: in_flight after refused submits"
-    );
+    assert_eq!(dev.in_flight(), m, "{CHECK}: in_flight after refused submits");
 
     let mut done = reap_at_least(dev, 1);
     dev.submit_read(0, IoBuf::new(SECTOR_SIZE), m as u64)
@@ -542,11 +477,7 @@ pub fn check_queue_full<D: BlockDevice + ?Sized>(dev: &mut D) {
         if let Err(e) = &c.result {
             panic!("{CHECK}: read tag {} failed: {e}", c.tag);
         }
-        assert_zeros(
-            CHECK,
-            c.buf.as_ref().expect("read buffer").as_slice(),
-            c.offset,
-        );
+        assert_zeros(CHECK, c.buf.as_ref().expect("read buffer").as_slice(), c.offset);
     }
     assert_eq!(dev.in_flight(), 0, "{CHECK}: I/O left in flight");
 }
@@ -586,21 +517,11 @@ pub fn check_flush<D: BlockDevice + ?Sized>(dev: &mut D) {
         }
     }
     for i in 0..4u64 {
-        assert_pattern(
-            CHECK,
-            read_sync(dev, i * SS, SECTOR_SIZE).as_slice(),
-            400 + i,
-            i * SS,
-        );
+        assert_pattern(CHECK, read_sync(dev, i * SS, SECTOR_SIZE).as_slice(), 400 + i, i * SS);
     }
     for i in 0..n as u64 {
         let offset = (16 + i) * SS;
-        assert_pattern(
-            CHECK,
-            read_sync(dev, offset, SECTOR_SIZE).as_slice(),
-            500 + i,
-            offset,
-        );
+        assert_pattern(CHECK, read_sync(dev, offset, SECTOR_SIZE).as_slice(), 500 + i, offset);
     }
 }
 
@@ -622,16 +543,8 @@ pub fn check_reap_bounds<D: BlockDevice + ?Sized>(dev: &mut D) {
     preconditions(CHECK, dev);
     let mut out = Vec::new();
     let t = Instant::now();
-    assert_eq!(
-        dev.reap(&mut out, 0).expect("reap"),
-        0,
-        "{CHECK}: idle reap(0)"
-    );
-    assert_eq!(
-        dev.reap(&mut out, 5).expect("reap"),
-        0,
-        "{CHECK}: idle reap(5)"
-    );
+    assert_eq!(dev.reap(&mut out, 0).expect("reap"), 0, "{CHECK}: idle reap(0)");
+    assert_eq!(dev.reap(&mut out, 5).expect("reap"), 0, "{CHECK}: idle reap(5)");
     assert!(out.is_empty(), "{CHECK}: idle reap added completions");
     assert!(
         t.elapsed() < Duration::from_millis(500),
@@ -639,27 +552,18 @@ pub fn check_reap_bounds<D: BlockDevice + ?Sized>(dev: &mut D) {
         t.elapsed()
     );
 
-    dev.submit_read(0, IoBuf::new(SECTOR_SIZE), 1)
-        .expect("submit_read");
+    dev.submit_read(0, IoBuf::new(SECTOR_SIZE), 1).expect("submit_read");
     dev.submit_write(SS, pattern_buf(SECTOR_SIZE, 9, SS), 2)
         .expect("submit_write");
     submit_all(dev, 2);
     let got = dev.reap(&mut out, 100).expect("reap");
-    assert_eq!(
-        got, 2,
-        "{CHECK}: reap(100) with 2 in flight must return both"
-    );
+    assert_eq!(got, 2, "{CHECK}: reap(100) with 2 in flight must return both");
     assert_eq!(out.len(), 2, "{CHECK}: completions added");
-    assert_eq!(
-        dev.in_flight(),
-        0,
-        "{CHECK}: in_flight after reaping everything"
-    );
+    assert_eq!(dev.in_flight(), 0, "{CHECK}: in_flight after reaping everything");
 
     // Queued, not submitted: reap must not wait for it.
     out.clear();
-    dev.submit_read(SS, IoBuf::new(SECTOR_SIZE), 3)
-        .expect("submit_read");
+    dev.submit_read(SS, IoBuf::new(SECTOR_SIZE), 3).expect("submit_read");
     let got = dev.reap(&mut out, 1).expect("reap");
     assert!(got <= 1, "{CHECK}: reap returned {got} with one I/O queued");
     if got == 0 {
@@ -668,12 +572,7 @@ pub fn check_reap_bounds<D: BlockDevice + ?Sized>(dev: &mut D) {
     }
     assert_eq!(out.len(), 1, "{CHECK}: the queued read completes");
     assert_eq!(out[0].tag, 3, "{CHECK}: tag of the queued read");
-    assert_pattern(
-        CHECK,
-        out[0].buf.as_ref().expect("read buffer").as_slice(),
-        9,
-        SS,
-    );
+    assert_pattern(CHECK, out[0].buf.as_ref().expect("read buffer").as_slice(), 9, SS);
     assert_eq!(dev.in_flight(), 0, "{CHECK}: in_flight at the end");
 }
 
@@ -698,12 +597,7 @@ pub fn check_registered_buffers<D: BlockDevice + ?Sized>(dev: &mut D) {
     let mut other = BufPool::new(2, 2 * SECTOR_SIZE);
     let _ = dev.register_buffers(&other); // May fail; the buffers must work either way.
 
-    let place = |i: usize| {
-        (
-            2 * MIB as u64 + i as u64 * 16 * SS,
-            (i % 16 + 1) * SECTOR_SIZE,
-        )
-    };
+    let place = |i: usize| (2 * MIB as u64 + i as u64 * 16 * SS, (i % 16 + 1) * SECTOR_SIZE);
     let n = count + 3;
     for i in 0..n {
         let (offset, len) = place(i);
@@ -791,24 +685,12 @@ pub fn check_in_flight_accounting<D: BlockDevice + ?Sized>(dev: &mut D) {
             break;
         }
         let got = dev.reap(&mut out, 1).expect("reap");
-        assert!(
-            got >= 1,
-            "{CHECK}: reap(1) with {left} in flight returned nothing"
-        );
+        assert!(got >= 1, "{CHECK}: reap(1) with {left} in flight returned nothing");
         left -= got;
-        assert_eq!(
-            dev.in_flight(),
-            left,
-            "{CHECK}: in_flight after reaping {}",
-            5 - left
-        );
+        assert_eq!(dev.in_flight(), left, "{CHECK}: in_flight after reaping {}", 5 - left);
     }
     assert_eq!(out.len(), 5, "{CHECK}: completions");
-    assert_eq!(
-        dev.reap(&mut out, 0).expect("reap"),
-        0,
-        "{CHECK}: extra completions"
-    );
+    assert_eq!(dev.reap(&mut out, 0).expect("reap"), 0, "{CHECK}: extra completions");
 }
 
 /// Runs every check, each on a fresh device from `make`.

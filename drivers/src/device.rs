@@ -184,11 +184,17 @@ pub fn check_io(info: &DeviceInfo, offset: u64, len: usize) -> Result<(), String
     if len == 0 {
         return Err("zero-length I/O".into());
     }
-    if offset % ss != 0 || len as u64 % ss != 0 {
+    if !offset.is_multiple_of(ss) || !(len as u64).is_multiple_of(ss) {
         return Err(format!("offset {offset} / length {len} not aligned to {ss} bytes"));
     }
-    if offset.checked_add(len as u64).is_none_or(|end| end > info.capacity_bytes) {
-        return Err(format!("I/O [{offset}, +{len}) past the end of {} ({} bytes)", info.name, info.capacity_bytes));
+    if offset
+        .checked_add(len as u64)
+        .is_none_or(|end| end > info.capacity_bytes)
+    {
+        return Err(format!(
+            "I/O [{offset}, +{len}) past the end of {} ({} bytes)",
+            info.name, info.capacity_bytes
+        ));
     }
     Ok(())
 }

@@ -25,6 +25,4 @@ pub mod sim;
 pub mod uring;
 
 pub use buf::{BufPool, IoBuf, RegSlot, SECTOR_SIZE};
-pub use device::{
-    BlockDevice, Completion, DeviceError, DeviceInfo, IoKind, IoStatus, SubmitError,
-};
+pub use device::{BlockDevice, Completion, DeviceError, DeviceInfo, IoKind, IoStatus, SubmitError};

@@ -49,9 +49,7 @@
 //! Each injected read error, write error and bit flip counts in [`SimStats::injected_faults`].
 
 use crate::buf::{IoBuf, SECTOR_SIZE};
-use crate::device::{
-    check_io, BlockDevice, Completion, DeviceError, DeviceInfo, IoKind, IoStatus, SubmitError,
-};
+use crate::device::{check_io, BlockDevice, Completion, DeviceError, DeviceInfo, IoKind, IoStatus, SubmitError};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -400,11 +398,7 @@ impl SimDevice {
     /// [`SubmitError::Failed`] with the buffer. Idempotent.
     pub fn fail_all(&mut self) {
         self.failed = true;
-        let mut ops: Vec<Op> = self
-            .queued
-            .drain(..)
-            .chain(self.pending.drain(..))
-            .collect();
+        let mut ops: Vec<Op> = self.queued.drain(..).chain(self.pending.drain(..)).collect();
         ops.sort_by_key(|op| op.seq);
         for op in ops {
             let err = self.error(&op, IoStatus::Failed);
@@ -456,13 +450,7 @@ impl SimDevice {
     }
 
     /// Common submit path: failure, preconditions, queue limit, then queue the op.
-    fn accept(
-        &mut self,
-        kind: IoKind,
-        offset: u64,
-        buf: Option<IoBuf>,
-        tag: u64,
-    ) -> Result<(), SubmitError> {
+    fn accept(&mut self, kind: IoKind, offset: u64, buf: Option<IoBuf>, tag: u64) -> Result<(), SubmitError> {
         let len = buf.as_ref().map_or(0, IoBuf::len);
         if self.failed {
             let err = DeviceError {
@@ -594,11 +582,7 @@ impl BlockDevice for SimDevice {
 
     /// Completes the I/Os that are due (see the module docs), at least `min_complete` of the
     /// handed-over ones. Never fails.
-    fn reap(
-        &mut self,
-        out: &mut Vec<Completion>,
-        min_complete: usize,
-    ) -> Result<usize, DeviceError> {
+    fn reap(&mut self, out: &mut Vec<Completion>, min_complete: usize) -> Result<usize, DeviceError> {
         if !self.dead.is_empty() {
             let n = self.dead.len();
             out.append(&mut self.dead);
@@ -647,8 +631,7 @@ impl BlockDevice for SimDevice {
 
         // Seeded-random completion order, except that a flush follows the writes before it.
         now.shuffle(&mut self.rng);
-        let (flushes, others): (Vec<Op>, Vec<Op>) =
-            now.into_iter().partition(|op| op.kind == IoKind::Flush);
+        let (flushes, others): (Vec<Op>, Vec<Op>) = now.into_iter().partition(|op| op.kind == IoKind::Flush);
         // Each flush goes in at a random gap after the last earlier write (gap i: before
         // others[i]; gap others.len(): at the end).
         let mut placed: Vec<(usize, Op)> = Vec::with_capacity(flushes.len());
@@ -725,8 +708,7 @@ mod tests {
                 }
                 4..=5 if !full => {
                     let offset = script.gen_range(0..256u64) * SS;
-                    dev.submit_read(offset, IoBuf::new(SECTOR_SIZE), tag)
-                        .expect("read");
+                    dev.submit_read(offset, IoBuf::new(SECTOR_SIZE), tag).expect("read");
                 }
                 6 if !full => dev.submit_flush(tag).expect("flush"),
                 7 => {
@@ -757,19 +739,12 @@ mod tests {
     fn same_seed_same_completions_and_crash_image() {
         let (trace_a, disk_a) = run_script(faulty(7), 1);
         let (trace_b, disk_b) = run_script(faulty(7), 1);
-        assert!(
-            trace_a.len() > 50,
-            "script too small: {} completions",
-            trace_a.len()
-        );
+        assert!(trace_a.len() > 50, "script too small: {} completions", trace_a.len());
         assert!(trace_a.iter().any(|e| !e.3), "no faults injected");
         assert_eq!(trace_a, trace_b);
         assert_eq!(disk_a, disk_b);
         let (trace_c, disk_c) = run_script(faulty(8), 1);
-        assert!(
-            trace_a != trace_c || disk_a != disk_c,
-            "another seed changed nothing"
-        );
+        assert!(trace_a != trace_c || disk_a != disk_c, "another seed changed nothing");
     }
 
     #[test]
@@ -778,8 +753,7 @@ mod tests {
         cfg.latency_polls_max = 5;
         let mut dev = SimDevice::new(cfg);
         for i in 0..32u64 {
-            dev.submit_read(i * SS, IoBuf::new(SECTOR_SIZE), i)
-                .expect("read");
+            dev.submit_read(i * SS, IoBuf::new(SECTOR_SIZE), i).expect("read");
         }
         submit_all(&mut dev, 32);
         let mut out = Vec::new();
@@ -800,36 +774,24 @@ mod tests {
         cfg.latency_polls_max = 2;
         let mut dev = SimDevice::new(cfg);
         let mut out = Vec::new();
-        dev.submit_read(0, IoBuf::new(SECTOR_SIZE), 1)
-            .expect("read");
+        dev.submit_read(0, IoBuf::new(SECTOR_SIZE), 1).expect("read");
         dev.submit().expect("submit");
         assert_eq!(dev.reap(&mut out, 0).expect("reap"), 0);
         assert_eq!(dev.reap(&mut out, 0).expect("reap"), 0);
         assert_eq!(dev.reap(&mut out, 0).expect("reap"), 1);
 
-        dev.submit_read(0, IoBuf::new(SECTOR_SIZE), 2)
-            .expect("read");
-        dev.submit_read(SS, IoBuf::new(SECTOR_SIZE), 3)
-            .expect("read");
+        dev.submit_read(0, IoBuf::new(SECTOR_SIZE), 2).expect("read");
+        dev.submit_read(SS, IoBuf::new(SECTOR_SIZE), 3).expect("read");
         dev.submit().expect("submit");
-        assert_eq!(
-            dev.reap(&mut out, 1).expect("reap"),
-            1,
-            "min 1 forces exactly one"
-        );
-        assert_eq!(
-            dev.reap(&mut out, 5).expect("reap"),
-            1,
-            "min is capped at in_flight"
-        );
+        assert_eq!(dev.reap(&mut out, 1).expect("reap"), 1, "min 1 forces exactly one");
+        assert_eq!(dev.reap(&mut out, 5).expect("reap"), 1, "min is capped at in_flight");
         assert_eq!(dev.in_flight(), 0);
     }
 
     #[test]
     fn queued_but_unsubmitted_io_never_completes() {
         let mut dev = SimDevice::new(SimConfig::new("sim", CAP, 5));
-        dev.submit_write(0, pattern_buf(SECTOR_SIZE, 1, 0), 1)
-            .expect("write");
+        dev.submit_write(0, pattern_buf(SECTOR_SIZE, 1, 0), 1).expect("write");
         let mut out = Vec::new();
         for _ in 0..20 {
             assert_eq!(dev.reap(&mut out, 1).expect("reap"), 0);
@@ -858,16 +820,9 @@ mod tests {
                 let min = (seed % 2) as usize;
                 dev.reap(&mut out, min).expect("reap");
             }
-            let at = |tag| {
-                out.iter()
-                    .position(|c| c.tag == tag)
-                    .expect("tag completed")
-            };
+            let at = |tag| out.iter().position(|c| c.tag == tag).expect("tag completed");
             for i in 0..5 {
-                assert!(
-                    at(i) < at(100),
-                    "seed {seed}: write {i} completed after the flush"
-                );
+                assert!(at(i) < at(100), "seed {seed}: write {i} completed after the flush");
             }
         }
     }
@@ -949,10 +904,7 @@ mod tests {
                 "seed {seed}"
             );
             // Untouched sectors between the writes kept the old data.
-            assert_eq!(
-                sectors_state(&disk, 5 * SS, SECTOR_SIZE, 0),
-                vec![Some(false)]
-            );
+            assert_eq!(sectors_state(&disk, 5 * SS, SECTOR_SIZE, 0), vec![Some(false)]);
         }
         assert!(
             lost > 0 && applied > 0 && torn > 0,
@@ -967,10 +919,7 @@ mod tests {
         let disk = dev.crash();
         let mut dev = SimDevice::from_disk(disk, SimConfig::new("sim", CAP, 7));
         let got = crate::conformance::read_sync(&mut dev, 8 * SS, 2 * SECTOR_SIZE);
-        assert_eq!(
-            got.as_slice(),
-            pattern_buf(2 * SECTOR_SIZE, 5, 8 * SS).as_slice()
-        );
+        assert_eq!(got.as_slice(), pattern_buf(2 * SECTOR_SIZE, 5, 8 * SS).as_slice());
     }
 
     /// Reads sector `i % 256` `n` times (each reaped before the next batch) on a device over
@@ -1004,10 +953,7 @@ mod tests {
             assert!(c.buf.is_some(), "buffer not returned");
             if let Err(e) = &c.result {
                 assert_eq!(e.status, IoStatus::Injected("read error"));
-                assert_eq!(
-                    (e.op, e.offset, e.len),
-                    (IoKind::Read, c.offset, SECTOR_SIZE)
-                );
+                assert_eq!((e.op, e.offset, e.len), (IoKind::Read, c.offset, SECTOR_SIZE));
                 assert_eq!(e.device, "sim");
             } else {
                 let mut want = vec![0u8; SECTOR_SIZE];
@@ -1018,11 +964,7 @@ mod tests {
         assert_eq!(dev.stats().injected_faults, errors as u64);
         assert_eq!(dev.stats().reads, 4096);
         assert_eq!(dev.stats().bytes_read, (4096 - errors as u64) * SS);
-        assert_eq!(
-            dev.disk(),
-            &old_data_disk(),
-            "read errors changed the stored data"
-        );
+        assert_eq!(dev.disk(), &old_data_disk(), "read errors changed the stored data");
     }
 
     #[test]
@@ -1036,24 +978,13 @@ mod tests {
             assert!(c.result.is_ok(), "a bit flip is silent");
             fill_pattern(&mut want, 1, c.offset);
             let got = c.buf.as_ref().expect("buf").as_slice();
-            let bits: u32 = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a ^ b).count_ones())
-                .sum();
+            let bits: u32 = got.iter().zip(&want).map(|(a, b)| (a ^ b).count_ones()).sum();
             assert!(bits <= 1, "{bits} bits flipped in one read");
             flipped += bits as u64;
         }
-        assert!(
-            (130..=290).contains(&flipped),
-            "{flipped} flips in 4096 reads at 5%"
-        );
+        assert!((130..=290).contains(&flipped), "{flipped} flips in 4096 reads at 5%");
         assert_eq!(dev.stats().injected_faults, flipped);
-        assert_eq!(
-            dev.disk(),
-            &old_data_disk(),
-            "bit flips reached the stored data"
-        );
+        assert_eq!(dev.disk(), &old_data_disk(), "bit flips reached the stored data");
     }
 
     #[test]
@@ -1062,12 +993,8 @@ mod tests {
         cfg.write_error_ppm = PPM;
         let mut dev = SimDevice::from_disk(old_data_disk(), cfg);
         for i in 0..8u64 {
-            dev.submit_write(
-                i * 16 * SS,
-                pattern_buf(8 * SECTOR_SIZE, 50 + i, i * 16 * SS),
-                i,
-            )
-            .expect("write");
+            dev.submit_write(i * 16 * SS, pattern_buf(8 * SECTOR_SIZE, 50 + i, i * 16 * SS), i)
+                .expect("write");
         }
         submit_all(&mut dev, 8);
         let done = reap_n(&mut dev, 8);
@@ -1088,10 +1015,8 @@ mod tests {
     #[test]
     fn fail_all_fails_everything() {
         let mut dev = SimDevice::new(SimConfig::new("sim-dead", CAP, 11));
-        dev.submit_write(0, pattern_buf(SECTOR_SIZE, 1, 0), 1)
-            .expect("write");
-        dev.submit_read(SS, IoBuf::new(SECTOR_SIZE), 2)
-            .expect("read");
+        dev.submit_write(0, pattern_buf(SECTOR_SIZE, 1, 0), 1).expect("write");
+        dev.submit_read(SS, IoBuf::new(SECTOR_SIZE), 2).expect("read");
         dev.submit().expect("submit");
         dev.submit_write(2 * SS, pattern_buf(SECTOR_SIZE, 3, 2 * SS), 3)
             .expect("write");
@@ -1103,19 +1028,13 @@ mod tests {
         for c in &out {
             let e = c.result.as_ref().expect_err("failed");
             assert_eq!(e.status, IoStatus::Failed);
-            assert_eq!(
-                (e.op, e.offset, e.device.as_str()),
-                (c.kind, c.offset, "sim-dead")
-            );
+            assert_eq!((e.op, e.offset, e.device.as_str()), (c.kind, c.offset, "sim-dead"));
             assert!(c.buf.is_some());
         }
         assert_eq!(dev.in_flight(), 0);
         match dev.submit_write(0, pattern_buf(SECTOR_SIZE, 4, 0), 4) {
             Err(SubmitError::Failed(e, Some(buf))) => {
-                assert_eq!(
-                    (e.op, e.len, e.status),
-                    (IoKind::Write, SECTOR_SIZE, IoStatus::Failed)
-                );
+                assert_eq!((e.op, e.len, e.status), (IoKind::Write, SECTOR_SIZE, IoStatus::Failed));
                 assert_eq!(buf.len(), SECTOR_SIZE);
             }
             other => panic!("want Failed, got {other:?}"),
@@ -1124,10 +1043,7 @@ mod tests {
             dev.submit_read(0, IoBuf::new(SECTOR_SIZE), 5),
             Err(SubmitError::Failed(_, Some(_)))
         ));
-        assert!(matches!(
-            dev.submit_flush(6),
-            Err(SubmitError::Failed(_, None))
-        ));
+        assert!(matches!(dev.submit_flush(6), Err(SubmitError::Failed(_, None))));
         assert_eq!(dev.submit().expect("submit"), 0);
         assert_eq!(dev.disk().stored_sectors(), 0, "a failed write was applied");
         assert_eq!(dev.crash().stored_sectors(), 0);
@@ -1141,11 +1057,7 @@ mod tests {
         crate::conformance::write_sync(&mut dev, 0, pattern_buf(SECTOR_SIZE, 1, 0));
         assert_eq!(dev.disk().stored_sectors(), 2);
         crate::conformance::write_sync(&mut dev, 0, IoBuf::new(SECTOR_SIZE));
-        assert_eq!(
-            dev.disk().stored_sectors(),
-            1,
-            "an all-zero sector is not stored"
-        );
+        assert_eq!(dev.disk().stored_sectors(), 1, "an all-zero sector is not stored");
         let got = crate::conformance::read_sync(&mut dev, cap / 2, SECTOR_SIZE);
         assert!(got.as_slice().iter().all(|&b| b == 0));
     }
@@ -1189,20 +1101,14 @@ mod tests {
         reap_n(&mut dev, 1);
         let s = dev.stats();
         assert_eq!((s.reads, s.writes, s.flushes), (1, 1, 1));
-        assert_eq!(
-            (s.bytes_read, s.bytes_written, s.injected_faults),
-            (SS, 2 * SS, 0)
-        );
+        assert_eq!((s.bytes_read, s.bytes_written, s.injected_faults), (SS, 2 * SS, 0));
     }
 
     #[test]
     fn invalid_io_error_names_op_device_offset_and_length() {
         let mut dev = SimDevice::new(SimConfig::new("sim-named", CAP, 14));
         match dev.submit_write(512, IoBuf::new(SECTOR_SIZE), 1) {
-            Err(SubmitError::Invalid {
-                reason,
-                buf: Some(_),
-            }) => {
+            Err(SubmitError::Invalid { reason, buf: Some(_) }) => {
                 for part in ["write", "sim-named", "512", "4096"] {
                     assert!(reason.contains(part), "{reason:?} lacks {part:?}");
                 }

@@ -26,9 +26,7 @@
 #![allow(unsafe_code)]
 
 use crate::buf::{BufPool, IoBuf, SECTOR_SIZE};
-use crate::device::{
-    check_io, BlockDevice, Completion, DeviceError, DeviceInfo, IoKind, IoStatus, SubmitError,
-};
+use crate::device::{check_io, BlockDevice, Completion, DeviceError, DeviceInfo, IoKind, IoStatus, SubmitError};
 use io_uring::{opcode, squeue, types, EnterFlags, IoUring};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -52,8 +50,7 @@ pub const MAX_REGISTERED_BUFFERS: u32 = 16384;
 /// The one registered file's index in the ring's file table.
 const FILE_INDEX: types::Fixed = types::Fixed(0);
 
-const _: () =
-    assert!(MAX_IO_BYTES.is_multiple_of(SECTOR_SIZE) && MAX_IO_BYTES <= u32::MAX as usize);
+const _: () = assert!(MAX_IO_BYTES.is_multiple_of(SECTOR_SIZE) && MAX_IO_BYTES <= u32::MAX as usize);
 
 /// How to open a [`UringDevice`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,10 +208,7 @@ impl UringDevice {
         if opts.queue_depth == 0 || opts.queue_depth > MAX_QUEUE_DEPTH {
             return Err(OpenError::Options {
                 path: path.to_path_buf(),
-                reason: format!(
-                    "queue_depth {} is not in 1..={MAX_QUEUE_DEPTH}",
-                    opts.queue_depth
-                ),
+                reason: format!("queue_depth {} is not in 1..={MAX_QUEUE_DEPTH}", opts.queue_depth),
             });
         }
 
@@ -254,8 +248,7 @@ impl UringDevice {
         } else if file_type.is_block_device() {
             // The block device inode's size is the device size, the same figure BLKGETSIZE64
             // reports; seeking to the end reads it without an ioctl (and without unsafe).
-            file.seek(SeekFrom::End(0))
-                .map_err(io_err("find the size of"))?
+            file.seek(SeekFrom::End(0)).map_err(io_err("find the size of"))?
         } else {
             return Err(OpenError::NotFileOrBlockDevice {
                 path: path.to_path_buf(),
@@ -345,11 +338,7 @@ impl UringDevice {
     }
 
     /// Pushes one SQE for `io` into a free slot. On failure the buffer comes back.
-    fn push(
-        &mut self,
-        sqe: impl FnOnce(u64) -> squeue::Entry,
-        io: InFlight,
-    ) -> Result<(), SubmitError> {
+    fn push(&mut self, sqe: impl FnOnce(u64) -> squeue::Entry, io: InFlight) -> Result<(), SubmitError> {
         let Some(slot) = self.free.pop() else {
             return Err(SubmitError::QueueFull(io.buf));
         };
@@ -372,23 +361,14 @@ impl UringDevice {
         Ok(())
     }
 
-    fn submit_rw(
-        &mut self,
-        kind: IoKind,
-        offset: u64,
-        mut buf: IoBuf,
-        tag: u64,
-    ) -> Result<(), SubmitError> {
+    fn submit_rw(&mut self, kind: IoKind, offset: u64, mut buf: IoBuf, tag: u64) -> Result<(), SubmitError> {
         let len = buf.len();
         let refuse = |reason: String, buf| {
             let reason = format!(
                 "{kind} of {len} bytes at offset {offset} on {}: {reason}",
                 self.info.name
             );
-            Err(SubmitError::Invalid {
-                reason,
-                buf: Some(buf),
-            })
+            Err(SubmitError::Invalid { reason, buf: Some(buf) })
         };
         if let Err(reason) = check_io(&self.info, offset, len) {
             return refuse(reason, buf);
@@ -401,18 +381,12 @@ impl UringDevice {
         let len32 = len as u32; // ≤ MAX_IO_BYTES, checked above.
         let sqe = move |user_data: u64| {
             let e = match (kind, fixed) {
-                (IoKind::Read, Some(i)) => opcode::ReadFixed::new(FILE_INDEX, ptr, len32, i)
-                    .offset(offset)
-                    .build(),
-                (IoKind::Read, None) => opcode::Read::new(FILE_INDEX, ptr, len32)
-                    .offset(offset)
-                    .build(),
+                (IoKind::Read, Some(i)) => opcode::ReadFixed::new(FILE_INDEX, ptr, len32, i).offset(offset).build(),
+                (IoKind::Read, None) => opcode::Read::new(FILE_INDEX, ptr, len32).offset(offset).build(),
                 (_, Some(i)) => opcode::WriteFixed::new(FILE_INDEX, ptr, len32, i)
                     .offset(offset)
                     .build(),
-                (_, None) => opcode::Write::new(FILE_INDEX, ptr, len32)
-                    .offset(offset)
-                    .build(),
+                (_, None) => opcode::Write::new(FILE_INDEX, ptr, len32).offset(offset).build(),
             };
             e.user_data(user_data)
         };
@@ -459,10 +433,11 @@ impl UringDevice {
 
     /// An error naming one I/O the kernel holds (the one in the lowest slot).
     fn stalled(&self, errno: i32) -> DeviceError {
-        let io = self.slots.iter().enumerate().find_map(|(i, s)| {
-            s.as_ref()
-                .filter(|_| !self.unsubmitted.contains(&(i as u32)))
-        });
+        let io = self
+            .slots
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.as_ref().filter(|_| !self.unsubmitted.contains(&(i as u32))));
         match io {
             Some(io) => self.error(io.kind, io.offset, io.len, IoStatus::Os(errno)),
             None => self.error(IoKind::Flush, 0, 0, IoStatus::Os(errno)),
@@ -478,9 +453,7 @@ impl UringDevice {
                 .slots
                 .get_mut(slot)
                 .and_then(Option::take)
-                .unwrap_or_else(|| {
-                    panic!("{}: CQE for free or unknown slot {slot}", self.info.name)
-                });
+                .unwrap_or_else(|| panic!("{}: CQE for free or unknown slot {slot}", self.info.name));
             self.free.push(slot as u32);
             let res = cqe.result();
             let status = if res < 0 {
@@ -570,12 +543,8 @@ impl BlockDevice for UringDevice {
         // freed memory. It only transfers into a registered buffer for a ReadFixed/WriteFixed
         // SQE, and `fixed_index` issues one only for the live IoBuf whose address and slot match
         // the registered region, which the slab owns until its CQE arrives.
-        unsafe {
-            self.ring
-                .submitter()
-                .register_buffers_update(base, &iovecs, None)
-        }
-        .map_err(|e| fail(IoStatus::Os(e.raw_os_error().unwrap_or(libc::EIO))))?;
+        unsafe { self.ring.submitter().register_buffers_update(base, &iovecs, None) }
+            .map_err(|e| fail(IoStatus::Os(e.raw_os_error().unwrap_or(libc::EIO))))?;
         self.registered.push(RegisteredPool {
             pool_id: pool.id(),
             base,
@@ -631,9 +600,7 @@ impl BlockDevice for UringDevice {
             Err(e) => {
                 let errno = e.raw_os_error().unwrap_or(libc::EIO);
                 let slot = self.unsubmitted[0] as usize;
-                let io = self.slots[slot]
-                    .as_ref()
-                    .expect("an unsubmitted slot is occupied");
+                let io = self.slots[slot].as_ref().expect("an unsubmitted slot is occupied");
                 Err(self.error(io.kind, io.offset, io.len, IoStatus::Os(errno)))
             }
         }
@@ -647,11 +614,7 @@ impl BlockDevice for UringDevice {
     /// The wait failed or lasted longer than [`UringOptions::wait_timeout`] (`Os(ETIME)`); the
     /// error names an I/O the kernel still holds. Nothing is lost: CQEs stay in the ring for the
     /// next `reap`.
-    fn reap(
-        &mut self,
-        out: &mut Vec<Completion>,
-        min_complete: usize,
-    ) -> Result<usize, DeviceError> {
+    fn reap(&mut self, out: &mut Vec<Completion>, min_complete: usize) -> Result<usize, DeviceError> {
         let want = min_complete.min(self.with_kernel());
         if want > 0 {
             self.wait_for(want)?;

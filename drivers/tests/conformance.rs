@@ -45,8 +45,7 @@ mod uring {
             create_size_bytes: Some(CAPACITY),
             ..Default::default()
         };
-        let dev =
-            UringDevice::open(&tmp.path().join("dev.img"), &opts).unwrap_or_else(|e| panic!("{e}"));
+        let dev = UringDevice::open(&tmp.path().join("dev.img"), &opts).unwrap_or_else(|e| panic!("{e}"));
         drop(tmp);
         dev
     }
@@ -91,8 +90,7 @@ mod uring {
             return;
         };
         let path = std::path::PathBuf::from(path);
-        let open =
-            || UringDevice::open(&path, &UringOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let open = || UringDevice::open(&path, &UringOptions::default()).unwrap_or_else(|e| panic!("{e}"));
         let cap = open().info().capacity_bytes;
         assert!(
             cap >= conformance::MIN_CAPACITY_BYTES,
@@ -106,11 +104,7 @@ mod uring {
             for offset in (0..conformance::MIN_CAPACITY_BYTES).step_by(1 << 20) {
                 write_sync(&mut dev, offset, bolide_drivers::IoBuf::new(1 << 20));
             }
-            write_sync(
-                &mut dev,
-                cap - (64 << 10),
-                bolide_drivers::IoBuf::new(64 << 10),
-            );
+            write_sync(&mut dev, cap - (64 << 10), bolide_drivers::IoBuf::new(64 << 10));
             write_sync(
                 &mut dev,
                 (cap / 2) / 4096 * 4096,
@@ -140,10 +134,7 @@ mod uring {
 
         let e = UringDevice::open(tmp.path(), &UringOptions::default()).unwrap_err();
         assert!(
-            matches!(
-                e,
-                OpenError::Io { .. } | OpenError::NotFileOrBlockDevice { .. }
-            ),
+            matches!(e, OpenError::Io { .. } | OpenError::NotFileOrBlockDevice { .. }),
             "{e}"
         );
 
@@ -213,12 +204,8 @@ mod uring {
         }
         submit_all(&mut dev, 32);
         // Queued but never submitted: dropped without being written.
-        dev.submit_write(
-            CAPACITY - SECTOR_SIZE as u64,
-            pattern_buf(SECTOR_SIZE, 99, 0),
-            99,
-        )
-        .expect("submit");
+        dev.submit_write(CAPACITY - SECTOR_SIZE as u64, pattern_buf(SECTOR_SIZE, 99, 0), 99)
+            .expect("submit");
         drop(dev);
 
         let data = std::fs::read(&path).expect("read file");
@@ -273,12 +260,8 @@ mod uring {
             .open(&path)
             .and_then(|f| f.set_len(4 * SECTOR_SIZE as u64))
             .expect("shrink");
-        dev.submit_read(
-            2 * SECTOR_SIZE as u64,
-            bolide_drivers::IoBuf::new(4 * SECTOR_SIZE),
-            7,
-        )
-        .expect("submit");
+        dev.submit_read(2 * SECTOR_SIZE as u64, bolide_drivers::IoBuf::new(4 * SECTOR_SIZE), 7)
+            .expect("submit");
         submit_all(&mut dev, 1);
         let c = reap_n(&mut dev, 1).pop().expect("completion");
         let e = c.result.expect_err("short read");
@@ -290,11 +273,7 @@ mod uring {
         );
         assert_eq!(
             (e.op, e.offset, e.len),
-            (
-                bolide_drivers::IoKind::Read,
-                2 * SECTOR_SIZE as u64,
-                4 * SECTOR_SIZE
-            )
+            (bolide_drivers::IoKind::Read, 2 * SECTOR_SIZE as u64, 4 * SECTOR_SIZE)
         );
         assert!(e.to_string().contains("shrinks.img"), "{e}");
         assert!(c.buf.is_some());

@@ -46,7 +46,10 @@ impl Clock for SystemClock {
         self.start.elapsed().as_millis() as u64
     }
     fn now_cl_ms(&self) -> u64 {
-        let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         unix_ms.saturating_sub(CITRUSLEAF_EPOCH_UNIX_S * 1000)
     }
 }
@@ -61,7 +64,10 @@ pub struct ManualClock {
 impl ManualClock {
     /// Starts at monotonic 0 and wall clock `cl_ms` (ms since 2010).
     pub fn new(cl_ms: u64) -> ManualClock {
-        ManualClock { mono_ms: Arc::new(AtomicU64::new(0)), cl_ms: Arc::new(AtomicU64::new(cl_ms)) }
+        ManualClock {
+            mono_ms: Arc::new(AtomicU64::new(0)),
+            cl_ms: Arc::new(AtomicU64::new(cl_ms)),
+        }
     }
     /// Moves both clocks forward by `ms`.
     pub fn advance_ms(&self, ms: u64) {

@@ -66,7 +66,10 @@ impl Default for StorageConfig {
 }
 
 fn err(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { key, reason: reason.into() }
+    ConfigError {
+        key,
+        reason: reason.into(),
+    }
 }
 
 impl StorageConfig {
@@ -77,35 +80,72 @@ impl StorageConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let w = self.wblock_size_bytes;
         if !w.is_power_of_two() || !(128 << 10..=8 << 20).contains(&w) {
-            return Err(err("wblock_size_bytes", format!("{w} is not a power of two from 131072 (128 KiB) to 8388608 (8 MiB)")));
+            return Err(err(
+                "wblock_size_bytes",
+                format!("{w} is not a power of two from 131072 (128 KiB) to 8388608 (8 MiB)"),
+            ));
         }
         if self.flush_max_ms == 0 || self.flush_max_ms > 60_000 {
-            return Err(err("flush_max_ms", format!("{} is outside 1..=60000", self.flush_max_ms)));
+            return Err(err(
+                "flush_max_ms",
+                format!("{} is outside 1..=60000", self.flush_max_ms),
+            ));
         }
         if !(1..=99).contains(&self.defrag_lwm_pct) {
-            return Err(err("defrag_lwm_pct", format!("{} is outside 1..=99", self.defrag_lwm_pct)));
+            return Err(err(
+                "defrag_lwm_pct",
+                format!("{} is outside 1..=99", self.defrag_lwm_pct),
+            ));
         }
         if !(1..=50).contains(&self.min_avail_pct) {
-            return Err(err("min_avail_pct", format!("{} is outside 1..=50", self.min_avail_pct)));
+            return Err(err(
+                "min_avail_pct",
+                format!("{} is outside 1..=50", self.min_avail_pct),
+            ));
         }
         let max_rec = w as usize - crate::record::WBLOCK_HEADER_BYTES;
         if self.max_record_bytes < 128 || self.max_record_bytes as usize > max_rec {
-            return Err(err("max_record_bytes", format!("{} is outside 128..={max_rec} (wblock size minus its header)", self.max_record_bytes)));
+            return Err(err(
+                "max_record_bytes",
+                format!(
+                    "{} is outside 128..={max_rec} (wblock size minus its header)",
+                    self.max_record_bytes
+                ),
+            ));
         }
         if self.max_record_bytes as usize > crate::index::MAX_RECORD_BYTES {
-            return Err(err("max_record_bytes", format!("{} is over the index limit {}", self.max_record_bytes, crate::index::MAX_RECORD_BYTES)));
+            return Err(err(
+                "max_record_bytes",
+                format!(
+                    "{} is over the index limit {}",
+                    self.max_record_bytes,
+                    crate::index::MAX_RECORD_BYTES
+                ),
+            ));
         }
         if self.post_write_cache_wblocks > 1024 {
-            return Err(err("post_write_cache_wblocks", format!("{} is over 1024", self.post_write_cache_wblocks)));
+            return Err(err(
+                "post_write_cache_wblocks",
+                format!("{} is over 1024", self.post_write_cache_wblocks),
+            ));
         }
         if !(1..=256).contains(&self.max_write_cache_wblocks) {
-            return Err(err("max_write_cache_wblocks", format!("{} is outside 1..=256", self.max_write_cache_wblocks)));
+            return Err(err(
+                "max_write_cache_wblocks",
+                format!("{} is outside 1..=256", self.max_write_cache_wblocks),
+            ));
         }
         if !(1..=65_536).contains(&self.max_pending_reads) {
-            return Err(err("max_pending_reads", format!("{} is outside 1..=65536", self.max_pending_reads)));
+            return Err(err(
+                "max_pending_reads",
+                format!("{} is outside 1..=65536", self.max_pending_reads),
+            ));
         }
         if !(1..=16).contains(&self.defrag_max_in_flight) {
-            return Err(err("defrag_max_in_flight", format!("{} is outside 1..=16", self.defrag_max_in_flight)));
+            return Err(err(
+                "defrag_max_in_flight",
+                format!("{} is outside 1..=16", self.defrag_max_in_flight),
+            ));
         }
         if self.nsup_period_ms == 0 {
             return Err(err("nsup_period_ms", "must be at least 1"));
@@ -126,12 +166,48 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases: Vec<(StorageConfig, &str)> = vec![
-            (StorageConfig { wblock_size_bytes: 3 << 20, ..Default::default() }, "wblock_size_bytes"),
-            (StorageConfig { wblock_size_bytes: 64 << 10, ..Default::default() }, "wblock_size_bytes"),
-            (StorageConfig { defrag_lwm_pct: 0, ..Default::default() }, "defrag_lwm_pct"),
-            (StorageConfig { min_avail_pct: 80, ..Default::default() }, "min_avail_pct"),
-            (StorageConfig { wblock_size_bytes: 128 << 10, ..Default::default() }, "max_record_bytes"),
-            (StorageConfig { flush_max_ms: 0, ..Default::default() }, "flush_max_ms"),
+            (
+                StorageConfig {
+                    wblock_size_bytes: 3 << 20,
+                    ..Default::default()
+                },
+                "wblock_size_bytes",
+            ),
+            (
+                StorageConfig {
+                    wblock_size_bytes: 64 << 10,
+                    ..Default::default()
+                },
+                "wblock_size_bytes",
+            ),
+            (
+                StorageConfig {
+                    defrag_lwm_pct: 0,
+                    ..Default::default()
+                },
+                "defrag_lwm_pct",
+            ),
+            (
+                StorageConfig {
+                    min_avail_pct: 80,
+                    ..Default::default()
+                },
+                "min_avail_pct",
+            ),
+            (
+                StorageConfig {
+                    wblock_size_bytes: 128 << 10,
+                    ..Default::default()
+                },
+                "max_record_bytes",
+            ),
+            (
+                StorageConfig {
+                    flush_max_ms: 0,
+                    ..Default::default()
+                },
+                "flush_max_ms",
+            ),
         ];
         for (cfg, key) in cases {
             assert_eq!(cfg.validate().unwrap_err().key, key, "{cfg:?}");

@@ -94,15 +94,9 @@ mod tests {
 
     #[test]
     fn type_byte_and_set_are_hashed() {
-        assert_ne!(
-            Digest::compute(b"demo", 3, b"k1"),
-            Digest::compute(b"demo", 4, b"k1")
-        );
+        assert_ne!(Digest::compute(b"demo", 3, b"k1"), Digest::compute(b"demo", 4, b"k1"));
         // "demo" ‖ 3 ‖ "k1" must differ from "" ‖ 3 ‖ "k1".
-        assert_ne!(
-            Digest::compute(b"demo", 3, b"k1"),
-            Digest::compute(b"", 3, b"k1")
-        );
+        assert_ne!(Digest::compute(b"demo", 3, b"k1"), Digest::compute(b"", 3, b"k1"));
     }
 
     #[test]

@@ -211,10 +211,7 @@ impl IndexEntry {
         tombstone: bool,
     ) -> IndexEntry {
         let (addr, size) = location_rblocks(addr_bytes, size_bytes);
-        assert!(
-            lut_ms <= MAX_LUT_MS,
-            "index entry: lut_ms {lut_ms} over {MAX_LUT_MS}"
-        );
+        assert!(lut_ms <= MAX_LUT_MS, "index entry: lut_ms {lut_ms} over {MAX_LUT_MS}");
         let k = Key::of(&digest);
         IndexEntry {
             w: [
@@ -592,8 +589,7 @@ impl Partition {
         if n < CHUNK_MAX_ENTRIES {
             let c = &mut self.chunks[ci];
             if n == c.entries.capacity() {
-                c.entries
-                    .reserve_exact(chunk_grow(n).min(CHUNK_MAX_ENTRIES - n));
+                c.entries.reserve_exact(chunk_grow(n).min(CHUNK_MAX_ENTRIES - n));
             }
             c.entries.insert(pos, entry);
             if pos == 0 {
@@ -628,9 +624,7 @@ impl Partition {
     fn insert(&mut self, entry: IndexEntry) -> Option<IndexEntry> {
         match self.locate(entry.key()) {
             None => self.insert_chunk(0, vec![entry]),
-            Some((ci, Ok(pos))) => {
-                return Some(std::mem::replace(&mut self.chunks[ci].entries[pos], entry))
-            }
+            Some((ci, Ok(pos))) => return Some(std::mem::replace(&mut self.chunks[ci].entries[pos], entry)),
             Some((ci, Err(pos))) => self.insert_at(ci, pos, entry),
         }
         self.len += 1;
@@ -752,12 +746,7 @@ impl Partition {
 
     fn heap_bytes(&self) -> usize {
         self.chunks.capacity() * std::mem::size_of::<ChunkRef>()
-            + self
-                .chunks
-                .iter()
-                .map(|c| c.entries.capacity())
-                .sum::<usize>()
-                * std::mem::size_of::<IndexEntry>()
+            + self.chunks.iter().map(|c| c.entries.capacity()).sum::<usize>() * std::mem::size_of::<IndexEntry>()
     }
 
     /// Panics unless every invariant of the partition holds.
@@ -775,8 +764,7 @@ impl Partition {
             assert!(es.capacity() <= CHUNK_MAX_ENTRIES + 2 * CHUNK_GROW_ENTRIES);
             let last = i + 1 == self.chunks.len();
             assert!(
-                es.capacity() - es.len() <= 2 * chunk_grow(es.len())
-                    || (last && es.capacity() == PUSH_FILL_ENTRIES),
+                es.capacity() - es.len() <= 2 * chunk_grow(es.len()) || (last && es.capacity() == PUSH_FILL_ENTRIES),
                 "chunk {i}: len {} capacity {}",
                 es.len(),
                 es.capacity()
@@ -811,28 +799,19 @@ pub struct PrimaryIndex {
 impl PrimaryIndex {
     /// An empty index (allocates the 4096 empty partition headers, 32 bytes each).
     pub fn new() -> PrimaryIndex {
-        let partitions: Box<[Partition]> =
-            (0..N_PARTITIONS).map(|_| Partition::default()).collect();
+        let partitions: Box<[Partition]> = (0..N_PARTITIONS).map(|_| Partition::default()).collect();
         PrimaryIndex { partitions, len: 0 }
     }
 
     #[inline]
     fn partition(&self, pid: PartitionId) -> &Partition {
-        assert!(
-            (pid.0 as usize) < N_PARTITIONS,
-            "partition id {} out of range",
-            pid.0
-        );
+        assert!((pid.0 as usize) < N_PARTITIONS, "partition id {} out of range", pid.0);
         &self.partitions[pid.0 as usize]
     }
 
     #[inline]
     fn partition_mut(&mut self, pid: PartitionId) -> &mut Partition {
-        assert!(
-            (pid.0 as usize) < N_PARTITIONS,
-            "partition id {} out of range",
-            pid.0
-        );
+        assert!((pid.0 as usize) < N_PARTITIONS, "partition id {} out of range", pid.0);
         &mut self.partitions[pid.0 as usize]
     }
 
@@ -858,14 +837,11 @@ impl PrimaryIndex {
     /// The entry for `digest`, to change in place. The caller must not replace it with an entry of
     /// another digest (the partition would lose its order); use [`insert`](Self::insert) for that.
     pub fn get_mut(&mut self, digest: &Digest) -> Option<&mut IndexEntry> {
-        self.partition_mut(digest.partition_id())
-            .get_mut(Key::of(digest))
+        self.partition_mut(digest.partition_id()).get_mut(Key::of(digest))
     }
     /// Inserts or replaces; returns the entry it replaced.
     pub fn insert(&mut self, entry: IndexEntry) -> Option<IndexEntry> {
-        let old = self
-            .partition_mut(entry.digest().partition_id())
-            .insert(entry);
+        let old = self.partition_mut(entry.digest().partition_id()).insert(entry);
         if old.is_none() {
             self.len += 1;
         }
@@ -873,9 +849,7 @@ impl PrimaryIndex {
     }
     /// Removes the entry for `digest`; returns it, or `None` when there was none.
     pub fn remove(&mut self, digest: &Digest) -> Option<IndexEntry> {
-        let old = self
-            .partition_mut(digest.partition_id())
-            .remove(Key::of(digest));
+        let old = self.partition_mut(digest.partition_id()).remove(Key::of(digest));
         if old.is_some() {
             self.len -= 1;
         }
@@ -893,8 +867,7 @@ impl PrimaryIndex {
             None => (&[], &part.chunks),
             Some(d) => part.after(Key::of(d)),
         };
-        head.iter()
-            .chain(rest.iter().flat_map(|c| c.entries.iter()))
+        head.iter().chain(rest.iter().flat_map(|c| c.entries.iter()))
     }
     /// Every entry, partition by partition, each in digest order.
     pub fn iter(&self) -> impl Iterator<Item = &IndexEntry> + '_ {
@@ -907,11 +880,7 @@ impl PrimaryIndex {
     ///
     /// # Panics
     /// If the visitor changes an entry's digest.
-    pub fn visit_partition(
-        &mut self,
-        pid: PartitionId,
-        mut f: impl FnMut(&mut IndexEntry) -> Visit,
-    ) -> usize {
+    pub fn visit_partition(&mut self, pid: PartitionId, mut f: impl FnMut(&mut IndexEntry) -> Visit) -> usize {
         let part = self.partition_mut(pid);
         let mut removed = 0;
         for chunk in &mut part.chunks {
@@ -947,8 +916,7 @@ impl PrimaryIndex {
     /// # Panics
     /// If the digest does not sort after the partition's last entry.
     pub fn push_sorted(&mut self, entry: IndexEntry) {
-        self.partition_mut(entry.digest().partition_id())
-            .push_sorted(entry);
+        self.partition_mut(entry.digest().partition_id()).push_sorted(entry);
         self.len += 1;
     }
     /// Releases every spare slot (chunks and chunk arrays), e.g. after a bulk load. O(chunks);
@@ -963,11 +931,7 @@ impl PrimaryIndex {
     /// overhead. O(partitions + chunks).
     pub fn heap_bytes(&self) -> usize {
         self.partitions.len() * std::mem::size_of::<Partition>()
-            + self
-                .partitions
-                .iter()
-                .map(Partition::heap_bytes)
-                .sum::<usize>()
+            + self.partitions.iter().map(Partition::heap_bytes).sum::<usize>()
     }
     /// Number of chunks over all partitions (for statistics: `len() / chunk_count()` is the mean
     /// fill). O(partitions).
@@ -1117,10 +1081,7 @@ mod tests {
         b[29] = 0;
         b[30] = 0;
         b[31] &= !0x07;
-        assert_eq!(
-            IndexEntry::try_from_bytes(&b),
-            Err(EntryImageError::ZeroSize)
-        );
+        assert_eq!(IndexEntry::try_from_bytes(&b), Err(EntryImageError::ZeroSize));
     }
 
     #[test]
@@ -1165,10 +1126,7 @@ mod tests {
         assert!(e.is_tombstone());
         e.set_location(0, 16);
         assert!(e.is_tombstone());
-        assert_eq!(
-            (e.addr_bytes(), e.size_bytes(), e.digest()),
-            (0, 16, Digest([9; 20]))
-        );
+        assert_eq!((e.addr_bytes(), e.size_bytes(), e.digest()), (0, 16, Digest([9; 20])));
         assert!(std::panic::catch_unwind(move || e.set_location(17, 16)).is_err());
         assert!(std::panic::catch_unwind(move || e.set_location(16, 0)).is_err());
     }
@@ -1221,12 +1179,7 @@ mod tests {
     // ---- PrimaryIndex ----
 
     /// Checks the index against the model: len, partition_len, get, order, scans after cut points.
-    fn check_against(
-        ix: &PrimaryIndex,
-        model: &BTreeMap<Digest, IndexEntry>,
-        pids: &[u16],
-        rng: &mut ChaCha8Rng,
-    ) {
+    fn check_against(ix: &PrimaryIndex, model: &BTreeMap<Digest, IndexEntry>, pids: &[u16], rng: &mut ChaCha8Rng) {
         ix.check();
         assert_eq!(ix.len(), model.len());
         assert_eq!(ix.is_empty(), model.is_empty());
@@ -1249,10 +1202,7 @@ mod tests {
                 .copied()
                 .collect();
             assert_eq!(ix.partition_len(PartitionId(pid)), in_pid.len());
-            let got: Vec<IndexEntry> = ix
-                .iter_partition_after(PartitionId(pid), None)
-                .copied()
-                .collect();
+            let got: Vec<IndexEntry> = ix.iter_partition_after(PartitionId(pid), None).copied().collect();
             assert_eq!(got, in_pid);
             for _ in 0..20 {
                 // Cut at a present digest, or at an absent one in the same partition.
@@ -1261,15 +1211,8 @@ mod tests {
                 } else {
                     digest_in(rng, pid)
                 };
-                let got: Vec<IndexEntry> = ix
-                    .iter_partition_after(PartitionId(pid), Some(&cut))
-                    .copied()
-                    .collect();
-                let want: Vec<IndexEntry> = in_pid
-                    .iter()
-                    .filter(|e| e.digest() > cut)
-                    .copied()
-                    .collect();
+                let got: Vec<IndexEntry> = ix.iter_partition_after(PartitionId(pid), Some(&cut)).copied().collect();
+                let want: Vec<IndexEntry> = in_pid.iter().filter(|e| e.digest() > cut).copied().collect();
                 assert_eq!(got, want, "after {cut:?}");
             }
             // Extreme cuts.
@@ -1279,20 +1222,12 @@ mod tests {
                 ix.iter_partition_after(PartitionId(pid), Some(&lo)).count(),
                 in_pid.len()
             );
-            assert_eq!(
-                ix.iter_partition_after(PartitionId(pid), Some(&hi)).count(),
-                0
-            );
+            assert_eq!(ix.iter_partition_after(PartitionId(pid), Some(&hi)).count(), 0);
         }
     }
 
     /// Random insert/replace/remove/get against a BTreeMap; `make` draws a digest in a partition.
-    fn run_model(
-        seed: u64,
-        pids: &[u16],
-        steps: usize,
-        make: impl Fn(&mut ChaCha8Rng, u16) -> Digest,
-    ) {
+    fn run_model(seed: u64, pids: &[u16], steps: usize, make: impl Fn(&mut ChaCha8Rng, u16) -> Digest) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut ix = PrimaryIndex::new();
         let mut model: BTreeMap<Digest, IndexEntry> = BTreeMap::new();
@@ -1518,11 +1453,7 @@ mod tests {
                 Visit::Keep
             }
         });
-        let in_pid: Vec<Digest> = model
-            .keys()
-            .filter(|d| d.partition_id().0 == 100)
-            .copied()
-            .collect();
+        let in_pid: Vec<Digest> = model.keys().filter(|d| d.partition_id().0 == 100).copied().collect();
         assert_eq!(seen, in_pid);
         let mut n_removed = 0;
         for (i, d) in in_pid.iter().enumerate() {
@@ -1546,11 +1477,7 @@ mod tests {
                 Visit::Remove
             }
         });
-        let in_pid: Vec<Digest> = model
-            .keys()
-            .filter(|d| d.partition_id().0 == 200)
-            .copied()
-            .collect();
+        let in_pid: Vec<Digest> = model.keys().filter(|d| d.partition_id().0 == 200).copied().collect();
         for (j, d) in in_pid.iter().enumerate() {
             if (j + 1) % 10 != 0 {
                 model.remove(d);
@@ -1560,10 +1487,7 @@ mod tests {
         check_against(&ix, &model, &pids, &mut rng);
         let p = &ix.partitions[200];
         if p.chunks.len() > 1 {
-            assert!(p
-                .chunks
-                .iter()
-                .all(|c| c.entries.len() >= CHUNK_MIN_ENTRIES));
+            assert!(p.chunks.iter().all(|c| c.entries.len() >= CHUNK_MIN_ENTRIES));
         }
         // Nothing removed, nothing changed.
         assert_eq!(ix.visit_partition(PartitionId(100), |_| Visit::Keep), 0);

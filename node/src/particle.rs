@@ -175,12 +175,9 @@ impl Value {
             Value::Nil => 0,
             Value::Int(_) | Value::Float(_) => 8,
             Value::Bool(_) => 1,
-            Value::Str(b)
-            | Value::Blob(_, b)
-            | Value::Hll(b)
-            | Value::Map(b)
-            | Value::List(b)
-            | Value::GeoJson(b) => b.len(),
+            Value::Str(b) | Value::Blob(_, b) | Value::Hll(b) | Value::Map(b) | Value::List(b) | Value::GeoJson(b) => {
+                b.len()
+            }
         }
     }
 
@@ -194,12 +191,9 @@ impl Value {
             Value::Int(i) => out.extend_from_slice(&i.to_be_bytes()),
             Value::Float(f) => out.extend_from_slice(&f.to_bits().to_be_bytes()),
             Value::Bool(b) => out.push(u8::from(*b)),
-            Value::Str(b)
-            | Value::Blob(_, b)
-            | Value::Hll(b)
-            | Value::Map(b)
-            | Value::List(b)
-            | Value::GeoJson(b) => out.extend_from_slice(b),
+            Value::Str(b) | Value::Blob(_, b) | Value::Hll(b) | Value::Map(b) | Value::List(b) | Value::GeoJson(b) => {
+                out.extend_from_slice(b)
+            }
         }
         debug_assert_eq!(out.len() - start, self.wire_len());
     }
@@ -211,23 +205,16 @@ impl Value {
     /// If `out` is shorter than [`Value::wire_len`].
     pub fn encode_wire_into(&self, out: &mut [u8]) -> usize {
         let n = self.wire_len();
-        assert!(
-            out.len() >= n,
-            "value needs {n} bytes, buffer has {}",
-            out.len()
-        );
+        assert!(out.len() >= n, "value needs {n} bytes, buffer has {}", out.len());
         let out = &mut out[..n];
         match self {
             Value::Nil => {}
             Value::Int(i) => out.copy_from_slice(&i.to_be_bytes()),
             Value::Float(f) => out.copy_from_slice(&f.to_bits().to_be_bytes()),
             Value::Bool(b) => out[0] = u8::from(*b),
-            Value::Str(b)
-            | Value::Blob(_, b)
-            | Value::Hll(b)
-            | Value::Map(b)
-            | Value::List(b)
-            | Value::GeoJson(b) => out.copy_from_slice(b),
+            Value::Str(b) | Value::Blob(_, b) | Value::Hll(b) | Value::Map(b) | Value::List(b) | Value::GeoJson(b) => {
+                out.copy_from_slice(b)
+            }
         }
         n
     }
@@ -408,47 +395,24 @@ mod tests {
         }
         let known: Vec<u8> = ALL_TYPES.iter().map(|t| t.id()).collect();
         for id in 0..=u8::MAX {
-            assert_eq!(
-                ParticleType::from_u8(id).is_some(),
-                known.contains(&id),
-                "id {id}"
-            );
+            assert_eq!(ParticleType::from_u8(id).is_some(), known.contains(&id), "id {id}");
         }
         assert_eq!(ParticleType::from_u8(16), None, "VECTOR is not stored");
     }
 
     #[test]
     fn blob_types() {
-        let blobs: Vec<u8> = ALL_TYPES
-            .iter()
-            .filter(|t| t.is_blob())
-            .map(|t| t.id())
-            .collect();
+        let blobs: Vec<u8> = ALL_TYPES.iter().filter(|t| t.is_blob()).map(|t| t.id()).collect();
         assert_eq!(blobs, [4, 7, 8, 9, 10, 11, 12]);
     }
 
     #[test]
     fn integer_edges() {
-        for i in [
-            0,
-            1,
-            -1,
-            42,
-            i64::MIN,
-            i64::MAX,
-            i64::MIN + 1,
-            0x7f,
-            0x80,
-            -0x80,
-            -0x81,
-        ] {
+        for i in [0, 1, -1, 42, i64::MIN, i64::MAX, i64::MIN + 1, 0x7f, 0x80, -0x80, -0x81] {
             round_trip(Value::Int(i));
         }
         assert_eq!(wire(&Value::Int(1)), [0, 0, 0, 0, 0, 0, 0, 1]);
-        assert_eq!(
-            wire(&Value::Int(-2)),
-            [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]
-        );
+        assert_eq!(wire(&Value::Int(-2)), [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]);
         assert_eq!(wire(&Value::Int(i64::MIN)), [0x80, 0, 0, 0, 0, 0, 0, 0]);
     }
 
@@ -467,10 +431,7 @@ mod tests {
             Ok(Value::Int(0x7f_ffff_ffff_ffff))
         );
         assert_eq!(d(&[]), Err(ParticleError::BadLength { ptype: 1, len: 0 }));
-        assert_eq!(
-            d(&[0; 9]),
-            Err(ParticleError::BadLength { ptype: 1, len: 9 })
-        );
+        assert_eq!(d(&[0; 9]), Err(ParticleError::BadLength { ptype: 1, len: 9 }));
     }
 
     #[test]
@@ -486,18 +447,12 @@ mod tests {
         ] {
             round_trip(Value::Float(f));
         }
-        for bits in [
-            0x7ff8_0000_0000_0000u64,
-            0x7ff0_0000_0000_0001,
-            0xfff8_dead_beef_0001,
-        ] {
+        for bits in [0x7ff8_0000_0000_0000u64, 0x7ff0_0000_0000_0001, 0xfff8_dead_beef_0001] {
             let f = f64::from_bits(bits);
             assert!(f.is_nan());
             round_trip(Value::Float(f));
             let back = Value::decode_wire(2, &bits.to_be_bytes()).unwrap();
-            let Value::Float(g) = back else {
-                panic!("{back:?}")
-            };
+            let Value::Float(g) = back else { panic!("{back:?}") };
             assert_eq!(g.to_bits(), bits);
         }
         assert_eq!(wire(&Value::Float(1.0)), 1.0f64.to_be_bytes());
@@ -545,10 +500,7 @@ mod tests {
         let list = vec![0x92, 0x01, 0xa2, 0x03, 0x78];
         assert_eq!(Value::decode_wire(20, &list), Ok(Value::List(list.clone())));
         // Not valid UTF-8 or msgpack, and still kept: they are not parsed.
-        assert_eq!(
-            Value::decode_wire(3, &[0xff, 0xfe]),
-            Ok(Value::Str(vec![0xff, 0xfe]))
-        );
+        assert_eq!(Value::decode_wire(3, &[0xff, 0xfe]), Ok(Value::Str(vec![0xff, 0xfe])));
         assert_eq!(Value::decode_wire(19, &[0xc1]), Ok(Value::Map(vec![0xc1])));
     }
 
@@ -577,32 +529,20 @@ mod tests {
         round_trip(Value::GeoJson(v2.clone()));
         // Header with exactly the cells and no JSON text still has a valid header.
         assert!(Value::decode_wire(23, &v2[..3 + 16]).is_ok());
-        assert_eq!(
-            Value::decode_wire(23, &v2[..3 + 15]),
-            Err(ParticleError::BadGeoJson)
-        );
+        assert_eq!(Value::decode_wire(23, &v2[..3 + 15]), Err(ParticleError::BadGeoJson));
         assert_eq!(Value::decode_wire(23, &[]), Err(ParticleError::BadGeoJson));
-        assert_eq!(
-            Value::decode_wire(23, &[0, 0]),
-            Err(ParticleError::BadGeoJson)
-        );
+        assert_eq!(Value::decode_wire(23, &[0, 0]), Err(ParticleError::BadGeoJson));
         assert_eq!(
             Value::decode_wire(23, &[0, 0xff, 0xff, 1]),
             Err(ParticleError::BadGeoJson)
         );
-        assert_eq!(
-            Value::decode_wire(23, &[0, 0, 0]),
-            Ok(Value::GeoJson(vec![0, 0, 0]))
-        );
+        assert_eq!(Value::decode_wire(23, &[0, 0, 0]), Ok(Value::GeoJson(vec![0, 0, 0])));
     }
 
     #[test]
     fn unknown_types() {
         for id in [5u8, 6, 13, 14, 15, 16, 21, 22, 24, 255] {
-            assert_eq!(
-                Value::decode_wire(id, &[1, 2]),
-                Err(ParticleError::UnknownType(id))
-            );
+            assert_eq!(Value::decode_wire(id, &[1, 2]), Err(ParticleError::UnknownType(id)));
         }
     }
 

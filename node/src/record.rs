@@ -274,8 +274,8 @@ pub fn encode(rec: &Record, wblock_seq: u64, out: &mut [u8]) -> usize {
         rec.bins.len()
     );
     let total_len = encoded_len(rec);
-    let total_len_u32 = u32::try_from(total_len)
-        .unwrap_or_else(|_| panic!("record of {total_len} bytes does not fit a u32 length"));
+    let total_len_u32 =
+        u32::try_from(total_len).unwrap_or_else(|_| panic!("record of {total_len} bytes does not fit a u32 length"));
     let padded_len = padded(total_len);
     assert!(
         out.len() >= padded_len,
@@ -303,11 +303,7 @@ pub fn encode(rec: &Record, wblock_seq: u64, out: &mut [u8]) -> usize {
         let name = bin.name.as_bytes();
         assert!(!name.is_empty(), "stored bin with an empty name");
         let ptype = bin.value.particle_type();
-        assert!(
-            ptype != ParticleType::Null,
-            "stored bin {:?} is Nil",
-            bin.name
-        );
+        assert!(ptype != ParticleType::Null, "stored bin {:?} is Nil", bin.name);
         let value_len = bin.value.wire_len();
         let value_len_u32 = u32::try_from(value_len).expect("bin value over u32::MAX bytes");
         w.put_u8(name.len() as u8);
@@ -318,10 +314,7 @@ pub fn encode(rec: &Record, wblock_seq: u64, out: &mut [u8]) -> usize {
         assert_eq!(n, value_len);
         w.pos += n;
     }
-    assert_eq!(
-        w.pos, total_len,
-        "encoded_len disagrees with the bytes written"
-    );
+    assert_eq!(w.pos, total_len, "encoded_len disagrees with the bytes written");
 
     // Header.
     let flags = flags_of(rec);
@@ -562,10 +555,7 @@ pub fn decode(buf: &[u8], expect_seq: Option<u64>) -> Result<Record, RecordError
         bins.push(decode_bin(&mut r, i)?);
     }
     if !r.buf.is_empty() {
-        return Err(malformed(format!(
-            "{} bytes after the last bin",
-            r.buf.len()
-        )));
+        return Err(malformed(format!("{} bytes after the last bin", r.buf.len())));
     }
     Ok(Record {
         meta: hdr.meta,
@@ -591,8 +581,7 @@ fn decode_bin(r: &mut Reader<'_>, i: usize) -> Result<Bin, RecordError> {
     }
     // Only the canonical encoding is ever written: a short integer or a bool other than 0/1
     // means the bytes were not written by `encode`.
-    let canonical =
-        value.wire_len() == bytes.len() && !matches!(value, Value::Bool(_) if bytes[0] > 1);
+    let canonical = value.wire_len() == bytes.len() && !matches!(value, Value::Bool(_) if bytes[0] > 1);
     if !canonical {
         return Err(malformed(format!(
             "bin {i} ({name:?}): non-canonical type {ptype} value"
@@ -613,10 +602,7 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], RecordError> {
         if n > self.buf.len() {
-            return Err(malformed(format!(
-                "{what}: need {n} bytes, {} left",
-                self.buf.len()
-            )));
+            return Err(malformed(format!("{what}: need {n} bytes, {} left", self.buf.len())));
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -770,10 +756,7 @@ mod tests {
             bin("map", Value::Map(vec![0x81, 0xa2, 0x03, 0x61, 0x01])),
             bin("list", Value::List(vec![0x92, 0x01, 0xa2, 0x03, 0x78])),
             bin("geo", Value::GeoJson(geo)),
-            bin(
-                "fifteen-bytes!!",
-                Value::Blob(ParticleType::Blob, Vec::new()),
-            ),
+            bin("fifteen-bytes!!", Value::Blob(ParticleType::Blob, Vec::new())),
         ];
         for (i, t) in [4u8, 7, 8, 9, 10, 11, 12].into_iter().enumerate() {
             let t = ParticleType::from_u8(t).unwrap();
@@ -806,10 +789,7 @@ mod tests {
         let n = encode(rec, seq, &mut buf);
         assert_eq!(n, padded(encoded_len(rec)));
         assert_eq!(n % RBLOCK_BYTES, 0);
-        assert!(
-            buf[n..].iter().all(|&b| b == 0xa5),
-            "wrote past the padded length"
-        );
+        assert!(buf[n..].iter().all(|&b| b == 0xa5), "wrote past the padded length");
         buf.truncate(n);
         buf
     }
@@ -937,11 +917,7 @@ mod tests {
         assert_eq!(buf[38], 0);
         assert_eq!(buf[39], 0);
         assert_eq!(&buf[40..44], &[4, 3, 2, 1]);
-        assert_eq!(
-            &buf[44..48],
-            &[0xef, 0xbe, 0xad, 0xde],
-            "low 32 bits of the wblock seq"
-        );
+        assert_eq!(&buf[44..48], &[0xef, 0xbe, 0xad, 0xde], "low 32 bits of the wblock seq");
         assert_eq!(&buf[48..56], &0x1122_3344_5566_7788u64.to_le_bytes());
         assert_eq!(&buf[56..64], &0x99aa_bbcc_ddee_ff00u64.to_le_bytes());
         assert_eq!(
@@ -1039,10 +1015,7 @@ mod tests {
         assert_eq!(decode_header(&[], None), Err(RecordError::NoRecord));
         assert_eq!(decode_header(&[0; 64], Some(1)), Err(RecordError::NoRecord));
         assert_eq!(decode_header(&[0; 3], None), Err(RecordError::NoRecord));
-        assert_eq!(
-            decode_header(&[0xff; 4096], None),
-            Err(RecordError::NoRecord)
-        );
+        assert_eq!(decode_header(&[0xff; 4096], None), Err(RecordError::NoRecord));
         assert_eq!(decode(&[0; 4096], None), Err(RecordError::NoRecord));
         assert_eq!(decode_header(&[0; 64], None), Err(RecordError::NoRecord));
         // A magic with a bit or two flipped on an otherwise valid header: whole, but damaged.
@@ -1086,10 +1059,7 @@ mod tests {
             assert!(decode_header(&buf[..have], Some(SEQ)).is_ok());
             assert_eq!(
                 decode(&buf[..have], Some(SEQ)),
-                Err(RecordError::Truncated {
-                    need: total_len,
-                    have
-                })
+                Err(RecordError::Truncated { need: total_len, have })
             );
         }
         let hdr = decode_header(&buf, Some(SEQ)).unwrap();
@@ -1181,15 +1151,9 @@ mod tests {
     fn checksummed_but_impossible_header_is_header_corrupt() {
         let rec = small_record();
         for flag in [0x08u8, 0x10, 0x80] {
-            assert_eq!(
-                resealed(&rec, |b| b[38] |= flag),
-                Err(RecordError::HeaderCorrupt)
-            );
+            assert_eq!(resealed(&rec, |b| b[38] |= flag), Err(RecordError::HeaderCorrupt));
         }
-        assert_eq!(
-            resealed(&rec, |b| b[39] = 1),
-            Err(RecordError::HeaderCorrupt)
-        );
+        assert_eq!(resealed(&rec, |b| b[39] = 1), Err(RecordError::HeaderCorrupt));
         // has-set needs room for a set; has-key for a key header.
         let tiny = Record {
             bins: Vec::new(),
@@ -1235,8 +1199,9 @@ mod tests {
         assert!(is_malformed(resealed(&rec, |b| b[38] |= FLAG_TOMBSTONE)));
         // Bin count larger than the bins present.
         assert!(is_malformed(resealed(&rec, |b| b[body] = 2)));
-        assert!(is_malformed(resealed(&rec, |b| b[body..body + 2]
-            .copy_from_slice(&u16::MAX.to_le_bytes()))));
+        assert!(is_malformed(
+            resealed(&rec, |b| b[body..body + 2].copy_from_slice(&u16::MAX.to_le_bytes()))
+        ));
         // Zero bins, then 15 unread bytes.
         assert!(is_malformed(resealed(&rec, |b| b[body] = 0)));
         // Empty and 16-byte bin names.
@@ -1244,8 +1209,9 @@ mod tests {
         assert!(is_malformed(resealed(&rec, |b| b[body + 2] = 16)));
         // Value length past the end of the body, and huge.
         assert!(is_malformed(resealed(&rec, |b| b[body + 5] = 9)));
-        assert!(is_malformed(resealed(&rec, |b| b[body + 5..body + 9]
-            .copy_from_slice(&u32::MAX.to_le_bytes()))));
+        assert!(is_malformed(
+            resealed(&rec, |b| b[body + 5..body + 9].copy_from_slice(&u32::MAX.to_le_bytes()))
+        ));
         // Nil bin (type 0, length 0: the 8 value bytes are left over or counted as a bin).
         assert!(is_malformed(resealed(&rec, |b| {
             b[body + 4] = 0;
@@ -1423,11 +1389,7 @@ mod tests {
         for byte in 4..64 {
             let mut b = buf;
             b[byte] ^= 0x40;
-            assert_eq!(
-                WblockHeader::decode(&b),
-                Err(RecordError::HeaderCorrupt),
-                "byte {byte}"
-            );
+            assert_eq!(WblockHeader::decode(&b), Err(RecordError::HeaderCorrupt), "byte {byte}");
         }
         // Checksummed, but reserved bytes set or an impossible size.
         let poke = |at: usize, bytes: &[u8]| {
@@ -1440,11 +1402,7 @@ mod tests {
         assert_eq!(poke(40, &[1]), Err(RecordError::HeaderCorrupt));
         assert_eq!(poke(63, &[0x80]), Err(RecordError::HeaderCorrupt));
         for size in [0u32, 16, 48, 65, 4097] {
-            assert_eq!(
-                poke(28, &size.to_le_bytes()),
-                Err(RecordError::HeaderCorrupt),
-                "{size}"
-            );
+            assert_eq!(poke(28, &size.to_le_bytes()), Err(RecordError::HeaderCorrupt), "{size}");
         }
         assert!(poke(28, &64u32.to_le_bytes()).is_ok());
     }
@@ -1535,10 +1493,7 @@ mod tests {
         let new: Vec<Record> = (100..103).map(|i| numbered(i, 300)).collect();
         let ends = fill_wblock(&mut wb, 2, &new);
         let s = scan(&wb);
-        assert_eq!(
-            s.records.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
-            new
-        );
+        assert_eq!(s.records.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(), new);
         let (at, why) = s.stop.unwrap();
         assert_eq!(at, *ends.last().unwrap());
         assert!(
@@ -1602,10 +1557,7 @@ mod tests {
             any::<u64>().prop_map(|b| Value::Float(f64::from_bits(b))),
             bytes().prop_map(Value::Str),
             any::<bool>().prop_map(Value::Bool),
-            (
-                prop::sample::select(vec![4u8, 7, 8, 9, 10, 11, 12]),
-                bytes()
-            )
+            (prop::sample::select(vec![4u8, 7, 8, 9, 10, 11, 12]), bytes())
                 .prop_map(|(t, b)| Value::Blob(ParticleType::from_u8(t).unwrap(), b)),
             bytes().prop_map(Value::Hll),
             bytes().prop_map(Value::Map),
@@ -1637,26 +1589,18 @@ mod tests {
             bins,
         )
             .prop_map(
-                |(
-                    d,
-                    (generation, void_time, lut_ms, origin_seq, tombstone),
+                |(d, (generation, void_time, lut_ms, origin_seq, tombstone), set_name, key, bins)| Record {
+                    meta: RecordMeta {
+                        digest: Digest(d),
+                        generation,
+                        void_time,
+                        lut_ms,
+                        origin_seq,
+                        tombstone,
+                    },
                     set_name,
-                    key,
-                    bins,
-                )| {
-                    Record {
-                        meta: RecordMeta {
-                            digest: Digest(d),
-                            generation,
-                            void_time,
-                            lut_ms,
-                            origin_seq,
-                            tombstone,
-                        },
-                        set_name,
-                        key: key.map(|(ptype, bytes)| StoredKey { ptype, bytes }),
-                        bins: if tombstone { Vec::new() } else { bins },
-                    }
+                    key: key.map(|(ptype, bytes)| StoredKey { ptype, bytes }),
+                    bins: if tombstone { Vec::new() } else { bins },
                 },
             )
     }

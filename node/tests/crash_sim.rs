@@ -66,7 +66,10 @@ impl Key {
             return vec![self.latest()];
         }
         // The newest write that must have survived.
-        let sure = self.vers.iter().rposition(|v| v.acked_ms.is_some_and(|a| a + window_ms <= crash_ms));
+        let sure = self
+            .vers
+            .iter()
+            .rposition(|v| v.acked_ms.is_some_and(|a| a + window_ms <= crash_ms));
         let mut out = vec![match sure {
             Some(i) => self.vers[i].state,
             None => self.base,
@@ -130,16 +133,29 @@ impl Run {
         let key = &self.keys[k as usize];
         let now_s = self.clock.now_cl_s();
         // A read may see the state current when it was issued or any later write.
-        let mut ok: Vec<State> = vec![if from_ver == 0 { key.base } else { key.vers[from_ver - 1].state }];
+        let mut ok: Vec<State> = vec![if from_ver == 0 {
+            key.base
+        } else {
+            key.vers[from_ver - 1].state
+        }];
         ok.extend(key.vers[from_ver..].iter().map(|v| v.state));
         let ok: Vec<State> = ok.into_iter().map(|s| s.at(now_s)).collect();
         match result {
             Ok(rec) => {
                 let (rk, v) = check_rec(&rec);
                 assert_eq!(rk, k, "seed {}: read of key {k} returned key {rk}", self.seed);
-                assert!(ok.iter().any(|s| matches!(s, State::Val { version, .. } if *version == v)), "seed {}: key {k} read version {v}, allowed {ok:?}", self.seed);
+                assert!(
+                    ok.iter()
+                        .any(|s| matches!(s, State::Val { version, .. } if *version == v)),
+                    "seed {}: key {k} read version {v}, allowed {ok:?}",
+                    self.seed
+                );
             }
-            Err(ReadError::NotFound) => assert!(ok.contains(&State::Absent), "seed {}: key {k} not found, allowed {ok:?}", self.seed),
+            Err(ReadError::NotFound) => assert!(
+                ok.contains(&State::Absent),
+                "seed {}: key {k} not found, allowed {ok:?}",
+                self.seed
+            ),
             Err(e) => panic!("seed {}: key {k} read failed during the run: {e}", self.seed),
         }
     }
@@ -171,13 +187,20 @@ impl Run {
         if op < 65 {
             self.next_version += 1;
             let version = self.next_version;
-            let void_time = if self.rng.gen_bool(0.1) { now_s + self.rng.gen_range(1..4) } else { 0 };
+            let void_time = if self.rng.gen_bool(0.1) {
+                now_s + self.rng.gen_range(1..4)
+            } else {
+                0
+            };
             let pad = self.rng.gen_range(0..3000);
             let token = (k as u64) << 32 | self.keys[k as usize].vers.len() as u64;
             match shard.put(put_rec(k, version, pad, void_time), token) {
                 Ok(w) => {
                     let acked = if w.pending { None } else { Some(self.clock.mono_ms()) };
-                    self.keys[k as usize].vers.push(Ver { state: State::Val { version, void_time }, acked_ms: acked });
+                    self.keys[k as usize].vers.push(Ver {
+                        state: State::Val { version, void_time },
+                        acked_ms: acked,
+                    });
                 }
                 Err(WriteError::Overload(_)) | Err(WriteError::OutOfSpace) => shard.wait(events),
                 Err(e) => panic!("seed {}: put failed: {e}", self.seed),
@@ -187,11 +210,20 @@ impl Run {
             let live = self.keys[k as usize].latest().at(now_s) != State::Absent;
             match shard.delete(&digest_of(k), token) {
                 Ok(w) => {
-                    assert!(live, "seed {}: deleted key {k} that the model says is absent", self.seed);
+                    assert!(
+                        live,
+                        "seed {}: deleted key {k} that the model says is absent",
+                        self.seed
+                    );
                     let acked = if w.pending { None } else { Some(self.clock.mono_ms()) };
-                    self.keys[k as usize].vers.push(Ver { state: State::Absent, acked_ms: acked });
+                    self.keys[k as usize].vers.push(Ver {
+                        state: State::Absent,
+                        acked_ms: acked,
+                    });
                 }
-                Err(WriteError::NotFound) => assert!(!live, "seed {}: delete of live key {k} said not found", self.seed),
+                Err(WriteError::NotFound) => {
+                    assert!(!live, "seed {}: delete of live key {k} said not found", self.seed)
+                }
                 Err(WriteError::Overload(_)) | Err(WriteError::OutOfSpace) => shard.wait(events),
                 Err(e) => panic!("seed {}: delete failed: {e}", self.seed),
             }
@@ -235,7 +267,9 @@ impl Run {
                 Ok(rec) => {
                     let (rk, v) = check_rec(&rec);
                     assert_eq!(rk, k);
-                    let i = allowed_now.iter().position(|s| matches!(s, State::Val { version, .. } if *version == v));
+                    let i = allowed_now
+                        .iter()
+                        .position(|s| matches!(s, State::Val { version, .. } if *version == v));
                     let i = i.unwrap_or_else(|| panic!("seed {} commit {}: key {k} came back as version {v}; allowed {allowed_now:?}; history {key:?}", self.seed, self.commit));
                     if allowed_now[i] != key.latest().at(now_s) && key.vers.iter().any(|v| v.acked_ms.is_some()) {
                         self.cov.came_back_older += 1;
@@ -243,13 +277,25 @@ impl Run {
                     allowed_now[i]
                 }
                 Err(ReadError::NotFound) => {
-                    assert!(allowed_now.contains(&State::Absent), "seed {} commit {}: key {k} lost; allowed {allowed_now:?}; history {key:?}", self.seed, self.commit);
-                    assert!(shard.peek(&digest_of(k)).is_none(), "seed {}: index says key {k} is live but the read says absent", self.seed);
+                    assert!(
+                        allowed_now.contains(&State::Absent),
+                        "seed {} commit {}: key {k} lost; allowed {allowed_now:?}; history {key:?}",
+                        self.seed,
+                        self.commit
+                    );
+                    assert!(
+                        shard.peek(&digest_of(k)).is_none(),
+                        "seed {}: index says key {k} is live but the read says absent",
+                        self.seed
+                    );
                     State::Absent
                 }
                 Err(e) => panic!("seed {}: key {k} read failed after reboot: {e}", self.seed),
             };
-            self.keys[k as usize] = Key { base: seen, vers: Vec::new() };
+            self.keys[k as usize] = Key {
+                base: seen,
+                vers: Vec::new(),
+            };
         }
         shard
     }
@@ -259,7 +305,26 @@ fn run_seed(seed: u64, commit: bool) -> Coverage {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ if commit { 0xC0 } else { 0 });
     let n_keys = rng.gen_range(16..200);
     let clock = ManualClock::new(START_CL_MS);
-    let mut run = Run { seed, commit, rng, clock: clock.clone(), keys: vec![Key { base: State::Absent, vers: Vec::new() }; n_keys], next_version: 0, reads: HashMap::new(), next_read: 0, cov: Coverage { runs: 1, ..Coverage::default() } };
+    let mut run = Run {
+        seed,
+        commit,
+        rng,
+        clock: clock.clone(),
+        keys: vec![
+            Key {
+                base: State::Absent,
+                vers: Vec::new()
+            };
+            n_keys
+        ],
+        next_version: 0,
+        reads: HashMap::new(),
+        next_read: 0,
+        cov: Coverage {
+            runs: 1,
+            ..Coverage::default()
+        },
+    };
     let sim_cfg = |rng: &mut ChaCha8Rng| {
         let mut c = SimConfig::new("sim0", CAP, rng.gen());
         c.latency_polls_max = rng.gen_range(0..6);
@@ -299,7 +364,10 @@ fn seeds() -> Vec<u64> {
     if let Ok(s) = std::env::var("BOLIDE_SIM_SEED") {
         return vec![s.parse().expect("BOLIDE_SIM_SEED is a number")];
     }
-    let n: u64 = std::env::var("BOLIDE_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let n: u64 = std::env::var("BOLIDE_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     (0..n).collect()
 }
 
@@ -314,7 +382,10 @@ fn run_all(commit: bool) {
         // A run this large must have exercised every mechanism; if not, the simulation has
         // stopped testing what it claims to.
         assert!(cov.cold_starts > 0 && cov.fast_restarts > 0, "{cov:?}");
-        assert!(cov.wblocks_freed > 0 && cov.tombstones_dropped > 0 && cov.tombstones_rewritten > 0, "{cov:?}");
+        assert!(
+            cov.wblocks_freed > 0 && cov.tombstones_dropped > 0 && cov.tombstones_rewritten > 0,
+            "{cov:?}"
+        );
         assert!(cov.expired > 0 && cov.reads_device > 0, "{cov:?}");
         if !commit {
             assert!(cov.came_back_older > 0, "no crash ever hit the flush window: {cov:?}");

@@ -38,7 +38,10 @@ fn put_get_delete_and_generations() {
 #[test]
 fn reads_come_from_the_device_once_evicted_from_ram() {
     let clock = ManualClock::new(START_CL_MS);
-    let cfg = StorageConfig { post_write_cache_wblocks: 0, ..small_cfg(true) };
+    let cfg = StorageConfig {
+        post_write_cache_wblocks: 0,
+        ..small_cfg(true)
+    };
     let (mut s, _) = open_sim(sim(CAP, 2), &clock, cfg);
     for k in 0..200 {
         s.put_blocking(put_rec(k, 1, 2000, 0)).unwrap();
@@ -47,7 +50,11 @@ fn reads_come_from_the_device_once_evicted_from_ram() {
     for k in 0..150 {
         assert_eq!(check_rec(&s.get_blocking(&digest_of(k)).unwrap()), (k, 1));
     }
-    assert!(s.stats().reads_device > 0, "some reads must have gone to the device: {:?}", s.stats());
+    assert!(
+        s.stats().reads_device > 0,
+        "some reads must have gone to the device: {:?}",
+        s.stats()
+    );
 }
 
 #[test]
@@ -68,10 +75,19 @@ fn cold_start_after_a_crash_restores_flushed_contents() {
     let dev = s.into_device();
     // Cold start from the crashed image.
     let disk = dev.crash();
-    let (s, rep) = open_sim(SimDevice::from_disk(disk, SimConfig::new("sim0", CAP, 3)), &clock, small_cfg(false));
+    let (s, rep) = open_sim(
+        SimDevice::from_disk(disk, SimConfig::new("sim0", CAP, 3)),
+        &clock,
+        small_cfg(false),
+    );
     assert_eq!(rep.mode, OpenMode::ColdStart);
     let cold = dump(&s);
-    let live = |v: &[IndexEntry]| v.iter().filter(|e| !e.is_tombstone()).map(|e| (e.digest(), e.generation(), e.lut_ms())).collect::<Vec<_>>();
+    let live = |v: &[IndexEntry]| {
+        v.iter()
+            .filter(|e| !e.is_tombstone())
+            .map(|e| (e.digest(), e.generation(), e.lut_ms()))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(live(&cold), live(&before));
 }
 
@@ -92,11 +108,19 @@ fn fast_restart_loads_the_image_and_matches_cold_start() {
         // Shut down cleanly through a wrapper that keeps the device.
         shutdown_keep_device(s)
     };
-    let (fast, rep) = open_sim(SimDevice::from_disk(disk_after_shutdown.clone(), SimConfig::new("sim0", CAP, 4)), &clock, small_cfg(false));
+    let (fast, rep) = open_sim(
+        SimDevice::from_disk(disk_after_shutdown.clone(), SimConfig::new("sim0", CAP, 4)),
+        &clock,
+        small_cfg(false),
+    );
     assert_eq!(rep.mode, OpenMode::FastRestart, "{rep:?}");
     assert_eq!(dump(&fast), before);
     // The image pointer is cleared at start: crashing now must cold-start with the same data.
-    let (cold, rep) = open_sim(SimDevice::from_disk(fast.into_device().crash(), SimConfig::new("sim0", CAP, 4)), &clock, small_cfg(false));
+    let (cold, rep) = open_sim(
+        SimDevice::from_disk(fast.into_device().crash(), SimConfig::new("sim0", CAP, 4)),
+        &clock,
+        small_cfg(false),
+    );
     assert_eq!(rep.mode, OpenMode::ColdStart, "{rep:?}");
     let strip = |v: Vec<IndexEntry>| v.into_iter().filter(|e| !e.is_tombstone()).collect::<Vec<_>>();
     assert_eq!(strip(dump(&cold)), strip(before));
@@ -112,7 +136,10 @@ fn shutdown_keep_device(s: SimShard) -> bolide_drivers::sim::SimDisk {
 #[test]
 fn a_corrupt_record_is_reported_never_returned_as_data() {
     let clock = ManualClock::new(START_CL_MS);
-    let cfg = StorageConfig { post_write_cache_wblocks: 0, ..small_cfg(true) };
+    let cfg = StorageConfig {
+        post_write_cache_wblocks: 0,
+        ..small_cfg(true)
+    };
     let (mut s, _) = open_sim(sim(CAP, 5), &clock, cfg.clone());
     for k in 0..300 {
         s.put_blocking(put_rec(k, 1, 1000, 0)).unwrap();
@@ -128,7 +155,11 @@ fn a_corrupt_record_is_reported_never_returned_as_data() {
     assert_eq!(s.stats().read_corrupt, 1);
     assert_eq!(check_rec(&s.get_blocking(&digest_of(11)).unwrap()), (11, 1));
     // A cold start finds no valid copy: the record is dropped and reported, others are intact.
-    let (mut s, rep) = open_sim(SimDevice::from_disk(s.into_device().crash(), SimConfig::new("sim0", CAP, 5)), &clock, cfg);
+    let (mut s, rep) = open_sim(
+        SimDevice::from_disk(s.into_device().crash(), SimConfig::new("sim0", CAP, 5)),
+        &clock,
+        cfg,
+    );
     assert_eq!((rep.corrupt_bodies, rep.corrupt_dropped), (1, 1), "{rep:?}");
     assert_eq!(s.get_blocking(&digest_of(10)), Err(ReadError::NotFound));
     for k in (0..300).filter(|&k| k != 10) {
@@ -161,8 +192,16 @@ fn expired_records_vanish_and_stay_gone() {
         s.poll(&mut events);
     }
     assert!(s.stats().wblocks_freed > 0, "defrag must have run: {:?}", s.stats());
-    let (mut s, _) = open_sim(SimDevice::from_disk(s.into_device().crash(), SimConfig::new("sim0", CAP, 6)), &clock, small_cfg(true));
-    assert_eq!(s.get_blocking(&digest_of(1)), Err(ReadError::NotFound), "expired record came back");
+    let (mut s, _) = open_sim(
+        SimDevice::from_disk(s.into_device().crash(), SimConfig::new("sim0", CAP, 6)),
+        &clock,
+        small_cfg(true),
+    );
+    assert_eq!(
+        s.get_blocking(&digest_of(1)),
+        Err(ReadError::NotFound),
+        "expired record came back"
+    );
     assert_eq!(s.get_blocking(&digest_of(2)), Err(ReadError::NotFound));
     assert_eq!(check_rec(&s.get_blocking(&digest_of(3)).unwrap()), (3, 1));
 }
@@ -186,12 +225,19 @@ fn a_full_device_refuses_writes_and_keeps_serving_reads() {
     assert!(acked.len() > 100);
     // A record that needs a new wblock is refused while the reserve is reached.
     for k in 0..20 {
-        assert_eq!(s.put_blocking(put_rec(90_000 + k, 1, 4000, 0)), Err(WriteError::OutOfSpace));
+        assert_eq!(
+            s.put_blocking(put_rec(90_000 + k, 1, 4000, 0)),
+            Err(WriteError::OutOfSpace)
+        );
     }
     for &k in &acked {
         assert_eq!(check_rec(&s.get_blocking(&digest_of(k)).unwrap()), (k, 1));
     }
-    let (mut s, _) = open_sim(SimDevice::from_disk(s.into_device().crash(), SimConfig::new("sim0", cap, 7)), &clock, small_cfg(true));
+    let (mut s, _) = open_sim(
+        SimDevice::from_disk(s.into_device().crash(), SimConfig::new("sim0", cap, 7)),
+        &clock,
+        small_cfg(true),
+    );
     for &k in &acked {
         assert_eq!(check_rec(&s.get_blocking(&digest_of(k)).unwrap()), (k, 1));
     }
@@ -208,9 +254,14 @@ fn limits_and_config_mismatch() {
     s.put_blocking(put_rec(1, 1, 10, 0)).unwrap();
     s.flush_blocking().unwrap();
     let dev = s.into_device();
-    let other = StorageConfig { wblock_size_bytes: 256 << 10, ..small_cfg(false) };
+    let other = StorageConfig {
+        wblock_size_bytes: 256 << 10,
+        ..small_cfg(false)
+    };
     match Shard::open(dev, clock.clone(), other, 0, whole(CAP)) {
-        Err(OpenError::Mismatch { what: "wblock size", .. }) => {}
+        Err(OpenError::Mismatch {
+            what: "wblock size", ..
+        }) => {}
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("opened a region formatted with another wblock size"),
     }
@@ -224,21 +275,33 @@ fn a_failed_device_stops_writes_and_ram_reads_go_on() {
     let mut dev = s.into_device();
     dev.fail_all();
     // Reopening on a dead device fails cleanly.
-    assert!(matches!(Shard::open(dev, clock.clone(), small_cfg(false), 0, whole(CAP)), Err(OpenError::Device(_))));
+    assert!(matches!(
+        Shard::open(dev, clock.clone(), small_cfg(false), 0, whole(CAP)),
+        Err(OpenError::Device(_))
+    ));
     let (mut s, _) = open_sim(sim(CAP, 10), &clock, small_cfg(true));
     s.put_blocking(put_rec(1, 1, 10, 0)).unwrap();
     let mut events = Vec::new();
     let w = s.put(put_rec(2, 1, 10, 0), 77).unwrap();
     assert!(w.pending);
     s.device_mut().fail_all();
-    while !events.iter().any(|e| matches!(e, bolide_node::shard::Event::WriteDone { token: 77, .. })) {
+    while !events
+        .iter()
+        .any(|e| matches!(e, bolide_node::shard::Event::WriteDone { token: 77, .. }))
+    {
         s.wait(&mut events);
     }
     match &events[..] {
-        [bolide_node::shard::Event::WriteDone { token: 77, result: Err(WriteError::DeviceFailed(_)) }] => {}
+        [bolide_node::shard::Event::WriteDone {
+            token: 77,
+            result: Err(WriteError::DeviceFailed(_)),
+        }] => {}
         other => panic!("{other:?}"),
     }
-    assert!(matches!(s.put_blocking(put_rec(3, 1, 10, 0)), Err(WriteError::DeviceFailed(_))));
+    assert!(matches!(
+        s.put_blocking(put_rec(3, 1, 10, 0)),
+        Err(WriteError::DeviceFailed(_))
+    ));
     // Key 1 and key 2 are still in the write buffer: reads are served from RAM.
     assert_eq!(check_rec(&s.get_blocking(&digest_of(1)).unwrap()), (1, 1));
     assert!(s.failure().is_some());

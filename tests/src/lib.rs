@@ -19,10 +19,23 @@ pub type UringShard = Shard<UringDevice, SystemClock>;
 /// # Panics
 /// If the device or the shard cannot open.
 pub fn open_file(path: &Path, bytes: u64, cfg: StorageConfig) -> (UringShard, OpenReport) {
-    let opts = UringOptions { create_size_bytes: Some(bytes), ..UringOptions::default() };
+    let opts = UringOptions {
+        create_size_bytes: Some(bytes),
+        ..UringOptions::default()
+    };
     let dev = UringDevice::open(path, &opts).expect("open device file");
     let cap = dev.info().capacity_bytes;
-    Shard::open(dev, SystemClock::new(), cfg, 0, Region { offset_bytes: 0, len_bytes: cap }).expect("open shard")
+    Shard::open(
+        dev,
+        SystemClock::new(),
+        cfg,
+        0,
+        Region {
+            offset_bytes: 0,
+            len_bytes: cap,
+        },
+    )
+    .expect("open shard")
 }
 
 /// A scratch directory under `base`; tests pass cargo's `CARGO_TARGET_TMPDIR`, which sits on
@@ -50,11 +63,23 @@ pub fn rec(key: u32, version: u32, len: usize) -> PutRecord {
     PutRecord {
         digest: digest_of(key),
         set_name: b"e2e".to_vec(),
-        key: Some(StoredKey { ptype: 1, bytes: (key as i64).to_be_bytes().to_vec() }),
+        key: Some(StoredKey {
+            ptype: 1,
+            bytes: (key as i64).to_be_bytes().to_vec(),
+        }),
         bins: vec![
-            Bin { name: BinName::new(b"v").expect("name"), value: Value::Int(version as i64) },
-            Bin { name: BinName::new(b"s").expect("name"), value: Value::Str(format!("key-{key}").into_bytes()) },
-            Bin { name: BinName::new(b"pad").expect("name"), value: Value::Blob(ParticleType::Blob, pad(key, version, len)) },
+            Bin {
+                name: BinName::new(b"v").expect("name"),
+                value: Value::Int(version as i64),
+            },
+            Bin {
+                name: BinName::new(b"s").expect("name"),
+                value: Value::Str(format!("key-{key}").into_bytes()),
+            },
+            Bin {
+                name: BinName::new(b"pad").expect("name"),
+                value: Value::Blob(ParticleType::Blob, pad(key, version, len)),
+            },
         ],
         void_time: 0,
     }
@@ -70,7 +95,11 @@ pub fn version_of(key: u32, r: &Record) -> u32 {
         Value::Int(v) => *v as u32,
         other => panic!("key {key}: bin v is {other:?}"),
     };
-    assert_eq!(r.bins[1].value, Value::Str(format!("key-{key}").into_bytes()), "key {key}");
+    assert_eq!(
+        r.bins[1].value,
+        Value::Str(format!("key-{key}").into_bytes()),
+        "key {key}"
+    );
     match &r.bins[2].value {
         Value::Blob(_, b) => assert_eq!(b, &pad(key, v, b.len()), "key {key} version {v}: padding differs"),
         other => panic!("key {key}: bin pad is {other:?}"),

@@ -11,11 +11,20 @@ use std::collections::HashMap;
 const FILE_BYTES: u64 = 96 << 20;
 
 fn cfg() -> StorageConfig {
-    StorageConfig { wblock_size_bytes: 256 << 10, max_record_bytes: 128 << 10, ..StorageConfig::default() }
+    StorageConfig {
+        wblock_size_bytes: 256 << 10,
+        max_record_bytes: 128 << 10,
+        ..StorageConfig::default()
+    }
 }
 
 fn live(shard: &UringShard) -> Vec<(bolide_node::digest::Digest, u16, u64)> {
-    shard.index().iter().filter(|e: &&IndexEntry| !e.is_tombstone()).map(|e| (e.digest(), e.generation(), e.lut_ms())).collect()
+    shard
+        .index()
+        .iter()
+        .filter(|e: &&IndexEntry| !e.is_tombstone())
+        .map(|e| (e.digest(), e.generation(), e.lut_ms()))
+        .collect()
 }
 
 fn check_all(shard: &mut UringShard, model: &HashMap<u32, Option<u32>>) {
@@ -90,7 +99,11 @@ fn a_damaged_index_image_falls_back_to_cold_start() {
     let (_, dev) = s.shutdown().expect("shutdown");
     drop(dev);
     // The header (sector 0) lists the image wblocks from byte 72; damage the first one's payload.
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
     let mut hdr = [0u8; 76];
     f.read_exact(&mut hdr).expect("read header");
     let first = u32::from_le_bytes(hdr[72..76].try_into().unwrap()) as u64;

@@ -73,14 +73,11 @@ fn load_config(path: Option<&Path>) -> Result<NodeConfig, String> {
     let cfg: NodeConfig = match path {
         None => NodeConfig::default(),
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
+            let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
             toml::from_str(&text).map_err(|e| format!("config {}: {e}", p.display()))?
         }
     };
-    cfg.storage
-        .validate()
-        .map_err(|e| format!("config [storage]: {e}"))?;
+    cfg.storage.validate().map_err(|e| format!("config [storage]: {e}"))?;
     if cfg.shard_file_bytes < 4 * cfg.storage.wblock_size_bytes as u64 {
         return Err(format!(
             "config key `shard_file_bytes`: {} holds fewer than 4 wblocks",
@@ -98,9 +95,7 @@ fn load_config(path: Option<&Path>) -> Result<NodeConfig, String> {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .init();
     let cli = Cli::parse();
@@ -122,18 +117,16 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     } else {
         cfg.workers
     };
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
-        format!(
-            "cannot create data directory {}: {e}",
-            cfg.data_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", cfg.data_dir.display()))?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
-    tracing::warn!("the Aerospike protocol listener is not built yet: this node opens its storage and waits (stop with Ctrl-C)");
+    tracing::warn!(
+        "the Aerospike protocol listener is not built yet: this node opens its storage and waits (stop with Ctrl-C)"
+    );
     let mut handles = Vec::new();
     for w in 0..workers {
         let core = cores.get(w % cores.len().max(1)).copied();
@@ -208,9 +201,7 @@ fn run_worker(
         events.clear();
         std::thread::sleep(Duration::from_millis(1));
     }
-    let (report, _) = shard
-        .shutdown()
-        .map_err(|e| format!("worker {w}: shutdown: {e}"))?;
+    let (report, _) = shard.shutdown().map_err(|e| format!("worker {w}: shutdown: {e}"))?;
     tracing::info!(
         worker = w,
         entries = report.index_entries,

@@ -10,7 +10,10 @@
 use super::{tag, BlockState, Shard, Stream, TAG_DEFRAG};
 use crate::clock::Clock;
 use crate::index::IndexEntry;
-use crate::record::{self, Record, RecordError, RecordHeader, WblockHeader, FLAG_TOMBSTONE, RECORD_HEADER_BYTES, RBLOCK_BYTES, WBLOCK_HEADER_BYTES};
+use crate::record::{
+    self, Record, RecordError, RecordHeader, WblockHeader, FLAG_TOMBSTONE, RBLOCK_BYTES, RECORD_HEADER_BYTES,
+    WBLOCK_HEADER_BYTES,
+};
 use bolide_drivers::{BlockDevice, Completion, SubmitError};
 
 /// Rewrites the wblock sequence stamp of the record at the start of `rec` and its header CRC
@@ -72,7 +75,11 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         self.defrag_in_flight -= 1;
         let buf = c.buf.expect("defrag read carries its buffer");
         if let Err(e) = c.result {
-            tracing::error!(shard = self.shard_id, wblock = b, "defrag read failed, wblock kept: {e}");
+            tracing::error!(
+                shard = self.shard_id,
+                wblock = b,
+                "defrag read failed, wblock kept: {e}"
+            );
             self.pin(b);
             self.pool.put(buf);
             return;
@@ -94,7 +101,11 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         match WblockHeader::decode(&data[..WBLOCK_HEADER_BYTES]) {
             Ok(Some(h)) if h.seq == seq && h.wblock_id == b && h.instance_id == self.instance_id => {}
             other => {
-                tracing::error!(shard = self.shard_id, wblock = b, "defrag found a bad wblock header ({other:?}); wblock kept");
+                tracing::error!(
+                    shard = self.shard_id,
+                    wblock = b,
+                    "defrag found a bad wblock header ({other:?}); wblock kept"
+                );
                 self.pin(b);
                 return;
             }
@@ -105,7 +116,9 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         while pos + RECORD_HEADER_BYTES <= ws {
             match record::decode_header(&data[pos..], Some(seq)) {
                 Ok(h) if pos + h.padded_len() <= ws => {
-                    if let Err(Abort::NoSpace) = self.defrag_record(b, pos, &h, &data[pos..pos + h.padded_len()], &mut deps, now_s) {
+                    if let Err(Abort::NoSpace) =
+                        self.defrag_record(b, pos, &h, &data[pos..pos + h.padded_len()], &mut deps, now_s)
+                    {
                         // Try again later; what moved so far stays moved.
                         tracing::warn!(shard = self.shard_id, wblock = b, "defrag paused: no free wblock");
                         let info = &mut self.blocks[b as usize];
@@ -126,7 +139,12 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         self.stats.wblocks_defragged += 1;
         let info = &self.blocks[b as usize];
         if info.live_bytes != 0 {
-            tracing::error!(shard = self.shard_id, wblock = b, live_bytes = info.live_bytes, "defrag could not find every live record (damaged headers); wblock kept");
+            tracing::error!(
+                shard = self.shard_id,
+                wblock = b,
+                live_bytes = info.live_bytes,
+                "defrag could not find every live record (damaged headers); wblock kept"
+            );
             self.pin(b);
             return;
         }
@@ -147,14 +165,27 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         }
         for (id, upto) in deps {
             let ram = self.ram_mut(id).expect("defrag buffer is in RAM");
-            ram.waiters.push_back(super::Waiter { upto, kind: super::WaitKind::Free(b) });
+            ram.waiters.push_back(super::Waiter {
+                upto,
+                kind: super::WaitKind::Free(b),
+            });
         }
     }
 
     /// Moves, rewrites or drops one record of wblock `b` found at `pos`.
-    fn defrag_record(&mut self, b: u32, pos: usize, h: &RecordHeader, bytes: &[u8], deps: &mut Vec<(u32, usize)>, now_s: u32) -> Result<(), Abort> {
+    fn defrag_record(
+        &mut self,
+        b: u32,
+        pos: usize,
+        h: &RecordHeader,
+        bytes: &[u8],
+        deps: &mut Vec<(u32, usize)>,
+        now_s: u32,
+    ) -> Result<(), Abort> {
         let addr = self.addr_of(b, pos);
-        let Some(mut e) = self.index.get(&h.meta.digest).copied() else { return Ok(()) };
+        let Some(mut e) = self.index.get(&h.meta.digest).copied() else {
+            return Ok(());
+        };
         if e.addr_bytes() != addr {
             return Ok(()); // a newer copy lives elsewhere
         }
@@ -174,15 +205,33 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
                 self.copy_raw(bytes, deps)?
             } else {
                 // An expired record: keep only a tombstone of it.
-                let tomb = Record { meta: crate::record::RecordMeta { tombstone: true, ..h.meta }, set_name: Vec::new(), key: None, bins: Vec::new() };
+                let tomb = Record {
+                    meta: crate::record::RecordMeta {
+                        tombstone: true,
+                        ..h.meta
+                    },
+                    set_name: Vec::new(),
+                    key: None,
+                    bins: Vec::new(),
+                };
                 let size = record::padded(record::encoded_len(&tomb));
-                let (id, off) = self.reserve_append(Stream::Defrag, size, false).map_err(|_| Abort::NoSpace)?;
+                let (id, off) = self
+                    .reserve_append(Stream::Defrag, size, false)
+                    .map_err(|_| Abort::NoSpace)?;
                 let ram = self.ram_mut(id).expect("defrag buffer is in RAM");
                 record::encode(&tomb, ram.seq, &mut ram.data[off..off + size]);
                 note_dep(deps, id, off + size);
                 (self.addr_of(id, off), size)
             };
-            let moved = IndexEntry::new(e.digest(), new_addr, size, e.generation(), e.void_time(), e.lut_ms(), true);
+            let moved = IndexEntry::new(
+                e.digest(),
+                new_addr,
+                size,
+                e.generation(),
+                e.void_time(),
+                e.lut_ms(),
+                true,
+            );
             self.index.insert(moved);
             self.stats.tombstones_rewritten += 1;
             self.stats.defrag_bytes += size as u64;
@@ -198,7 +247,9 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
 
     fn copy_raw(&mut self, bytes: &[u8], deps: &mut Vec<(u32, usize)>) -> Result<(u64, usize), Abort> {
         let size = bytes.len();
-        let (id, off) = self.reserve_append(Stream::Defrag, size, false).map_err(|_| Abort::NoSpace)?;
+        let (id, off) = self
+            .reserve_append(Stream::Defrag, size, false)
+            .map_err(|_| Abort::NoSpace)?;
         let ram = self.ram_mut(id).expect("defrag buffer is in RAM");
         let seq = ram.seq;
         ram.data[off..off + size].copy_from_slice(bytes);

@@ -25,9 +25,9 @@
 //! The shard never blocks except in `open`, `shutdown`, [`Shard::wait`] and the `*_blocking`
 //! helpers (for tools and tests). The poll loop calls [`Shard::poll`] every turn.
 
-pub mod region;
 mod defrag;
 mod recovery;
+pub mod region;
 
 use crate::clock::Clock;
 use crate::config::{ConfigError, StorageConfig};
@@ -119,8 +119,14 @@ pub enum ReadAck {
 /// Completion of something that was `pending`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    WriteDone { token: u64, result: Result<(), WriteError> },
-    ReadDone { token: u64, result: Result<Record, ReadError> },
+    WriteDone {
+        token: u64,
+        result: Result<(), WriteError>,
+    },
+    ReadDone {
+        token: u64,
+        result: Result<Record, ReadError>,
+    },
 }
 
 /// Why a shard could not open.
@@ -133,10 +139,18 @@ pub enum OpenError {
     #[error("region is too small: {len_bytes} bytes hold fewer than 4 wblocks of {wblock_size_bytes} bytes")]
     RegionTooSmall { len_bytes: u64, wblock_size_bytes: u32 },
     #[error("region [{offset_bytes}, +{len_bytes}) does not fit the device ({capacity_bytes} bytes) or is not sector-aligned")]
-    RegionOutOfRange { offset_bytes: u64, len_bytes: u64, capacity_bytes: u64 },
+    RegionOutOfRange {
+        offset_bytes: u64,
+        len_bytes: u64,
+        capacity_bytes: u64,
+    },
     /// The region was formatted with other settings; nothing was changed on it.
     #[error("region was formatted with {what}: found {found}, expected {expected}")]
-    Mismatch { what: &'static str, found: u64, expected: u64 },
+    Mismatch {
+        what: &'static str,
+        found: u64,
+        expected: u64,
+    },
     /// The region header is damaged; nothing was changed on it.
     #[error("region header is damaged: {0}")]
     HeaderCorrupt(String),
@@ -379,7 +393,10 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     /// The live index entry of `digest` (not tombstoned, not expired).
     pub fn peek(&self, digest: &Digest) -> Option<IndexEntry> {
         let now_s = self.clock.now_cl_s();
-        self.index.get(digest).filter(|e| !e.is_tombstone() && !is_expired(e, now_s)).copied()
+        self.index
+            .get(digest)
+            .filter(|e| !e.is_tombstone() && !is_expired(e, now_s))
+            .copied()
     }
 
     // ----- writes -----
@@ -458,34 +475,63 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         }
     }
 
-    fn append_record(&mut self, stream: Stream, rec: &Record, old: Option<IndexEntry>, token: u64) -> Result<Written, WriteError> {
+    fn append_record(
+        &mut self,
+        stream: Stream,
+        rec: &Record,
+        old: Option<IndexEntry>,
+        token: u64,
+    ) -> Result<Written, WriteError> {
         let size = record::padded(record::encoded_len(rec));
         let max = self.cfg.max_record_bytes as usize;
         if size > max {
-            return Err(WriteError::RecordTooBig { size_bytes: size, max_bytes: max });
+            return Err(WriteError::RecordTooBig {
+                size_bytes: size,
+                max_bytes: max,
+            });
         }
         let (id, off) = self.reserve_append(stream, size, rec.meta.tombstone)?;
         let ram = self.ram_mut(id).expect("open wblock is in RAM");
         let n = record::encode(rec, ram.seq, &mut ram.data[off..off + size]);
         assert_eq!(n, size);
         let addr = self.addr_of(id, off);
-        let entry = IndexEntry::new(rec.meta.digest, addr, size, rec.meta.generation, rec.meta.void_time, rec.meta.lut_ms, rec.meta.tombstone);
+        let entry = IndexEntry::new(
+            rec.meta.digest,
+            addr,
+            size,
+            rec.meta.generation,
+            rec.meta.void_time,
+            rec.meta.lut_ms,
+            rec.meta.tombstone,
+        );
         self.replace_entry(entry, old);
         self.stats.client_bytes += size as u64;
         let commit = self.cfg.commit_to_device;
         let now_ms = self.clock.mono_ms();
         let ram = self.ram_mut(id).expect("open wblock is in RAM");
         if commit {
-            ram.waiters.push_back(Waiter { upto: off + size, kind: WaitKind::Ack(token) });
+            ram.waiters.push_back(Waiter {
+                upto: off + size,
+                kind: WaitKind::Ack(token),
+            });
         } else {
             ram.dirty_since_ms.get_or_insert(now_ms);
         }
-        Ok(Written { generation: rec.meta.generation, lut_ms: rec.meta.lut_ms, pending: commit })
+        Ok(Written {
+            generation: rec.meta.generation,
+            lut_ms: rec.meta.lut_ms,
+            pending: commit,
+        })
     }
 
     /// Finds room for `size` bytes in `stream`'s write buffer, sealing it and opening another
     /// when it is full. Returns (wblock id, offset). Changes nothing when it fails.
-    pub(crate) fn reserve_append(&mut self, stream: Stream, size: usize, is_delete: bool) -> Result<(u32, usize), WriteError> {
+    pub(crate) fn reserve_append(
+        &mut self,
+        stream: Stream,
+        size: usize,
+        is_delete: bool,
+    ) -> Result<(u32, usize), WriteError> {
         let ws = self.wblock_size;
         assert!(size <= ws - WBLOCK_HEADER_BYTES);
         let cur = match stream {
@@ -502,7 +548,11 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         }
         // A new wblock is needed: check before changing anything.
         if stream == Stream::Client {
-            let floor = if is_delete { self.reserve_wblocks / 2 } else { self.reserve_wblocks };
+            let floor = if is_delete {
+                self.reserve_wblocks / 2
+            } else {
+                self.reserve_wblocks
+            };
             if self.free.len() as u32 <= floor {
                 self.stats.writes_refused_space += 1;
                 return Err(WriteError::OutOfSpace);
@@ -534,14 +584,31 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let b = &mut self.blocks[id as usize];
-        assert_eq!(b.state, BlockState::Free, "wblock {id} on the free list is {:?}", b.state);
+        assert_eq!(
+            b.state,
+            BlockState::Free,
+            "wblock {id} on the free list is {:?}",
+            b.state
+        );
         assert_eq!(b.live_bytes, 0);
-        *b = BlockInfo { state: BlockState::Open, seq, live_bytes: 0, queued: false, free_deps: 0 };
+        *b = BlockInfo {
+            state: BlockState::Open,
+            seq,
+            live_bytes: 0,
+            queued: false,
+            free_deps: 0,
+        };
         self.nonfree_seqs.insert((seq, id));
         // A stale cached copy of the wblock's previous life must go.
         self.ram.retain(|r| r.id != id);
         let mut data = vec![0u8; self.wblock_size];
-        WblockHeader { seq, instance_id: self.instance_id, wblock_id: id, wblock_size_bytes: self.wblock_size as u32 }.encode(&mut data[..WBLOCK_HEADER_BYTES]);
+        WblockHeader {
+            seq,
+            instance_id: self.instance_id,
+            wblock_id: id,
+            wblock_size_bytes: self.wblock_size as u32,
+        }
+        .encode(&mut data[..WBLOCK_HEADER_BYTES]);
         self.ram.push(RamBlock {
             id,
             seq,
@@ -594,7 +661,12 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     pub(crate) fn sub_live(&mut self, e: &IndexEntry) {
         let b = self.block_of(e.addr_bytes());
         let info = &mut self.blocks[b as usize];
-        assert!(info.live_bytes >= e.size_bytes() as u64, "wblock {b} live bytes {} < {} ({e:?})", info.live_bytes, e.size_bytes());
+        assert!(
+            info.live_bytes >= e.size_bytes() as u64,
+            "wblock {b} live bytes {} < {} ({e:?})",
+            info.live_bytes,
+            e.size_bytes()
+        );
         info.live_bytes -= e.size_bytes() as u64;
         self.maybe_queue_defrag(b);
     }
@@ -652,7 +724,10 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             }
             None => IoBuf::new(len),
         };
-        match self.dev.submit_read(self.region.offset_bytes + start, buf, tag(TAG_READ, slot as u64)) {
+        match self
+            .dev
+            .submit_read(self.region.offset_bytes + start, buf, tag(TAG_READ, slot as u64))
+        {
             Ok(()) => {
                 self.reads[slot as usize] = Some(PendingRead { token, entry, attempts });
                 self.stats.reads_device += 1;
@@ -661,7 +736,11 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             Err(e) => {
                 self.read_free.push(slot);
                 let failed = matches!(e, SubmitError::Failed(..));
-                let err = if let SubmitError::Failed(d, _) = &e { Some(d.clone()) } else { None };
+                let err = if let SubmitError::Failed(d, _) = &e {
+                    Some(d.clone())
+                } else {
+                    None
+                };
                 if let Some(b) = e.into_buf() {
                     self.recycle_small(b);
                 }
@@ -682,7 +761,9 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     }
 
     fn on_read_done(&mut self, slot: u32, c: Completion) {
-        let pr = self.reads[slot as usize].take().expect("completion for an idle read slot");
+        let pr = self.reads[slot as usize]
+            .take()
+            .expect("completion for an idle read slot");
         self.read_free.push(slot);
         let buf = c.buf.expect("read completion carries its buffer");
         let result = match c.result {
@@ -696,7 +777,9 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         };
         self.recycle_small(buf);
         let result = match result {
-            Err(ReadError::Corrupt { .. }) | Err(ReadError::Device(_)) if self.index.get(&pr.entry.digest()) != Some(&pr.entry) => {
+            Err(ReadError::Corrupt { .. }) | Err(ReadError::Device(_))
+                if self.index.get(&pr.entry.digest()) != Some(&pr.entry) =>
+            {
                 // The record moved (defrag, overwrite) while the read was in flight: read again.
                 match self.peek(&pr.entry.digest()) {
                     None => Err(ReadError::NotFound),
@@ -714,7 +797,10 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             self.stats.read_corrupt += 1;
             tracing::error!(shard = self.shard_id, digest = ?pr.entry.digest(), "corrupt record on device: {:?}", result);
         }
-        self.events.push(Event::ReadDone { token: pr.token, result });
+        self.events.push(Event::ReadDone {
+            token: pr.token,
+            result,
+        });
     }
 
     // ----- the poll loop -----
@@ -777,7 +863,10 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             if r.write_in_flight || r.used == r.submitted_used {
                 continue;
             }
-            let due = r.sealed || r.force_flush || !r.waiters.is_empty() || r.dirty_since_ms.is_some_and(|t| now >= t + flush_max);
+            let due = r.sealed
+                || r.force_flush
+                || !r.waiters.is_empty()
+                || r.dirty_since_ms.is_some_and(|t| now >= t + flush_max);
             if !due || self.failed.is_some() {
                 continue;
             }
@@ -854,7 +943,13 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     fn trim_cache(&mut self) {
         let limit = self.cfg.post_write_cache_wblocks as usize;
         loop {
-            let cached: Vec<(u64, usize)> = self.ram.iter().enumerate().filter(|(_, r)| r.sealed && r.is_durable()).map(|(i, r)| (r.seq, i)).collect();
+            let cached: Vec<(u64, usize)> = self
+                .ram
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.sealed && r.is_durable())
+                .map(|(i, r)| (r.seq, i))
+                .collect();
             if cached.len() <= limit {
                 return;
             }
@@ -872,7 +967,10 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         for r in &mut self.ram {
             for w in r.waiters.drain(..) {
                 if let WaitKind::Ack(token) = w.kind {
-                    self.events.push(Event::WriteDone { token, result: Err(WriteError::DeviceFailed(e.clone())) });
+                    self.events.push(Event::WriteDone {
+                        token,
+                        result: Err(WriteError::DeviceFailed(e.clone())),
+                    });
                 }
             }
         }
@@ -928,7 +1026,13 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         assert_eq!(info.state, BlockState::Erasing);
         assert_eq!(info.live_bytes, 0);
         self.nonfree_seqs.remove(&(info.seq, b));
-        *info = BlockInfo { state: BlockState::Free, seq: 0, live_bytes: 0, queued: false, free_deps: 0 };
+        *info = BlockInfo {
+            state: BlockState::Free,
+            seq: 0,
+            live_bytes: 0,
+            queued: false,
+            free_deps: 0,
+        };
         self.ram.retain(|r| r.id != b);
         self.free.push_back(b);
         self.stats.wblocks_freed += 1;
@@ -948,7 +1052,8 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         }
         let now_s = self.clock.now_cl_s();
         let mut expired = Vec::new();
-        let end = (self.nsup_next_pid as u32 + NSUP_PARTITIONS_PER_TURN as u32).min(crate::digest::N_PARTITIONS as u32) as u16;
+        let end = (self.nsup_next_pid as u32 + NSUP_PARTITIONS_PER_TURN as u32).min(crate::digest::N_PARTITIONS as u32)
+            as u16;
         for pid in self.nsup_next_pid..end {
             let pid = crate::digest::PartitionId(pid);
             if self.index.partition_len(pid) == 0 {
@@ -998,7 +1103,10 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             if let Some(e) = found {
                 return e;
             }
-            assert!(self.dev.in_flight() > 0 || self.ram.iter().any(|r| !r.waiters.is_empty()), "waiting for token {token} with nothing in flight");
+            assert!(
+                self.dev.in_flight() > 0 || self.ram.iter().any(|r| !r.waiters.is_empty()),
+                "waiting for token {token} with nothing in flight"
+            );
         }
     }
 
@@ -1122,13 +1230,19 @@ pub fn is_expired(e: &IndexEntry, now_s: u32) -> bool {
 
 fn validate_put(rec: &PutRecord) -> Result<(), WriteError> {
     if rec.set_name.len() > SET_NAME_MAX_BYTES {
-        return Err(WriteError::Invalid(format!("set name of {} bytes (max {SET_NAME_MAX_BYTES})", rec.set_name.len())));
+        return Err(WriteError::Invalid(format!(
+            "set name of {} bytes (max {SET_NAME_MAX_BYTES})",
+            rec.set_name.len()
+        )));
     }
     if rec.bins.is_empty() {
         return Err(WriteError::Invalid("a record needs at least one bin".into()));
     }
     if rec.bins.len() > RECORD_MAX_BINS {
-        return Err(WriteError::Invalid(format!("{} bins (max {RECORD_MAX_BINS})", rec.bins.len())));
+        return Err(WriteError::Invalid(format!(
+            "{} bins (max {RECORD_MAX_BINS})",
+            rec.bins.len()
+        )));
     }
     for b in &rec.bins {
         if b.name.as_bytes().is_empty() {
@@ -1148,10 +1262,23 @@ fn validate_put(rec: &PutRecord) -> Result<(), WriteError> {
 
 /// Decodes `bytes` (the record's padded extent) and checks it is the copy `entry` describes.
 fn check_read(entry: &IndexEntry, bytes: &[u8], wblock_seq: u64) -> Result<Record, ReadError> {
-    let corrupt = |detail: String| ReadError::Corrupt { digest: entry.digest(), detail };
+    let corrupt = |detail: String| ReadError::Corrupt {
+        digest: entry.digest(),
+        detail,
+    };
     let rec = record::decode(bytes, Some(wblock_seq)).map_err(|e| corrupt(e.to_string()))?;
-    if rec.meta.digest != entry.digest() || rec.meta.generation != entry.generation() || rec.meta.lut_ms != entry.lut_ms() {
-        return Err(corrupt(format!("stored copy is {:?} gen {} lut {}, index expects gen {} lut {}", rec.meta.digest, rec.meta.generation, rec.meta.lut_ms, entry.generation(), entry.lut_ms())));
+    if rec.meta.digest != entry.digest()
+        || rec.meta.generation != entry.generation()
+        || rec.meta.lut_ms != entry.lut_ms()
+    {
+        return Err(corrupt(format!(
+            "stored copy is {:?} gen {} lut {}, index expects gen {} lut {}",
+            rec.meta.digest,
+            rec.meta.generation,
+            rec.meta.lut_ms,
+            entry.generation(),
+            entry.lut_ms()
+        )));
     }
     if rec.meta.tombstone {
         return Err(ReadError::NotFound);

@@ -14,7 +14,10 @@
 //!   digest): after a crash that is a torn, never-acknowledged write. Reads at run time report
 //!   a checksum failure as an error instead.
 
-use super::region::{self, ImageRef, RegionHeader, IMAGE_BLOCK_ENTRY_BYTES, IMAGE_BLOCK_HEADER_BYTES, IMAGE_HEADER_BYTES, MAX_IMAGE_WBLOCKS};
+use super::region::{
+    self, ImageRef, RegionHeader, IMAGE_BLOCK_ENTRY_BYTES, IMAGE_BLOCK_HEADER_BYTES, IMAGE_HEADER_BYTES,
+    MAX_IMAGE_WBLOCKS,
+};
 use super::{tag, BlockInfo, BlockState, OpenError, Region, Shard, ShardStats, TAG_STARTUP};
 use crate::clock::Clock;
 use crate::config::StorageConfig;
@@ -79,22 +82,43 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     /// # Errors
     /// Bad config, a region that does not fit, a header written with other settings or damaged
     /// (nothing is written then), or a device error.
-    pub fn open(mut dev: D, clock: C, cfg: StorageConfig, shard_id: u32, region: Region) -> Result<(Shard<D, C>, OpenReport), OpenError> {
+    pub fn open(
+        mut dev: D,
+        clock: C,
+        cfg: StorageConfig,
+        shard_id: u32,
+        region: Region,
+    ) -> Result<(Shard<D, C>, OpenReport), OpenError> {
         cfg.validate()?;
         let started = Instant::now();
         let info = dev.info().clone();
         let ws = cfg.wblock_size_bytes as usize;
-        if region.offset_bytes % SECTOR_SIZE as u64 != 0 || region.offset_bytes.checked_add(region.len_bytes).is_none_or(|end| end > info.capacity_bytes) {
-            return Err(OpenError::RegionOutOfRange { offset_bytes: region.offset_bytes, len_bytes: region.len_bytes, capacity_bytes: info.capacity_bytes });
+        if !region.offset_bytes.is_multiple_of(SECTOR_SIZE as u64)
+            || region
+                .offset_bytes
+                .checked_add(region.len_bytes)
+                .is_none_or(|end| end > info.capacity_bytes)
+        {
+            return Err(OpenError::RegionOutOfRange {
+                offset_bytes: region.offset_bytes,
+                len_bytes: region.len_bytes,
+                capacity_bytes: info.capacity_bytes,
+            });
         }
         let n_wblocks = (region.len_bytes / ws as u64).min(u32::MAX as u64) as u32;
         if n_wblocks < 4 || n_wblocks as u64 * ws as u64 / 16 >= 1 << 40 {
-            return Err(OpenError::RegionTooSmall { len_bytes: region.len_bytes, wblock_size_bytes: cfg.wblock_size_bytes });
+            return Err(OpenError::RegionTooSmall {
+                len_bytes: region.len_bytes,
+                wblock_size_bytes: cfg.wblock_size_bytes,
+            });
         }
         let pool_count = (cfg.max_write_cache_wblocks + cfg.defrag_max_in_flight + 4) as usize;
         let pool = BufPool::new(pool_count, ws);
         if let Err(e) = dev.register_buffers(&pool) {
-            tracing::warn!(shard = shard_id, "buffer registration failed, using unregistered buffers: {e}");
+            tracing::warn!(
+                shard = shard_id,
+                "buffer registration failed, using unregistered buffers: {e}"
+            );
         }
         let reserve = ((n_wblocks - 1) as u64 * cfg.min_avail_pct as u64 / 100).max(2) as u32;
         let max_reads = cfg.max_pending_reads;
@@ -217,7 +241,16 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
 
     fn reset_blocks(&mut self) {
         let n = self.n_wblocks as usize;
-        self.blocks = vec![BlockInfo { state: BlockState::Free, seq: 0, live_bytes: 0, queued: false, free_deps: 0 }; n];
+        self.blocks = vec![
+            BlockInfo {
+                state: BlockState::Free,
+                seq: 0,
+                live_bytes: 0,
+                queued: false,
+                free_deps: 0
+            };
+            n
+        ];
         self.blocks[0].state = BlockState::Reserved;
         self.free = (1..self.n_wblocks).collect();
         self.nonfree_seqs.clear();
@@ -243,12 +276,16 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     /// One read at `offset` (bytes into the region), waited for. Only while nothing else is in
     /// flight (start-up and shutdown).
     fn read_blocking(&mut self, offset: u64, buf: IoBuf) -> Result<IoBuf, DeviceError> {
-        self.dev.submit_read(self.region.offset_bytes + offset, buf, tag(TAG_STARTUP, 0)).map_err(submit_err)?;
+        self.dev
+            .submit_read(self.region.offset_bytes + offset, buf, tag(TAG_STARTUP, 0))
+            .map_err(submit_err)?;
         self.one_blocking()
     }
 
     fn write_blocking(&mut self, offset: u64, buf: IoBuf) -> Result<IoBuf, DeviceError> {
-        self.dev.submit_write(self.region.offset_bytes + offset, buf, tag(TAG_STARTUP, 0)).map_err(submit_err)?;
+        self.dev
+            .submit_write(self.region.offset_bytes + offset, buf, tag(TAG_STARTUP, 0))
+            .map_err(submit_err)?;
         self.one_blocking()
     }
 
@@ -261,7 +298,11 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     }
 
     fn one_blocking(&mut self) -> Result<IoBuf, DeviceError> {
-        assert_eq!(self.dev.in_flight(), 1, "blocking start-up I/O with other I/O in flight");
+        assert_eq!(
+            self.dev.in_flight(),
+            1,
+            "blocking start-up I/O with other I/O in flight"
+        );
         self.dev.submit()?;
         let mut out = Vec::with_capacity(1);
         while out.is_empty() {
@@ -285,7 +326,9 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             while next < self.n_wblocks {
                 let Some(buf) = self.pool.take() else { break };
                 let off = self.region.offset_bytes + next as u64 * ws as u64;
-                self.dev.submit_read(off, buf, tag(TAG_STARTUP, next as u64)).map_err(submit_err)?;
+                self.dev
+                    .submit_read(off, buf, tag(TAG_STARTUP, next as u64))
+                    .map_err(submit_err)?;
                 next += 1;
                 in_flight += 1;
             }
@@ -333,13 +376,27 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     }
 
     /// Scans one wblock; returns its sequence when its header is valid.
-    fn scan_wblock(&mut self, id: u32, data: &[u8], corrupt: &mut HashSet<Digest>, report: &mut OpenReport) -> Option<u64> {
+    fn scan_wblock(
+        &mut self,
+        id: u32,
+        data: &[u8],
+        corrupt: &mut HashSet<Digest>,
+        report: &mut OpenReport,
+    ) -> Option<u64> {
         let ws = self.wblock_size;
         let hdr = match WblockHeader::decode(&data[..WBLOCK_HEADER_BYTES]) {
-            Ok(Some(h)) if h.instance_id == self.instance_id && h.wblock_id == id && h.wblock_size_bytes as usize == ws => h,
+            Ok(Some(h))
+                if h.instance_id == self.instance_id && h.wblock_id == id && h.wblock_size_bytes as usize == ws =>
+            {
+                h
+            }
             Ok(Some(_)) | Ok(None) => return None,
             Err(_) => {
-                tracing::error!(shard = self.shard_id, wblock = id, "cold start: damaged wblock header; its records are skipped");
+                tracing::error!(
+                    shard = self.shard_id,
+                    wblock = id,
+                    "cold start: damaged wblock header; its records are skipped"
+                );
                 report.corrupt_headers += 1;
                 return None;
             }
@@ -355,7 +412,15 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
                     }
                     report.records_found += 1;
                     let addr = self.addr_of(id, pos);
-                    let new = IndexEntry::new(h.meta.digest, addr, h.padded_len(), h.meta.generation, h.meta.void_time, h.meta.lut_ms.min(crate::index::MAX_LUT_MS), h.meta.tombstone);
+                    let new = IndexEntry::new(
+                        h.meta.digest,
+                        addr,
+                        h.padded_len(),
+                        h.meta.generation,
+                        h.meta.void_time,
+                        h.meta.lut_ms.min(crate::index::MAX_LUT_MS),
+                        h.meta.tombstone,
+                    );
                     let wins = match self.index.get(&h.meta.digest) {
                         None => true,
                         Some(old) => {
@@ -412,10 +477,15 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
                 self.blocks[(e.addr_bytes() / ws) as usize].live_bytes += e.size_bytes() as u64;
             }
         }
-        self.free = (1..self.n_wblocks).filter(|&b| self.blocks[b as usize].state == BlockState::Free).collect();
+        self.free = (1..self.n_wblocks)
+            .filter(|&b| self.blocks[b as usize].state == BlockState::Free)
+            .collect();
         for b in 1..self.n_wblocks {
             let info = &self.blocks[b as usize];
-            assert!(info.state == BlockState::Sealed || info.live_bytes == 0, "free wblock {b} holds live records");
+            assert!(
+                info.state == BlockState::Sealed || info.live_bytes == 0,
+                "free wblock {b} holds live records"
+            );
             self.maybe_queue_defrag(b);
         }
     }
@@ -433,7 +503,9 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         if distinct.len() != img.wblocks.len() || img.wblocks.iter().any(|&b| b == 0 || b as usize >= n) {
             return Err("image wblock list is invalid".into());
         }
-        if img.len_bytes > (img.wblocks.len() * cap) as u64 || img.len_bytes < (IMAGE_HEADER_BYTES + n * IMAGE_BLOCK_ENTRY_BYTES) as u64 {
+        if img.len_bytes > (img.wblocks.len() * cap) as u64
+            || img.len_bytes < (IMAGE_HEADER_BYTES + n * IMAGE_BLOCK_ENTRY_BYTES) as u64
+        {
             return Err(format!("image length {} does not fit its wblocks", img.len_bytes));
         }
         let mut parser = ImageParser::new(n, img.len_bytes);
@@ -445,7 +517,9 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             while next_submit < img.wblocks.len() {
                 let Some(buf) = self.pool.take() else { break };
                 let off = self.region.offset_bytes + img.wblocks[next_submit] as u64 * ws as u64;
-                self.dev.submit_read(off, buf, tag(TAG_STARTUP, next_submit as u64)).map_err(|e| submit_err(e).to_string())?;
+                self.dev
+                    .submit_read(off, buf, tag(TAG_STARTUP, next_submit as u64))
+                    .map_err(|e| submit_err(e).to_string())?;
                 next_submit += 1;
                 in_flight += 1;
             }
@@ -475,7 +549,14 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             let ok = region::check_image_block_header(buf.as_slice(), next_parse as u32, self.instance_id);
             let remaining = img.len_bytes as usize - next_parse * cap;
             let take = remaining.min(cap);
-            let result = if ok { parser.feed(&buf.as_slice()[IMAGE_BLOCK_HEADER_BYTES..IMAGE_BLOCK_HEADER_BYTES + take], self) } else { Err(format!("image wblock {next_parse} has a bad header")) };
+            let result = if ok {
+                parser.feed(
+                    &buf.as_slice()[IMAGE_BLOCK_HEADER_BYTES..IMAGE_BLOCK_HEADER_BYTES + take],
+                    self,
+                )
+            } else {
+                Err(format!("image wblock {next_parse} has a bad header"))
+            };
             self.pool.put(buf);
             if let Err(e) = result {
                 self.drain_startup(in_flight, &mut pending);
@@ -513,10 +594,18 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         let used: Vec<usize> = (1..table.len()).filter(|&b| table[b].1).collect();
         let step = used.len().div_ceil(64).max(1);
         for &b in used.iter().step_by(step) {
-            let buf = self.read_blocking(b as u64 * self.wblock_size as u64, IoBuf::new(SECTOR_SIZE)).map_err(|e| e.to_string())?;
+            let buf = self
+                .read_blocking(b as u64 * self.wblock_size as u64, IoBuf::new(SECTOR_SIZE))
+                .map_err(|e| e.to_string())?;
             match WblockHeader::decode(&buf.as_slice()[..WBLOCK_HEADER_BYTES]) {
-                Ok(Some(h)) if h.seq == table[b].0 && h.instance_id == self.instance_id && h.wblock_id as usize == b => {}
-                other => return Err(format!("wblock {b} on the device ({other:?}) does not match the image (sequence {})", table[b].0)),
+                Ok(Some(h))
+                    if h.seq == table[b].0 && h.instance_id == self.instance_id && h.wblock_id as usize == b => {}
+                other => {
+                    return Err(format!(
+                        "wblock {b} on the device ({other:?}) does not match the image (sequence {})",
+                        table[b].0
+                    ))
+                }
             }
         }
         Ok(())
@@ -561,7 +650,8 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             let mut evs = Vec::new();
             self.poll(&mut evs);
             self.stash.extend(evs);
-            let quiet = self.dev.in_flight() == 0 && self.erase_queue.is_empty() && self.ram.iter().all(|r| r.is_durable());
+            let quiet =
+                self.dev.in_flight() == 0 && self.erase_queue.is_empty() && self.ram.iter().all(|r| r.is_durable());
             if quiet {
                 break;
             }
@@ -578,9 +668,20 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         let entries = self.index.len();
         let len = IMAGE_HEADER_BYTES + n * IMAGE_BLOCK_ENTRY_BYTES + entries * 40;
         let need = len.div_ceil(cap);
-        let mut report = ShutdownReport { index_entries: entries, image_written: false, image_bytes: len as u64, image_wblocks: need as u32, elapsed_ms: 0 };
+        let mut report = ShutdownReport {
+            index_entries: entries,
+            image_written: false,
+            image_bytes: len as u64,
+            image_wblocks: need as u32,
+            elapsed_ms: 0,
+        };
         if need > MAX_IMAGE_WBLOCKS || need > self.free.len() {
-            tracing::warn!(shard = self.shard_id, need, free = self.free.len(), "index image does not fit in free wblocks; next start is a cold start");
+            tracing::warn!(
+                shard = self.shard_id,
+                need,
+                free = self.free.len(),
+                "index image does not fit in free wblocks; next start is a cold start"
+            );
             report.elapsed_ms = started.elapsed().as_millis() as u64;
             return Ok((report, self.dev));
         }
@@ -595,9 +696,23 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             payload.extend_from_slice(&[used as u8, 0, 0, 0, 0, 0, 0, 0]);
         }
         let mut crc = 0u32;
-        let mut writer = ImageWriter { ids: &ids, next: 0, cur: None, fill: 0, cap, in_flight: 0 };
+        let mut writer = ImageWriter {
+            ids: &ids,
+            next: 0,
+            cur: None,
+            fill: 0,
+            cap,
+            in_flight: 0,
+        };
         let mut done = Vec::new();
-        let Shard { dev, pool, index, region, instance_id, .. } = &mut self;
+        let Shard {
+            dev,
+            pool,
+            index,
+            region,
+            instance_id,
+            ..
+        } = &mut self;
         let mut sink = |bytes: &[u8], crc: &mut u32| -> Result<(), DeviceError> {
             *crc = crc32c::crc32c_append(*crc, bytes);
             writer.put(bytes, dev, pool, region.offset_bytes, ws, *instance_id, &mut done)
@@ -608,7 +723,12 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         }
         writer.finish(dev, pool, region.offset_bytes, ws, *instance_id, &mut done)?;
         self.device_flush_blocking()?;
-        let image = ImageRef { next_seq: self.next_seq, len_bytes: len as u64, crc, wblocks: ids };
+        let image = ImageRef {
+            next_seq: self.next_seq,
+            len_bytes: len as u64,
+            crc,
+            wblocks: ids,
+        };
         self.write_header(Some(image))?;
         report.image_written = true;
         report.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -629,7 +749,16 @@ struct ImageWriter<'a> {
 
 impl ImageWriter<'_> {
     #[allow(clippy::too_many_arguments)]
-    fn put<D: BlockDevice>(&mut self, mut bytes: &[u8], dev: &mut D, pool: &mut BufPool, base: u64, ws: usize, instance: u64, done: &mut Vec<bolide_drivers::Completion>) -> Result<(), DeviceError> {
+    fn put<D: BlockDevice>(
+        &mut self,
+        mut bytes: &[u8],
+        dev: &mut D,
+        pool: &mut BufPool,
+        base: u64,
+        ws: usize,
+        instance: u64,
+        done: &mut Vec<bolide_drivers::Completion>,
+    ) -> Result<(), DeviceError> {
         while !bytes.is_empty() {
             if self.cur.is_none() {
                 let buf = loop {
@@ -656,7 +785,14 @@ impl ImageWriter<'_> {
         Ok(())
     }
 
-    fn submit<D: BlockDevice>(&mut self, dev: &mut D, pool: &mut BufPool, base: u64, ws: usize, done: &mut Vec<bolide_drivers::Completion>) -> Result<(), DeviceError> {
+    fn submit<D: BlockDevice>(
+        &mut self,
+        dev: &mut D,
+        pool: &mut BufPool,
+        base: u64,
+        ws: usize,
+        done: &mut Vec<bolide_drivers::Completion>,
+    ) -> Result<(), DeviceError> {
         let mut buf = self.cur.take().expect("a buffer to write");
         let used = IMAGE_BLOCK_HEADER_BYTES + self.fill;
         buf.as_mut_slice()[used..].fill(0);
@@ -665,7 +801,11 @@ impl ImageWriter<'_> {
         self.next += 1;
         let mut buf = Some(buf);
         loop {
-            match dev.submit_write(base + id as u64 * ws as u64, buf.take().expect("buffer"), tag(TAG_STARTUP, id as u64)) {
+            match dev.submit_write(
+                base + id as u64 * ws as u64,
+                buf.take().expect("buffer"),
+                tag(TAG_STARTUP, id as u64),
+            ) {
                 Ok(()) => break,
                 Err(SubmitError::QueueFull(b)) => {
                     buf = b;
@@ -679,7 +819,13 @@ impl ImageWriter<'_> {
         Ok(())
     }
 
-    fn reap<D: BlockDevice>(&mut self, dev: &mut D, pool: &mut BufPool, done: &mut Vec<bolide_drivers::Completion>, min: usize) -> Result<(), DeviceError> {
+    fn reap<D: BlockDevice>(
+        &mut self,
+        dev: &mut D,
+        pool: &mut BufPool,
+        done: &mut Vec<bolide_drivers::Completion>,
+        min: usize,
+    ) -> Result<(), DeviceError> {
         dev.submit()?;
         dev.reap(done, min.min(self.in_flight))?;
         for c in done.drain(..) {
@@ -692,7 +838,15 @@ impl ImageWriter<'_> {
         Ok(())
     }
 
-    fn finish<D: BlockDevice>(&mut self, dev: &mut D, pool: &mut BufPool, base: u64, ws: usize, instance: u64, done: &mut Vec<bolide_drivers::Completion>) -> Result<(), DeviceError> {
+    fn finish<D: BlockDevice>(
+        &mut self,
+        dev: &mut D,
+        pool: &mut BufPool,
+        base: u64,
+        ws: usize,
+        instance: u64,
+        done: &mut Vec<bolide_drivers::Completion>,
+    ) -> Result<(), DeviceError> {
         let _ = instance;
         if self.cur.is_some() {
             self.submit(dev, pool, base, ws, done)?;
@@ -720,7 +874,17 @@ struct ImageParser {
 
 impl ImageParser {
     fn new(n_wblocks: usize, len: u64) -> ImageParser {
-        ImageParser { n_wblocks, len, seen: 0, crc: 0, carry: Vec::new(), entries_expected: None, entries: 0, table: Vec::with_capacity(n_wblocks), last: None }
+        ImageParser {
+            n_wblocks,
+            len,
+            seen: 0,
+            crc: 0,
+            carry: Vec::new(),
+            entries_expected: None,
+            entries: 0,
+            table: Vec::with_capacity(n_wblocks),
+            last: None,
+        }
     }
 
     fn feed<D: BlockDevice, C: Clock>(&mut self, bytes: &[u8], shard: &mut Shard<D, C>) -> Result<(), String> {
@@ -739,7 +903,11 @@ impl ImageParser {
     }
 
     /// Consumes whole items; returns the unconsumed tail.
-    fn consume<'a, D: BlockDevice, C: Clock>(&mut self, mut data: &'a [u8], shard: &mut Shard<D, C>) -> Result<&'a [u8], String> {
+    fn consume<'a, D: BlockDevice, C: Clock>(
+        &mut self,
+        mut data: &'a [u8],
+        shard: &mut Shard<D, C>,
+    ) -> Result<&'a [u8], String> {
         if self.entries_expected.is_none() {
             if data.len() < IMAGE_HEADER_BYTES {
                 return Ok(data);
@@ -765,7 +933,8 @@ impl ImageParser {
             data = &data[IMAGE_BLOCK_ENTRY_BYTES..];
         }
         while data.len() >= 40 {
-            let e = IndexEntry::try_from_bytes(data[..40].try_into().expect("40")).map_err(|e| format!("bad index entry in image: {e:?}"))?;
+            let e = IndexEntry::try_from_bytes(data[..40].try_into().expect("40"))
+                .map_err(|e| format!("bad index entry in image: {e:?}"))?;
             let key = (e.digest().partition_id().0, e.digest());
             if self.last.is_some_and(|l| l >= key) {
                 return Err("image entries are out of order".into());

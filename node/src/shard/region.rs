@@ -104,7 +104,10 @@ impl RegionHeader {
     /// Magic present but the checksum, version or a field is wrong: `HeaderCorrupt`/`Malformed`.
     pub fn decode(buf: &[u8]) -> Result<Option<RegionHeader>, RecordError> {
         if buf.len() < SECTOR_SIZE {
-            return Err(RecordError::Truncated { need: SECTOR_SIZE, have: buf.len() });
+            return Err(RecordError::Truncated {
+                need: SECTOR_SIZE,
+                have: buf.len(),
+            });
         }
         let buf = &buf[..SECTOR_SIZE];
         if buf[0..8] != REGION_MAGIC {
@@ -116,7 +119,10 @@ impl RegionHeader {
             return Err(RecordError::HeaderCorrupt);
         }
         if u32_at(12) != REGION_FORMAT_VERSION {
-            return Err(RecordError::Malformed(format!("region format version {} (this build reads {REGION_FORMAT_VERSION})", u32_at(12))));
+            return Err(RecordError::Malformed(format!(
+                "region format version {} (this build reads {REGION_FORMAT_VERSION})",
+                u32_at(12)
+            )));
         }
         let flags = u32_at(36);
         let image = if flags & FLAG_CLEAN_IMAGE != 0 {
@@ -172,7 +178,12 @@ mod tests {
             n_wblocks: 100,
             shard_id: 3,
             created_ms: 12345,
-            image: Some(ImageRef { next_seq: 77, len_bytes: 4000, crc: 9, wblocks: vec![5, 9, 2] }),
+            image: Some(ImageRef {
+                next_seq: 77,
+                len_bytes: 4000,
+                crc: 9,
+                wblocks: vec![5, 9, 2],
+            }),
         };
         let mut sector = vec![0u8; SECTOR_SIZE];
         h.encode(&mut sector);

@@ -36,11 +36,23 @@ pub fn put_rec(key: u32, version: u32, pad_len: usize, void_time: u32) -> PutRec
     PutRecord {
         digest: digest_of(key),
         set_name: b"demo".to_vec(),
-        key: Some(StoredKey { ptype: 1, bytes: (key as i64).to_be_bytes().to_vec() }),
+        key: Some(StoredKey {
+            ptype: 1,
+            bytes: (key as i64).to_be_bytes().to_vec(),
+        }),
         bins: vec![
-            Bin { name: BinName::new(b"k").unwrap(), value: Value::Int(key as i64) },
-            Bin { name: BinName::new(b"v").unwrap(), value: Value::Int(version as i64) },
-            Bin { name: BinName::new(b"pad").unwrap(), value: Value::Blob(ParticleType::Blob, pad_bytes(key, version, pad_len)) },
+            Bin {
+                name: BinName::new(b"k").unwrap(),
+                value: Value::Int(key as i64),
+            },
+            Bin {
+                name: BinName::new(b"v").unwrap(),
+                value: Value::Int(version as i64),
+            },
+            Bin {
+                name: BinName::new(b"pad").unwrap(),
+                value: Value::Blob(ParticleType::Blob, pad_bytes(key, version, pad_len)),
+            },
         ],
         void_time,
     }
@@ -55,7 +67,11 @@ pub fn check_rec(rec: &Record) -> (u32, u32) {
     let (k, v) = (int(b"k"), int(b"v"));
     assert_eq!(rec.meta.digest, digest_of(k), "digest does not match key bin");
     match rec.bins.iter().find(|b| b.name.as_bytes() == b"pad").map(|b| &b.value) {
-        Some(Value::Blob(_, bytes)) => assert_eq!(bytes, &pad_bytes(k, v, bytes.len()), "padding of key {k} version {v} differs"),
+        Some(Value::Blob(_, bytes)) => assert_eq!(
+            bytes,
+            &pad_bytes(k, v, bytes.len()),
+            "padding of key {k} version {v} differs"
+        ),
         other => panic!("pad bin is {other:?}"),
     }
     assert_eq!(rec.set_name, b"demo");
@@ -76,7 +92,10 @@ pub fn small_cfg(commit: bool) -> StorageConfig {
 }
 
 pub fn whole(capacity: u64) -> Region {
-    Region { offset_bytes: 0, len_bytes: capacity }
+    Region {
+        offset_bytes: 0,
+        len_bytes: capacity,
+    }
 }
 
 pub fn open_sim(dev: SimDevice, clock: &ManualClock, cfg: StorageConfig) -> (SimShard, OpenReport) {
@@ -89,7 +108,12 @@ pub fn sim(capacity: u64, seed: u64) -> SimDevice {
 }
 
 /// Puts with retries while the device is overloaded; returns the ack.
-pub fn put_retry(shard: &mut SimShard, rec: PutRecord, token: u64, events: &mut Vec<Event>) -> Result<bolide_node::shard::Written, WriteError> {
+pub fn put_retry(
+    shard: &mut SimShard,
+    rec: PutRecord,
+    token: u64,
+    events: &mut Vec<Event>,
+) -> Result<bolide_node::shard::Written, WriteError> {
     loop {
         match shard.put(rec.clone(), token) {
             Err(WriteError::Overload(_)) => shard.wait(events),
