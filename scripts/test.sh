@@ -13,6 +13,9 @@ rustup show active-toolchain >/dev/null
 echo "== build"
 cargo build --workspace --all-targets --locked
 
+echo "== clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 echo "== tests"
 cargo test --workspace --locked --no-fail-fast
 
