@@ -176,9 +176,12 @@ fn run_worker(
             tracing::warn!(worker = w, "could not pin to core {:?}", c.id);
         }
     }
+    // With commit_to_device a completed write must be durable, not just in the device's cache:
+    // open O_DSYNC so every write completion means "on stable media".
     let opts = UringOptions {
         queue_depth: qd,
         create_size_bytes: Some(bytes),
+        dsync: storage.commit_to_device,
         ..UringOptions::default()
     };
     let dev = UringDevice::open(path, &opts).map_err(|e| format!("worker {w}: {e}"))?;

@@ -112,6 +112,9 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
                 wblock_size_bytes: cfg.wblock_size_bytes,
             });
         }
+        if cfg.commit_to_device && !info.durable_writes {
+            tracing::warn!(shard = shard_id, device = %info.name, "commit_to_device is set but the device does not report durable writes (open it with O_DSYNC): acknowledged writes survive a process crash but may not survive power loss");
+        }
         let pool_count = (cfg.max_write_cache_wblocks + cfg.defrag_max_in_flight + 4) as usize;
         let pool = BufPool::new(pool_count, ws);
         if let Err(e) = dev.register_buffers(&pool) {
