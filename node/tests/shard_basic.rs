@@ -7,7 +7,7 @@ use bolide_drivers::sim::{SimConfig, SimDevice};
 use bolide_node::clock::{Clock, ManualClock};
 use bolide_node::config::StorageConfig;
 use bolide_node::index::IndexEntry;
-use bolide_node::shard::{OpenError, OpenMode, ReadError, Shard, WriteError};
+use bolide_node::shard::{Event, OpenError, OpenMode, ReadError, Shard, WriteError};
 use common::*;
 
 const CAP: u64 = 8 << 20;
@@ -305,4 +305,70 @@ fn a_failed_device_stops_writes_and_ram_reads_go_on() {
     // Key 1 and key 2 are still in the write buffer: reads are served from RAM.
     assert_eq!(check_rec(&s.get_blocking(&digest_of(1)).unwrap()), (1, 1));
     assert!(s.failure().is_some());
+}
+
+#[test]
+fn group_commit_covers_many_writes_with_one_device_write() {
+    let clock = ManualClock::new(START_CL_MS);
+    let (mut s, _) = open_sim(sim(CAP, 11), &clock, small_cfg(true));
+    let mut events = Vec::new();
+    // 100 writes in one turn: none is acknowledged until a device write covers it.
+    for k in 0..100u32 {
+        let w = s.put(put_rec(k, 1, 200, 0), k as u64).unwrap();
+        assert!(w.pending);
+    }
+    assert!(events.is_empty());
+    let mut acked = std::collections::HashSet::new();
+    while acked.len() < 100 {
+        s.wait(&mut events);
+        for e in events.drain(..) {
+            match e {
+                Event::WriteDone { token, result: Ok(()) } => assert!(acked.insert(token)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    // 100 × ~300 bytes fit one wblock: one write covers them all (two if the first turn's write
+    // raced the tail).
+    assert!(s.stats().device_writes <= 2, "{:?}", s.stats());
+    // Writes that arrive while a device write is in flight share the next one.
+    for k in 100..110u32 {
+        s.put(put_rec(k, 1, 200, 0), k as u64).unwrap();
+        s.poll(&mut events);
+    }
+    while acked.len() < 110 {
+        s.wait(&mut events);
+        for e in events.drain(..) {
+            if let Event::WriteDone { token, result: Ok(()) } = e {
+                acked.insert(token);
+            }
+        }
+    }
+    assert!(s.stats().device_writes < 2 + 10, "{:?}", s.stats());
+}
+
+#[test]
+fn a_partial_buffer_is_flushed_after_flush_max_ms() {
+    let clock = ManualClock::new(START_CL_MS);
+    let (mut s, _) = open_sim(sim(CAP, 12), &clock, small_cfg(false));
+    let mut events = Vec::new();
+    let w = s.put(put_rec(1, 1, 100, 0), 1).unwrap();
+    assert!(!w.pending, "without commit_to_device a write is acknowledged at once");
+    s.poll(&mut events);
+    clock.advance_ms(small_cfg(false).flush_max_ms - 1);
+    s.poll(&mut events);
+    assert_eq!(s.stats().device_writes, 0, "flushed before flush_max_ms");
+    clock.advance_ms(1);
+    s.poll(&mut events);
+    assert_eq!(s.stats().device_writes, 1, "not flushed at flush_max_ms");
+    // Once that write completes, a crash keeps the record.
+    while s.in_flight() > 0 {
+        s.wait(&mut events);
+    }
+    let (mut s, _) = open_sim(
+        SimDevice::from_disk(s.into_device().crash(), SimConfig::new("sim0", CAP, 12)),
+        &clock,
+        small_cfg(false),
+    );
+    assert_eq!(check_rec(&s.get_blocking(&digest_of(1)).unwrap()), (1, 1));
 }
