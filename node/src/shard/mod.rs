@@ -40,8 +40,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 pub use recovery::{OpenMode, OpenReport};
 
-/// Longest set name, bytes (wire spec §10.4).
-pub const SET_NAME_MAX_BYTES: usize = 63;
+pub use crate::record::SET_NAME_MAX_BYTES;
 
 /// The byte range of a device a shard owns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1128,19 +1127,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     /// # Errors
     /// As `put`, plus a device failure while waiting.
     pub fn put_blocking(&mut self, rec: PutRecord) -> Result<Written, WriteError> {
-        let token = self.internal_token();
-        let w = loop {
-            match self.put(rec.clone(), token) {
-                Err(WriteError::Overload(_)) => self.wait_io(),
-                other => break other?,
-            }
-        };
-        if w.pending {
-            if let Event::WriteDone { result, .. } = self.wait_for(token) {
-                result?;
-            }
-        }
-        Ok(w)
+        self.client_write_blocking(|s, token| s.put(rec.clone(), token))
     }
 
     /// [`Shard::delete`], waiting for the acknowledgement.
@@ -1148,9 +1135,17 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     /// # Errors
     /// As `delete`.
     pub fn delete_blocking(&mut self, digest: &Digest) -> Result<Written, WriteError> {
+        self.client_write_blocking(|s, token| s.delete(digest, token))
+    }
+
+    /// Runs a write, retrying while the device is overloaded, and waits for its acknowledgement.
+    fn client_write_blocking(
+        &mut self,
+        mut op: impl FnMut(&mut Self, u64) -> Result<Written, WriteError>,
+    ) -> Result<Written, WriteError> {
         let token = self.internal_token();
         let w = loop {
-            match self.delete(digest, token) {
+            match op(self, token) {
                 Err(WriteError::Overload(_)) => self.wait_io(),
                 other => break other?,
             }

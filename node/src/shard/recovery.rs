@@ -706,25 +706,20 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             fill: 0,
             cap,
             in_flight: 0,
+            base: self.region.offset_bytes,
+            wblock_size: ws,
+            instance_id: self.instance_id,
+            done: Vec::new(),
         };
-        let mut done = Vec::new();
-        let Shard {
-            dev,
-            pool,
-            index,
-            region,
-            instance_id,
-            ..
-        } = &mut self;
-        let mut sink = |bytes: &[u8], crc: &mut u32| -> Result<(), DeviceError> {
-            *crc = crc32c::crc32c_append(*crc, bytes);
-            writer.put(bytes, dev, pool, region.offset_bytes, ws, *instance_id, &mut done)
-        };
-        sink(&payload, &mut crc)?;
+        let Shard { dev, pool, index, .. } = &mut self;
+        crc = crc32c::crc32c_append(crc, &payload);
+        writer.put(&payload, dev, pool)?;
         for e in index.iter() {
-            sink(&e.to_bytes(), &mut crc)?;
+            let bytes = e.to_bytes();
+            crc = crc32c::crc32c_append(crc, &bytes);
+            writer.put(&bytes, dev, pool)?;
         }
-        writer.finish(dev, pool, region.offset_bytes, ws, *instance_id, &mut done)?;
+        writer.finish(dev, pool)?;
         self.device_flush_blocking()?;
         let image = ImageRef {
             next_seq: self.next_seq,
@@ -748,32 +743,26 @@ struct ImageWriter<'a> {
     fill: usize,
     cap: usize,
     in_flight: usize,
+    /// Region start, bytes.
+    base: u64,
+    wblock_size: usize,
+    instance_id: u64,
+    done: Vec<bolide_drivers::Completion>,
 }
 
 impl ImageWriter<'_> {
-    #[allow(clippy::too_many_arguments)]
-    fn put<D: BlockDevice>(
-        &mut self,
-        mut bytes: &[u8],
-        dev: &mut D,
-        pool: &mut BufPool,
-        base: u64,
-        ws: usize,
-        instance: u64,
-        done: &mut Vec<bolide_drivers::Completion>,
-    ) -> Result<(), DeviceError> {
+    fn put<D: BlockDevice>(&mut self, mut bytes: &[u8], dev: &mut D, pool: &mut BufPool) -> Result<(), DeviceError> {
         while !bytes.is_empty() {
             if self.cur.is_none() {
-                let buf = loop {
+                let mut buf = loop {
                     if let Some(b) = pool.take() {
                         break b;
                     }
-                    self.reap(dev, pool, done, 1)?;
+                    self.reap(dev, pool)?;
                 };
+                region::encode_image_block_header(buf.as_mut_slice(), self.next as u32, self.instance_id);
                 self.cur = Some(buf);
                 self.fill = 0;
-                let idx = self.next as u32;
-                region::encode_image_block_header(self.cur.as_mut().expect("set").as_mut_slice(), idx, instance);
             }
             let buf = self.cur.as_mut().expect("set");
             let n = bytes.len().min(self.cap - self.fill);
@@ -782,37 +771,27 @@ impl ImageWriter<'_> {
             self.fill += n;
             bytes = &bytes[n..];
             if self.fill == self.cap {
-                self.submit(dev, pool, base, ws, done)?;
+                self.submit(dev, pool)?;
             }
         }
         Ok(())
     }
 
-    fn submit<D: BlockDevice>(
-        &mut self,
-        dev: &mut D,
-        pool: &mut BufPool,
-        base: u64,
-        ws: usize,
-        done: &mut Vec<bolide_drivers::Completion>,
-    ) -> Result<(), DeviceError> {
+    fn submit<D: BlockDevice>(&mut self, dev: &mut D, pool: &mut BufPool) -> Result<(), DeviceError> {
         let mut buf = self.cur.take().expect("a buffer to write");
         let used = IMAGE_BLOCK_HEADER_BYTES + self.fill;
         buf.as_mut_slice()[used..].fill(0);
         buf.set_len(used.div_ceil(SECTOR_SIZE) * SECTOR_SIZE);
         let id = self.ids[self.next];
         self.next += 1;
+        let offset = self.base + id as u64 * self.wblock_size as u64;
         let mut buf = Some(buf);
         loop {
-            match dev.submit_write(
-                base + id as u64 * ws as u64,
-                buf.take().expect("buffer"),
-                tag(TAG_STARTUP, id as u64),
-            ) {
+            match dev.submit_write(offset, buf.take().expect("buffer"), tag(TAG_STARTUP, id as u64)) {
                 Ok(()) => break,
                 Err(SubmitError::QueueFull(b)) => {
                     buf = b;
-                    self.reap(dev, pool, done, 1)?;
+                    self.reap(dev, pool)?;
                 }
                 Err(e) => return Err(submit_err(e)),
             }
@@ -822,16 +801,11 @@ impl ImageWriter<'_> {
         Ok(())
     }
 
-    fn reap<D: BlockDevice>(
-        &mut self,
-        dev: &mut D,
-        pool: &mut BufPool,
-        done: &mut Vec<bolide_drivers::Completion>,
-        min: usize,
-    ) -> Result<(), DeviceError> {
+    /// Waits for at least one image write and recycles its buffer.
+    fn reap<D: BlockDevice>(&mut self, dev: &mut D, pool: &mut BufPool) -> Result<(), DeviceError> {
         dev.submit()?;
-        dev.reap(done, min.min(self.in_flight))?;
-        for c in done.drain(..) {
+        dev.reap(&mut self.done, self.in_flight.min(1))?;
+        for c in self.done.drain(..) {
             self.in_flight -= 1;
             if let Some(b) = c.buf {
                 pool.put(b);
@@ -841,21 +815,12 @@ impl ImageWriter<'_> {
         Ok(())
     }
 
-    fn finish<D: BlockDevice>(
-        &mut self,
-        dev: &mut D,
-        pool: &mut BufPool,
-        base: u64,
-        ws: usize,
-        instance: u64,
-        done: &mut Vec<bolide_drivers::Completion>,
-    ) -> Result<(), DeviceError> {
-        let _ = instance;
+    fn finish<D: BlockDevice>(&mut self, dev: &mut D, pool: &mut BufPool) -> Result<(), DeviceError> {
         if self.cur.is_some() {
-            self.submit(dev, pool, base, ws, done)?;
+            self.submit(dev, pool)?;
         }
         while self.in_flight > 0 {
-            self.reap(dev, pool, done, 1)?;
+            self.reap(dev, pool)?;
         }
         assert_eq!(self.next, self.ids.len(), "image wblock count");
         Ok(())
