@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo run --release -p bolide-bench --bin storage_bench -- \
-//!     --path /work/bench-scratch/storage.dat --records 1000000 --record-bytes 1024
+//!     --path /var/tmp/bolide-bench/storage.dat --records 1000000 --record-bytes 1024
 //! ```
 //!
 //! The phases, in order, all on the one file at `--path` (created or resized to `--size-gib`,
@@ -22,23 +22,31 @@
 //!    `--sync=dsync` with `--dsync`); then the region header sector is zeroed, the shard formats
 //!    the region and N records of one blob bin are written with `put`, `poll` every 64 puts
 //!    (`wait` and retry on `Overload`), then `flush_blocking`: the time runs from the first
-//!    `put` until every record is on the device. Reported: records/s, MB/s of payload, of record
-//!    bytes (padded, as stored) and of bytes written to the device; the headline ratio is
-//!    device MB/s over fio MB/s. With `--commit-to-device`, every acknowledgement is awaited and
-//!    its latency (put call to `WriteDone`, closed loop at full speed) goes into a histogram.
-//!    Verified: N writes counted, N index entries, every acknowledgement `Ok`, a sample of
-//!    records read back (`get_blocking`) equal to what was written.
-//! 2. **cold start**: the shard is dropped without shutdown (`into_device`, a crash), the device
-//!    closed; fio sequential read over the whole file (`--rw=read`, same block size,
-//!    `--iodepth=<buffers the shard reads with at start-up>`); the file reopened and the shard
-//!    opened, which scans every wblock of the region. Reported: MB/s read (`bytes_read` over the
-//!    wall time of `Shard::open`), records/s indexed, and the ratio to fio's read MB/s.
-//!    Verified: mode `ColdStart`, N records found, N index entries, nothing corrupt, the sample
+//!    `put` until every record is on the device. Digests are computed before (a client's work);
+//!    building each `PutRecord` (one payload allocation and copy) is inside the time. Reported:
+//!    records/s, MB/s of payload, of record bytes (padded, as stored) and of bytes written to
+//!    the device; the headline ratio is device MB/s over fio MB/s. With `--commit-to-device`,
+//!    every acknowledgement is awaited and its latency (put call to `WriteDone`, closed loop at
+//!    full speed) goes into a histogram. Verified: N writes counted, N acknowledgements, all
+//!    `Ok`, N index entries, a sample of records read back (`get_blocking`) equal to what was
+//!    written.
+//! 2. **cold start** (`--restart-reps` times): the shard is dropped without shutdown
+//!    (`into_device`, a crash), the device closed; fio sequential read over the whole file
+//!    (`--rw=read`, same block size, `--iodepth=<buffers the shard reads with at start-up>`);
+//!    the file reopened and the shard opened, which scans every wblock of the region. Reported:
+//!    MB/s read (`bytes_read` over the wall time of `Shard::open`), records/s indexed, and the
+//!    ratio to fio's read MB/s. Verified: mode `ColdStart`, N records found, N index entries,
+//!    nothing corrupt, the sample read back.
+//! 3. **fast restart** (`--restart-reps` times): clean `shutdown` (writes the index image),
+//!    device closed and reopened, shard opened again: mode `FastRestart`. Reported: shutdown
+//!    time, image size, load time, entries/s, image MB/s and its ratio to fio's read MB/s
+//!    (median of phase 2), index heap bytes per record. Verified: N index entries, the sample
 //!    read back.
-//! 3. **fast restart**: clean `shutdown` (writes the index image), device closed and reopened,
-//!    shard opened again: mode `FastRestart`. Reported: shutdown time, image size, load time,
-//!    entries/s, image MB/s and its ratio to fio's read MB/s, index heap bytes per record.
-//!    Verified: N index entries, the sample read back.
+//!
+//! Each repeated phase reports every run and the medians. The machine is described (CPU,
+//! kernel, filesystem and block device of the file, load average) and each timed phase says how
+//! long the process waited for a CPU (`runqueue_wait_s`), so a run disturbed by other load can
+//! be recognised.
 //!
 //! Every I/O is `O_DIRECT` (guest page cache bypassed; nothing to drop). MB means 10^6 bytes.
 //! CPU seconds are the process's user + system time (`/proc/self/stat`) over the phase.
@@ -106,6 +114,10 @@ struct Args {
     /// Write phase repetitions (fio then Bolide each time); the last one's data is kept.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     write_reps: u32,
+    /// Repetitions of the cold start (crash, fio read, open) and of the fast restart (shutdown,
+    /// open).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    restart_reps: u32,
     /// Records read back and compared after each phase (plus the first and the last).
     #[arg(long, default_value_t = 1000)]
     samples: u64,
@@ -155,11 +167,11 @@ fn run(args: &Args) -> Result<Value> {
         ..StorageConfig::default()
     };
     cfg.validate().map_err(|e| format!("storage config: {e}"))?;
-    let payloads = Payloads::new(args.seed, args.record_bytes as usize);
     let n = args.records;
     if n == 0 {
         return Err("--records must be at least 1".into());
     }
+    let payloads = Payloads::new(args.seed, args.record_bytes as usize, n);
     let record_stored_bytes = record::padded(record::encoded_len(&payloads.record(0, 1)));
     let size_bytes = match args.size_gib {
         Some(g) => ((g * (1u64 << 30) as f64) as u64) / args.wblock_bytes as u64 * args.wblock_bytes as u64,
@@ -170,6 +182,7 @@ fn run(args: &Args) -> Result<Value> {
     let write_qd = cfg.max_write_cache_wblocks as usize;
     let startup_read_qd = (cfg.max_write_cache_wblocks + cfg.defrag_max_in_flight + 4) as usize;
     let sample = sample_keys(args.seed, n, args.samples);
+    let loadavg_start = std::fs::read_to_string("/proc/loadavg").ok().map(|l| l.trim().to_string());
 
     eprintln!("storage_bench: {n} records of {} payload bytes ({record_stored_bytes} stored), file {} ({} MB)", args.record_bytes, args.path.display(), size_bytes / 1_000_000);
     prepare_file(&args.path, size_bytes)?;
@@ -177,7 +190,7 @@ fn run(args: &Args) -> Result<Value> {
 
     let mut notes = vec![
         "MB = 10^6 bytes; every I/O (fio and Bolide) is O_DIRECT, so the guest page cache plays no part and is not dropped; a VM's host may still cache its disk image".to_string(),
-        "fio and Bolide run one after the other on the same file, each single-threaded; cpu_s is user + system time of this process".to_string(),
+        "fio and Bolide run one after the other on the same file, each single-threaded; cpu_s is user + system time of this process, runqueue_wait_s the time its main thread was runnable but had no CPU (other load on the machine)".to_string(),
     ];
     if args.commit_to_device && !args.dsync {
         notes.push("commit_to_device without --dsync: the shard acknowledges when the O_DIRECT write completes, which the device may still hold in a volatile cache (no flush is issued)".into());
@@ -212,15 +225,14 @@ fn run(args: &Args) -> Result<Value> {
     }
     let (mut shard, _) = kept.expect("at least one write rep");
     let write_verify = verify(&mut shard, &payloads, &sample, n, "after write")?;
-    let ratios: Vec<f64> = reps.iter().filter_map(|r| r["ratio_device_mb_s_to_fio"].as_f64()).collect();
     let write = json!({
         "what": "N records put into a freshly formatted region until all are on the device, next to fio sequential write of the whole file",
         "fio_iodepth": write_qd,
         "reps": reps,
-        "median_ratio_device_mb_s_to_fio": median(&ratios).map(round3),
-        "median_bolide_records_per_s": median(&reps.iter().filter_map(|r| r["bolide"]["records_per_s"].as_f64()).collect::<Vec<_>>()).map(round1),
-        "median_bolide_device_mb_s": median(&reps.iter().filter_map(|r| r["bolide"]["device_mb_s"].as_f64()).collect::<Vec<_>>()).map(round1),
-        "median_fio_mb_s": median(&reps.iter().filter_map(|r| r["fio"]["mb_s"].as_f64()).collect::<Vec<_>>()).map(round1),
+        "median_ratio_device_mb_s_to_fio": median_of(&reps, &["ratio_device_mb_s_to_fio"]).map(round3),
+        "median_bolide_records_per_s": median_of(&reps, &["bolide", "records_per_s"]).map(round1),
+        "median_bolide_device_mb_s": median_of(&reps, &["bolide", "device_mb_s"]).map(round1),
+        "median_fio_mb_s": median_of(&reps, &["fio", "mb_s"]).map(round1),
         "verify": write_verify,
     });
 
@@ -228,90 +240,115 @@ fn run(args: &Args) -> Result<Value> {
     let mut cold = Value::Null;
     let mut fio_read_mb_s = None;
     if !args.skip_cold_start {
-        eprintln!("storage_bench: cold start");
-        drop(shard.into_device());
-        let fio = if args.skip_fio { None } else { Some(run_fio(&args.path, size_bytes, "read", args.wblock_bytes, startup_read_qd, false)?) };
-        fio_read_mb_s = fio.as_ref().map(|f| f.mb_s);
-        let dev = open_device(&args.path, size_bytes, args.dsync)?;
-        let cpu0 = cpu_seconds();
-        let t0 = Instant::now();
-        let (s, report) = open_shard(dev, &cfg, size_bytes)?;
-        let wall = t0.elapsed().as_secs_f64();
-        let cpu = cpu_seconds() - cpu0;
-        shard = s;
-        expect(report.mode == OpenMode::ColdStart, || format!("cold start: opened as {:?}", report.mode))?;
-        expect(report.records_found == n, || format!("cold start: found {} records, wrote {n}", report.records_found))?;
-        expect(report.index_entries as u64 == n, || format!("cold start: {} index entries, wrote {n} records", report.index_entries))?;
-        expect(report.corrupt_headers + report.corrupt_bodies + report.corrupt_dropped == 0, || format!("cold start: corruption reported: {report:?}"))?;
-        let mb_s = report.bytes_read as f64 / wall / 1e6;
-        let heap = shard.index().heap_bytes();
+        let mut reps = Vec::new();
+        for rep in 0..args.restart_reps {
+            eprintln!("storage_bench: cold start {}/{}", rep + 1, args.restart_reps);
+            drop(shard.into_device());
+            let fio = if args.skip_fio { None } else { Some(run_fio(&args.path, size_bytes, "read", args.wblock_bytes, startup_read_qd, false)?) };
+            let dev = open_device(&args.path, size_bytes, args.dsync)?;
+            let use0 = Usage::now();
+            let t0 = Instant::now();
+            let (s, report) = open_shard(dev, &cfg, size_bytes)?;
+            let wall = t0.elapsed().as_secs_f64();
+            let used = use0.since();
+            shard = s;
+            expect(report.mode == OpenMode::ColdStart, || format!("cold start: opened as {:?}", report.mode))?;
+            // The first cold start sees each record exactly once; later ones may also see a copy
+            // that defrag moved (during the verification reads) whose old wblock was not yet
+            // erased.
+            let found_ok = if rep == 0 { report.records_found == n } else { report.records_found >= n };
+            expect(found_ok, || format!("cold start {rep}: found {} records, wrote {n}", report.records_found))?;
+            expect(report.index_entries as u64 == n, || format!("cold start {rep}: {} index entries, wrote {n} records", report.index_entries))?;
+            expect(report.corrupt_headers + report.corrupt_bodies + report.corrupt_dropped == 0, || format!("cold start {rep}: corruption reported: {report:?}"))?;
+            let mb_s = report.bytes_read as f64 / wall / 1e6;
+            let heap = shard.index().heap_bytes();
+            reps.push(json!({
+                "fio": fio.as_ref().map(|f| &f.json),
+                "bolide": {
+                    "open_wall_s": round3(wall),
+                    "report": open_report_json(&report),
+                    "read_mb_s": round1(mb_s),
+                    "records_per_s": round1(n as f64 / wall),
+                    "cpu_s": round3(used.cpu_s),
+                    "runqueue_wait_s": round3(used.runqueue_wait_s),
+                    "index_heap_bytes": heap,
+                    "index_heap_bytes_per_record": round2(heap as f64 / n as f64),
+                },
+                "ratio_read_mb_s_to_fio": fio.as_ref().map(|f| round3(mb_s / f.mb_s)),
+                "verify": verify(&mut shard, &payloads, &sample, n, "after cold start")?,
+            }));
+        }
+        fio_read_mb_s = median_of(&reps, &["fio", "mb_s"]);
         cold = json!({
             "what": "open after a crash (into_device): every wblock of the region read and scanned, the index rebuilt; next to fio sequential read of the whole file",
-            "fio": fio.as_ref().map(|f| &f.json),
             "fio_iodepth": startup_read_qd,
-            "bolide": {
-                "open_wall_s": round3(wall),
-                "report": open_report_json(&report),
-                "read_mb_s": round1(mb_s),
-                "records_per_s": round1(n as f64 / wall),
-                "cpu_s": round3(cpu),
-                "index_heap_bytes": heap,
-                "index_heap_bytes_per_record": round2(heap as f64 / n as f64),
-            },
-            "ratio_read_mb_s_to_fio": fio.as_ref().map(|f| round3(mb_s / f.mb_s)),
-            "verify": verify(&mut shard, &payloads, &sample, n, "after cold start")?,
+            "median_ratio_read_mb_s_to_fio": median_of(&reps, &["ratio_read_mb_s_to_fio"]).map(round3),
+            "median_bolide_open_wall_s": median_of(&reps, &["bolide", "open_wall_s"]).map(round3),
+            "median_bolide_read_mb_s": median_of(&reps, &["bolide", "read_mb_s"]).map(round1),
+            "median_fio_mb_s": fio_read_mb_s.map(round1),
+            "reps": reps,
         });
     }
 
     // ----- 3. fast restart -----
     let mut fast = Value::Null;
     if !args.skip_fast_restart && !args.skip_cold_start {
-        eprintln!("storage_bench: fast restart");
-        let t0 = Instant::now();
-        let (down, dev) = shard.shutdown().map_err(|e| format!("shutdown: {e}"))?;
-        let shutdown_wall = t0.elapsed().as_secs_f64();
-        drop(dev);
-        expect(down.image_written, || format!("shutdown: index image not written: {down:?}"))?;
-        expect(down.index_entries as u64 == n, || format!("shutdown: image of {} entries, wrote {n}", down.index_entries))?;
-        let dev = open_device(&args.path, size_bytes, args.dsync)?;
-        let cpu0 = cpu_seconds();
-        let t0 = Instant::now();
-        let (s, report) = open_shard(dev, &cfg, size_bytes)?;
-        let wall = t0.elapsed().as_secs_f64();
-        let cpu = cpu_seconds() - cpu0;
-        shard = s;
-        expect(report.mode == OpenMode::FastRestart, || format!("fast restart: opened as {:?} ({:?})", report.mode, report.fallback_reason))?;
-        expect(report.index_entries as u64 == n, || format!("fast restart: {} index entries, wrote {n} records", report.index_entries))?;
-        let image_mb_s = down.image_bytes as f64 / wall / 1e6;
-        let heap = shard.index().heap_bytes();
+        let mut reps = Vec::new();
+        for rep in 0..args.restart_reps {
+            eprintln!("storage_bench: fast restart {}/{}", rep + 1, args.restart_reps);
+            let t0 = Instant::now();
+            let (down, dev) = shard.shutdown().map_err(|e| format!("shutdown: {e}"))?;
+            let shutdown_wall = t0.elapsed().as_secs_f64();
+            drop(dev);
+            expect(down.image_written, || format!("shutdown: index image not written: {down:?}"))?;
+            expect(down.index_entries as u64 == n, || format!("shutdown: image of {} entries, wrote {n}", down.index_entries))?;
+            let dev = open_device(&args.path, size_bytes, args.dsync)?;
+            let use0 = Usage::now();
+            let t0 = Instant::now();
+            let (s, report) = open_shard(dev, &cfg, size_bytes)?;
+            let wall = t0.elapsed().as_secs_f64();
+            let used = use0.since();
+            shard = s;
+            expect(report.mode == OpenMode::FastRestart, || format!("fast restart {rep}: opened as {:?} ({:?})", report.mode, report.fallback_reason))?;
+            expect(report.index_entries as u64 == n, || format!("fast restart {rep}: {} index entries, wrote {n} records", report.index_entries))?;
+            let image_mb_s = down.image_bytes as f64 / wall / 1e6;
+            let heap = shard.index().heap_bytes();
+            reps.push(json!({
+                "shutdown": {
+                    "wall_s": round3(shutdown_wall),
+                    "elapsed_ms": down.elapsed_ms,
+                    "image_bytes": down.image_bytes,
+                    "image_wblocks": down.image_wblocks,
+                    "index_entries": down.index_entries,
+                },
+                "bolide": {
+                    "open_wall_s": round3(wall),
+                    "report": open_report_json(&report),
+                    "index_entries_per_s": round1(n as f64 / wall),
+                    "image_mb_s": round1(image_mb_s),
+                    "image_bytes_per_record": round2(down.image_bytes as f64 / n as f64),
+                    "cpu_s": round3(used.cpu_s),
+                    "runqueue_wait_s": round3(used.runqueue_wait_s),
+                    "index_heap_bytes": heap,
+                    "index_heap_bytes_per_record": round2(heap as f64 / n as f64),
+                },
+                "ratio_image_mb_s_to_fio_read": fio_read_mb_s.map(|f| round3(image_mb_s / f)),
+                "verify": verify(&mut shard, &payloads, &sample, n, "after fast restart")?,
+            }));
+        }
         fast = json!({
-            "what": "clean shutdown (index image written), then open: the image read and loaded; image MB/s next to fio sequential read of the whole file (from the cold-start phase)",
-            "shutdown": {
-                "wall_s": round3(shutdown_wall),
-                "elapsed_ms": down.elapsed_ms,
-                "image_bytes": down.image_bytes,
-                "image_wblocks": down.image_wblocks,
-                "index_entries": down.index_entries,
-            },
-            "bolide": {
-                "open_wall_s": round3(wall),
-                "report": open_report_json(&report),
-                "index_entries_per_s": round1(n as f64 / wall),
-                "image_mb_s": round1(image_mb_s),
-                "image_bytes_per_record": round2(down.image_bytes as f64 / n as f64),
-                "cpu_s": round3(cpu),
-                "index_heap_bytes": heap,
-                "index_heap_bytes_per_record": round2(heap as f64 / n as f64),
-            },
-            "ratio_image_mb_s_to_fio_read": fio_read_mb_s.map(|f| round3(image_mb_s / f)),
-            "verify": verify(&mut shard, &payloads, &sample, n, "after fast restart")?,
+            "what": "clean shutdown (index image written), then open: the image read and loaded; image MB/s next to the median fio sequential read of the whole file from the cold-start phase",
+            "median_bolide_open_wall_s": median_of(&reps, &["bolide", "open_wall_s"]).map(round3),
+            "median_shutdown_wall_s": median_of(&reps, &["shutdown", "wall_s"]).map(round3),
+            "median_ratio_image_mb_s_to_fio_read": median_of(&reps, &["ratio_image_mb_s_to_fio_read"]).map(round3),
+            "reps": reps,
         });
     }
     drop(shard.into_device());
 
     Ok(json!({
         "bench": "storage_bench",
-        "machine": machine(&args.path, fio_version),
+        "machine": machine(&args.path, fio_version, loadavg_start),
         "params": {
             "path": args.path.display().to_string(),
             "file_bytes": size_bytes,
@@ -327,6 +364,7 @@ fn run(args: &Args) -> Result<Value> {
             "shard_startup_reads_in_flight": startup_read_qd,
             "puts_per_poll": PUTS_PER_POLL,
             "write_reps": args.write_reps,
+            "restart_reps": args.restart_reps,
             "verify_samples": sample.len(),
             "seed": args.seed,
         },
@@ -348,20 +386,27 @@ fn expect(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
 
 // ----- records -----
 
-/// Deterministic payloads: record `i` is its number (8 bytes, little-endian) followed by a slice
-/// of a random buffer at an offset that depends on `i`, so payloads differ and can be checked
-/// without being stored.
+/// The records: record `i`'s digest is `Digest::compute("bench", int key i)`, computed before
+/// any timing (a client computes digests, not the server); its payload is its number (8 bytes,
+/// little-endian) followed by a slice of a random buffer at an offset that depends on `i`, so
+/// payloads differ and can be checked without being stored.
 struct Payloads {
     source: Vec<u8>,
     len: usize,
+    digests: Vec<Digest>,
 }
 
 impl Payloads {
-    fn new(seed: u64, len: usize) -> Payloads {
+    fn new(seed: u64, len: usize, n: u64) -> Payloads {
         assert!(len >= 8, "payload under 8 bytes");
         let mut source = vec![0u8; PAYLOAD_SOURCE_BYTES.max(2 * len)];
         ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut source);
-        Payloads { source, len }
+        let digests = (0..n).map(|i| Digest::compute(SET_NAME, 1, &(i as i64).to_be_bytes())).collect();
+        Payloads { source, len, digests }
+    }
+
+    fn digest(&self, i: u64) -> Digest {
+        self.digests[i as usize]
     }
 
     fn payload(&self, i: u64) -> Vec<u8> {
@@ -375,7 +420,7 @@ impl Payloads {
 
     fn put(&self, i: u64) -> PutRecord {
         PutRecord {
-            digest: digest_of(i),
+            digest: self.digest(i),
             set_name: SET_NAME.to_vec(),
             key: None,
             bins: vec![Bin { name: bin_name(), value: BinValue::Blob(ParticleType::Blob, self.payload(i)) }],
@@ -407,10 +452,6 @@ impl Payloads {
     }
 }
 
-fn digest_of(i: u64) -> Digest {
-    Digest::compute(SET_NAME, 1, &(i as i64).to_be_bytes())
-}
-
 fn bin_name() -> BinName {
     BinName::new(b"b").expect("short bin name")
 }
@@ -432,7 +473,7 @@ fn verify(shard: &mut BenchShard, payloads: &Payloads, sample: &[u64], n: u64, w
     expect(entries == n, || format!("{when}: index holds {entries} entries, wrote {n}"))?;
     let t0 = Instant::now();
     for &i in sample {
-        let rec = shard.get_blocking(&digest_of(i)).map_err(|e| format!("{when}: get of record {i}: {e}"))?;
+        let rec = shard.get_blocking(&payloads.digest(i)).map_err(|e| format!("{when}: get of record {i}: {e}"))?;
         payloads.check(i, &rec).map_err(|e| format!("{when}: {e}"))?;
     }
     for ev in shard.take_stashed_events() {
@@ -466,7 +507,7 @@ fn write_records(shard: &mut BenchShard, payloads: &Payloads, n: u64) -> Result<
     let mut acked = 0u64;
     let mut overload_waits = 0u64;
     let stats0 = shard.stats().clone();
-    let cpu0 = cpu_seconds();
+    let use0 = Usage::now();
     let t0 = Instant::now();
 
     let on_events = |events: &mut Vec<Event>, now_ns: u64, acked: &mut u64, hist: &mut Histogram<u64>, sent_ns: &[u64]| -> Result<()> {
@@ -527,7 +568,7 @@ fn write_records(shard: &mut BenchShard, payloads: &Payloads, n: u64) -> Result<
         on_events(&mut events, t0.elapsed().as_nanos() as u64, &mut acked, &mut hist, &sent_ns)?;
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
+    let used = use0.since();
 
     let st = shard.stats();
     let client_writes = st.client_writes - stats0.client_writes;
@@ -568,8 +609,9 @@ fn write_records(shard: &mut BenchShard, payloads: &Payloads, n: u64) -> Result<
         "write_amplification": round3(space.write_amplification),
         "device_bytes_per_record": round2(device_bytes as f64 / n as f64),
         "overload_waits": overload_waits,
-        "cpu_s": round3(cpu),
-        "cpu_s_per_million_records": round3(cpu / (n as f64 / 1e6)),
+        "cpu_s": round3(used.cpu_s),
+                "runqueue_wait_s": round3(used.runqueue_wait_s),
+        "cpu_s_per_million_records": round3(used.cpu_s / (n as f64 / 1e6)),
         "wblocks_used": space.wblocks_used,
         "wblocks_total": space.wblocks_total,
         "ack_latency": latency,
@@ -752,6 +794,32 @@ fn open_report_json(r: &OpenReport) -> Value {
     })
 }
 
+/// What the process got from the scheduler: CPU time, and time it was runnable but waiting for
+/// a CPU (other processes' load; on a VM, not the hypervisor's steal).
+#[derive(Clone, Copy, Debug)]
+struct Usage {
+    cpu_s: f64,
+    runqueue_wait_s: f64,
+}
+
+impl Usage {
+    fn now() -> Usage {
+        Usage { cpu_s: cpu_seconds(), runqueue_wait_s: runqueue_wait_seconds() }
+    }
+
+    /// Usage since `self` was taken.
+    fn since(&self) -> Usage {
+        let now = Usage::now();
+        Usage { cpu_s: now.cpu_s - self.cpu_s, runqueue_wait_s: now.runqueue_wait_s - self.runqueue_wait_s }
+    }
+}
+
+/// Seconds the main thread waited on a run queue so far (`/proc/self/schedstat`, second field,
+/// ns; 0 when unavailable).
+fn runqueue_wait_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/schedstat").ok().and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok()).map_or(0.0, |ns| ns as f64 / 1e9)
+}
+
 /// User + system CPU seconds of this process so far (0 when /proc is unavailable).
 fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
@@ -773,7 +841,7 @@ fn command_line(cmd: &str, args: &[&str]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string())
 }
 
-fn machine(path: &Path, fio: Option<String>) -> Value {
+fn machine(path: &Path, fio: Option<String>, loadavg_start: Option<String>) -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()));
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -800,9 +868,17 @@ fn machine(path: &Path, fio: Option<String>) -> Value {
         "block_device": block,
         "rustc": command_line("rustc", &["--version"]),
         "fio": fio,
+        "loadavg_at_start": loadavg_start,
+        "loadavg_at_end": std::fs::read_to_string("/proc/loadavg").ok().map(|l| l.trim().to_string()),
         "git_commit": command_line("git", &["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"]),
         "debug_assertions": cfg!(debug_assertions),
     })
+}
+
+/// Median of the number at `path` in each of `reps` (those that have one).
+fn median_of(reps: &[Value], path: &[&str]) -> Option<f64> {
+    let v: Vec<f64> = reps.iter().filter_map(|r| path.iter().fold(r, |v, k| &v[*k]).as_f64()).collect();
+    median(&v)
 }
 
 fn median(v: &[f64]) -> Option<f64> {
