@@ -19,24 +19,25 @@
 //!    own sequential write rate.
 //! 1. **write** (`--write-reps` times): fio sequential write over the whole file (`--direct=1
 //!    --ioengine=io_uring --rw=write --bs=<wblock> --iodepth=<max_write_cache_wblocks>`, plus
-//!    `--sync=dsync` with `--dsync`); then the region header sector is zeroed, the shard formats
-//!    the region and N records of one blob bin are written with `put`, `poll` every 64 puts
-//!    (`wait` and retry on `Overload`), then `flush_blocking`: the time runs from the first
-//!    `put` until every record is on the device. Digests are computed before (a client's work);
-//!    building each `PutRecord` (one payload allocation and copy) is inside the time. Reported:
-//!    records/s, MB/s of payload, of record bytes (padded, as stored) and of bytes written to
-//!    the device; the headline ratio is device MB/s over fio MB/s. With `--commit-to-device`,
-//!    every acknowledgement is awaited and its latency (put call to `WriteDone`, closed loop at
-//!    full speed) goes into a histogram. Verified: N writes counted, N acknowledgements, all
-//!    `Ok`, N index entries, a sample of records read back (`get_blocking`) equal to what was
-//!    written.
+//!    `--sync=dsync` with `--dsync`), once so and once with `--fixedbufs=1 --registerfiles=1`
+//!    (registered buffers and file, as Bolide's driver uses them); then the region header sector is
+//!    zeroed, the shard formats the region and N records of one blob bin are written with `put`,
+//!    `poll` every 64 puts (`wait` and retry on `Overload`), then `flush_blocking`: the time runs
+//!    from the first `put` until every record is on the device. Digests are computed before (a
+//!    client's work); building each `PutRecord` (one payload allocation and copy) is inside the
+//!    time. Reported: records/s, MB/s of payload, of record bytes (padded, as stored) and of bytes
+//!    written to the device; the headline ratio is device MB/s over fio MB/s (each fio variant).
+//!    With `--commit-to-device`, every acknowledgement is awaited and its latency (put call to
+//!    `WriteDone`, closed loop at full speed) goes into a histogram. Verified: N writes counted, N
+//!    acknowledgements, all `Ok`, N index entries, a sample of records read back (`get_blocking`)
+//!    equal to what was written.
 //! 2. **cold start** (`--restart-reps` times): the shard is dropped without shutdown
 //!    (`into_device`, a crash), the device closed; fio sequential read over the whole file
-//!    (`--rw=read`, same block size, `--iodepth=<buffers the shard reads with at start-up>`);
-//!    the file reopened and the shard opened, which scans every wblock of the region. Reported:
-//!    MB/s read (`bytes_read` over the wall time of `Shard::open`), records/s indexed, and the
-//!    ratio to fio's read MB/s. Verified: mode `ColdStart`, N records found, N index entries,
-//!    nothing corrupt, the sample read back.
+//!    (`--rw=read`, same block size, `--iodepth=<buffers the shard reads with at start-up>`, again
+//!    plain and with registered buffers); the file reopened and the shard opened, which scans every
+//!    wblock of the region. Reported: MB/s read (`bytes_read` over the wall time of `Shard::open`),
+//!    records/s indexed, and the ratio to fio's read MB/s. Verified: mode `ColdStart`, N records
+//!    found, N index entries, nothing corrupt, the sample read back.
 //! 3. **fast restart** (`--restart-reps` times): clean `shutdown` (writes the index image),
 //!    device closed and reopened, shard opened again: mode `FastRestart`. Reported: shutdown
 //!    time, image size, load time, entries/s, image MB/s and its ratio to fio's read MB/s
@@ -182,9 +183,16 @@ fn run(args: &Args) -> Result<Value> {
     let write_qd = cfg.max_write_cache_wblocks as usize;
     let startup_read_qd = (cfg.max_write_cache_wblocks + cfg.defrag_max_in_flight + 4) as usize;
     let sample = sample_keys(args.seed, n, args.samples);
-    let loadavg_start = std::fs::read_to_string("/proc/loadavg").ok().map(|l| l.trim().to_string());
+    let loadavg_start = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.trim().to_string());
 
-    eprintln!("storage_bench: {n} records of {} payload bytes ({record_stored_bytes} stored), file {} ({} MB)", args.record_bytes, args.path.display(), size_bytes / 1_000_000);
+    eprintln!(
+        "storage_bench: {n} records of {} payload bytes ({record_stored_bytes} stored), file {} ({} MB)",
+        args.record_bytes,
+        args.path.display(),
+        size_bytes / 1_000_000
+    );
     prepare_file(&args.path, size_bytes)?;
     let fio_version = if args.skip_fio { None } else { Some(fio_version()?) };
 
@@ -207,19 +215,35 @@ fn run(args: &Args) -> Result<Value> {
     let mut kept: Option<(BenchShard, WriteOutcome)> = None;
     for rep in 0..args.write_reps {
         eprintln!("storage_bench: write rep {}/{}", rep + 1, args.write_reps);
-        let fio = if args.skip_fio { None } else { Some(run_fio(&args.path, size_bytes, "write", args.wblock_bytes, write_qd, args.dsync)?) };
+        let fio = if args.skip_fio {
+            None
+        } else {
+            Some(fio_pair(
+                &args.path,
+                size_bytes,
+                "write",
+                args.wblock_bytes,
+                write_qd,
+                args.dsync,
+            )?)
+        };
         let mut dev = open_device(&args.path, size_bytes, args.dsync)?;
         zero_header(&mut dev)?;
         let (mut shard, report) = open_shard(dev, &cfg, size_bytes)?;
-        expect(report.mode == OpenMode::Formatted, || format!("write rep {rep}: a zeroed region opened as {:?}, not Formatted", report.mode))?;
+        expect(report.mode == OpenMode::Formatted, || {
+            format!(
+                "write rep {rep}: a zeroed region opened as {:?}, not Formatted",
+                report.mode
+            )
+        })?;
         let outcome = write_records(&mut shard, &payloads, n)?;
-        let ratio = fio.as_ref().map(|f| outcome.device_mb_s / f.mb_s);
-        let client_ratio = fio.as_ref().map(|f| outcome.record_mb_s / f.mb_s);
         reps.push(json!({
-            "fio": fio.as_ref().map(|f| &f.json),
+            "fio": fio.as_ref().map(|f| &f.plain.json),
+            "fio_fixedbufs": fio.as_ref().map(|f| &f.fixed.json),
             "bolide": outcome.json,
-            "ratio_device_mb_s_to_fio": ratio.map(round3),
-            "ratio_record_mb_s_to_fio": client_ratio.map(round3),
+            "ratio_device_mb_s_to_fio": fio.as_ref().map(|f| round3(outcome.device_mb_s / f.plain.mb_s)),
+            "ratio_device_mb_s_to_fio_fixedbufs": fio.as_ref().map(|f| round3(outcome.device_mb_s / f.fixed.mb_s)),
+            "ratio_record_mb_s_to_fio": fio.as_ref().map(|f| round3(outcome.record_mb_s / f.plain.mb_s)),
         }));
         kept = Some((shard, outcome));
     }
@@ -233,18 +257,32 @@ fn run(args: &Args) -> Result<Value> {
         "median_bolide_records_per_s": median_of(&reps, &["bolide", "records_per_s"]).map(round1),
         "median_bolide_device_mb_s": median_of(&reps, &["bolide", "device_mb_s"]).map(round1),
         "median_fio_mb_s": median_of(&reps, &["fio", "mb_s"]).map(round1),
+        "median_fio_fixedbufs_mb_s": median_of(&reps, &["fio_fixedbufs", "mb_s"]).map(round1),
+        "median_ratio_device_mb_s_to_fio_fixedbufs": median_of(&reps, &["ratio_device_mb_s_to_fio_fixedbufs"]).map(round3),
         "verify": write_verify,
     });
 
     // ----- 2. cold start -----
     let mut cold = Value::Null;
     let mut fio_read_mb_s = None;
+    let mut fio_fixed_read_mb_s = None;
     if !args.skip_cold_start {
         let mut reps = Vec::new();
         for rep in 0..args.restart_reps {
             eprintln!("storage_bench: cold start {}/{}", rep + 1, args.restart_reps);
             drop(shard.into_device());
-            let fio = if args.skip_fio { None } else { Some(run_fio(&args.path, size_bytes, "read", args.wblock_bytes, startup_read_qd, false)?) };
+            let fio = if args.skip_fio {
+                None
+            } else {
+                Some(fio_pair(
+                    &args.path,
+                    size_bytes,
+                    "read",
+                    args.wblock_bytes,
+                    startup_read_qd,
+                    false,
+                )?)
+            };
             let dev = open_device(&args.path, size_bytes, args.dsync)?;
             let use0 = Usage::now();
             let t0 = Instant::now();
@@ -252,18 +290,35 @@ fn run(args: &Args) -> Result<Value> {
             let wall = t0.elapsed().as_secs_f64();
             let used = use0.since();
             shard = s;
-            expect(report.mode == OpenMode::ColdStart, || format!("cold start: opened as {:?}", report.mode))?;
+            expect(report.mode == OpenMode::ColdStart, || {
+                format!("cold start: opened as {:?}", report.mode)
+            })?;
             // The first cold start sees each record exactly once; later ones may also see a copy
             // that defrag moved (during the verification reads) whose old wblock was not yet
             // erased.
-            let found_ok = if rep == 0 { report.records_found == n } else { report.records_found >= n };
-            expect(found_ok, || format!("cold start {rep}: found {} records, wrote {n}", report.records_found))?;
-            expect(report.index_entries as u64 == n, || format!("cold start {rep}: {} index entries, wrote {n} records", report.index_entries))?;
-            expect(report.corrupt_headers + report.corrupt_bodies + report.corrupt_dropped == 0, || format!("cold start {rep}: corruption reported: {report:?}"))?;
+            let found_ok = if rep == 0 {
+                report.records_found == n
+            } else {
+                report.records_found >= n
+            };
+            expect(found_ok, || {
+                format!("cold start {rep}: found {} records, wrote {n}", report.records_found)
+            })?;
+            expect(report.index_entries as u64 == n, || {
+                format!(
+                    "cold start {rep}: {} index entries, wrote {n} records",
+                    report.index_entries
+                )
+            })?;
+            expect(
+                report.corrupt_headers + report.corrupt_bodies + report.corrupt_dropped == 0,
+                || format!("cold start {rep}: corruption reported: {report:?}"),
+            )?;
             let mb_s = report.bytes_read as f64 / wall / 1e6;
             let heap = shard.index().heap_bytes();
             reps.push(json!({
-                "fio": fio.as_ref().map(|f| &f.json),
+                "fio": fio.as_ref().map(|f| &f.plain.json),
+                "fio_fixedbufs": fio.as_ref().map(|f| &f.fixed.json),
                 "bolide": {
                     "open_wall_s": round3(wall),
                     "report": open_report_json(&report),
@@ -274,11 +329,13 @@ fn run(args: &Args) -> Result<Value> {
                     "index_heap_bytes": heap,
                     "index_heap_bytes_per_record": round2(heap as f64 / n as f64),
                 },
-                "ratio_read_mb_s_to_fio": fio.as_ref().map(|f| round3(mb_s / f.mb_s)),
+                "ratio_read_mb_s_to_fio": fio.as_ref().map(|f| round3(mb_s / f.plain.mb_s)),
+                "ratio_read_mb_s_to_fio_fixedbufs": fio.as_ref().map(|f| round3(mb_s / f.fixed.mb_s)),
                 "verify": verify(&mut shard, &payloads, &sample, n, "after cold start")?,
             }));
         }
         fio_read_mb_s = median_of(&reps, &["fio", "mb_s"]);
+        fio_fixed_read_mb_s = median_of(&reps, &["fio_fixedbufs", "mb_s"]);
         cold = json!({
             "what": "open after a crash (into_device): every wblock of the region read and scanned, the index rebuilt; next to fio sequential read of the whole file",
             "fio_iodepth": startup_read_qd,
@@ -286,6 +343,8 @@ fn run(args: &Args) -> Result<Value> {
             "median_bolide_open_wall_s": median_of(&reps, &["bolide", "open_wall_s"]).map(round3),
             "median_bolide_read_mb_s": median_of(&reps, &["bolide", "read_mb_s"]).map(round1),
             "median_fio_mb_s": fio_read_mb_s.map(round1),
+            "median_fio_fixedbufs_mb_s": fio_fixed_read_mb_s.map(round1),
+            "median_ratio_read_mb_s_to_fio_fixedbufs": median_of(&reps, &["ratio_read_mb_s_to_fio_fixedbufs"]).map(round3),
             "reps": reps,
         });
     }
@@ -300,8 +359,12 @@ fn run(args: &Args) -> Result<Value> {
             let (down, dev) = shard.shutdown().map_err(|e| format!("shutdown: {e}"))?;
             let shutdown_wall = t0.elapsed().as_secs_f64();
             drop(dev);
-            expect(down.image_written, || format!("shutdown: index image not written: {down:?}"))?;
-            expect(down.index_entries as u64 == n, || format!("shutdown: image of {} entries, wrote {n}", down.index_entries))?;
+            expect(down.image_written, || {
+                format!("shutdown: index image not written: {down:?}")
+            })?;
+            expect(down.index_entries as u64 == n, || {
+                format!("shutdown: image of {} entries, wrote {n}", down.index_entries)
+            })?;
             let dev = open_device(&args.path, size_bytes, args.dsync)?;
             let use0 = Usage::now();
             let t0 = Instant::now();
@@ -309,8 +372,18 @@ fn run(args: &Args) -> Result<Value> {
             let wall = t0.elapsed().as_secs_f64();
             let used = use0.since();
             shard = s;
-            expect(report.mode == OpenMode::FastRestart, || format!("fast restart {rep}: opened as {:?} ({:?})", report.mode, report.fallback_reason))?;
-            expect(report.index_entries as u64 == n, || format!("fast restart {rep}: {} index entries, wrote {n} records", report.index_entries))?;
+            expect(report.mode == OpenMode::FastRestart, || {
+                format!(
+                    "fast restart {rep}: opened as {:?} ({:?})",
+                    report.mode, report.fallback_reason
+                )
+            })?;
+            expect(report.index_entries as u64 == n, || {
+                format!(
+                    "fast restart {rep}: {} index entries, wrote {n} records",
+                    report.index_entries
+                )
+            })?;
             let image_mb_s = down.image_bytes as f64 / wall / 1e6;
             let heap = shard.index().heap_bytes();
             reps.push(json!({
@@ -333,6 +406,7 @@ fn run(args: &Args) -> Result<Value> {
                     "index_heap_bytes_per_record": round2(heap as f64 / n as f64),
                 },
                 "ratio_image_mb_s_to_fio_read": fio_read_mb_s.map(|f| round3(image_mb_s / f)),
+                "ratio_image_mb_s_to_fio_fixedbufs_read": fio_fixed_read_mb_s.map(|f| round3(image_mb_s / f)),
                 "verify": verify(&mut shard, &payloads, &sample, n, "after fast restart")?,
             }));
         }
@@ -341,6 +415,7 @@ fn run(args: &Args) -> Result<Value> {
             "median_bolide_open_wall_s": median_of(&reps, &["bolide", "open_wall_s"]).map(round3),
             "median_shutdown_wall_s": median_of(&reps, &["shutdown", "wall_s"]).map(round3),
             "median_ratio_image_mb_s_to_fio_read": median_of(&reps, &["ratio_image_mb_s_to_fio_read"]).map(round3),
+            "median_ratio_image_mb_s_to_fio_fixedbufs_read": median_of(&reps, &["ratio_image_mb_s_to_fio_fixedbufs_read"]).map(round3),
             "reps": reps,
         });
     }
@@ -401,7 +476,9 @@ impl Payloads {
         assert!(len >= 8, "payload under 8 bytes");
         let mut source = vec![0u8; PAYLOAD_SOURCE_BYTES.max(2 * len)];
         ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut source);
-        let digests = (0..n).map(|i| Digest::compute(SET_NAME, 1, &(i as i64).to_be_bytes())).collect();
+        let digests = (0..n)
+            .map(|i| Digest::compute(SET_NAME, 1, &(i as i64).to_be_bytes()))
+            .collect();
         Payloads { source, len, digests }
     }
 
@@ -423,7 +500,10 @@ impl Payloads {
             digest: self.digest(i),
             set_name: SET_NAME.to_vec(),
             key: None,
-            bins: vec![Bin { name: bin_name(), value: BinValue::Blob(ParticleType::Blob, self.payload(i)) }],
+            bins: vec![Bin {
+                name: bin_name(),
+                value: BinValue::Blob(ParticleType::Blob, self.payload(i)),
+            }],
             void_time: 0,
         }
     }
@@ -432,7 +512,14 @@ impl Payloads {
     fn record(&self, i: u64, generation: u16) -> Record {
         let p = self.put(i);
         Record {
-            meta: RecordMeta { digest: p.digest, generation, void_time: 0, lut_ms: 0, origin_seq: 0, tombstone: false },
+            meta: RecordMeta {
+                digest: p.digest,
+                generation,
+                void_time: 0,
+                lut_ms: 0,
+                origin_seq: 0,
+                tombstone: false,
+            },
             set_name: p.set_name,
             key: p.key,
             bins: p.bins,
@@ -470,10 +557,14 @@ fn sample_keys(seed: u64, n: u64, count: u64) -> Vec<u64> {
 /// holds exactly `n` live records.
 fn verify(shard: &mut BenchShard, payloads: &Payloads, sample: &[u64], n: u64, when: &str) -> Result<Value> {
     let entries = shard.index().len() as u64;
-    expect(entries == n, || format!("{when}: index holds {entries} entries, wrote {n}"))?;
+    expect(entries == n, || {
+        format!("{when}: index holds {entries} entries, wrote {n}")
+    })?;
     let t0 = Instant::now();
     for &i in sample {
-        let rec = shard.get_blocking(&payloads.digest(i)).map_err(|e| format!("{when}: get of record {i}: {e}"))?;
+        let rec = shard
+            .get_blocking(&payloads.digest(i))
+            .map_err(|e| format!("{when}: get of record {i}: {e}"))?;
         payloads.check(i, &rec).map_err(|e| format!("{when}: {e}"))?;
     }
     for ev in shard.take_stashed_events() {
@@ -510,7 +601,12 @@ fn write_records(shard: &mut BenchShard, payloads: &Payloads, n: u64) -> Result<
     let use0 = Usage::now();
     let t0 = Instant::now();
 
-    let on_events = |events: &mut Vec<Event>, now_ns: u64, acked: &mut u64, hist: &mut Histogram<u64>, sent_ns: &[u64]| -> Result<()> {
+    let on_events = |events: &mut Vec<Event>,
+                     now_ns: u64,
+                     acked: &mut u64,
+                     hist: &mut Histogram<u64>,
+                     sent_ns: &[u64]|
+     -> Result<()> {
         for ev in events.drain(..) {
             match ev {
                 Event::WriteDone { token, result: Ok(()) } => {
@@ -519,7 +615,9 @@ fn write_records(shard: &mut BenchShard, payloads: &Payloads, n: u64) -> Result<
                         hist.saturating_record(now_ns.saturating_sub(s).max(1_000));
                     }
                 }
-                Event::WriteDone { token, result: Err(e) } => return Err(format!("write of record {token} failed: {e}")),
+                Event::WriteDone { token, result: Err(e) } => {
+                    return Err(format!("write of record {token} failed: {e}"))
+                }
                 Event::ReadDone { token, .. } => return Err(format!("unexpected read completion {token}")),
             }
         }
@@ -541,7 +639,13 @@ fn write_records(shard: &mut BenchShard, payloads: &Payloads, n: u64) -> Result<
                 Err(WriteError::Overload(_)) => {
                     overload_waits += 1;
                     shard.wait(&mut events);
-                    on_events(&mut events, t0.elapsed().as_nanos() as u64, &mut acked, &mut hist, &sent_ns)?;
+                    on_events(
+                        &mut events,
+                        t0.elapsed().as_nanos() as u64,
+                        &mut acked,
+                        &mut hist,
+                        &sent_ns,
+                    )?;
                 }
                 Err(e) => return Err(format!("put of record {i}: {e}")),
             }
@@ -549,23 +653,46 @@ fn write_records(shard: &mut BenchShard, payloads: &Payloads, n: u64) -> Result<
         if i % PUTS_PER_POLL == PUTS_PER_POLL - 1 {
             shard.poll(&mut events);
             if !events.is_empty() {
-                on_events(&mut events, t0.elapsed().as_nanos() as u64, &mut acked, &mut hist, &sent_ns)?;
+                on_events(
+                    &mut events,
+                    t0.elapsed().as_nanos() as u64,
+                    &mut acked,
+                    &mut hist,
+                    &sent_ns,
+                )?;
             }
         }
     }
     let puts_done_s = t0.elapsed().as_secs_f64();
     shard.flush_blocking().map_err(|e| format!("flush_blocking: {e}"))?;
     events.extend(shard.take_stashed_events());
-    on_events(&mut events, t0.elapsed().as_nanos() as u64, &mut acked, &mut hist, &sent_ns)?;
+    on_events(
+        &mut events,
+        t0.elapsed().as_nanos() as u64,
+        &mut acked,
+        &mut hist,
+        &sent_ns,
+    )?;
     // Every acknowledgement must arrive; bounded wait.
     let deadline = Instant::now() + ACK_TIMEOUT;
     while acked < n {
-        expect(Instant::now() < deadline, || format!("{} of {n} acknowledgements missing {ACK_TIMEOUT:?} after the last write", n - acked))?;
+        expect(Instant::now() < deadline, || {
+            format!(
+                "{} of {n} acknowledgements missing {ACK_TIMEOUT:?} after the last write",
+                n - acked
+            )
+        })?;
         shard.poll(&mut events);
         if events.is_empty() {
             shard.wait(&mut events);
         }
-        on_events(&mut events, t0.elapsed().as_nanos() as u64, &mut acked, &mut hist, &sent_ns)?;
+        on_events(
+            &mut events,
+            t0.elapsed().as_nanos() as u64,
+            &mut acked,
+            &mut hist,
+            &sent_ns,
+        )?;
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let used = use0.since();
@@ -574,10 +701,16 @@ fn write_records(shard: &mut BenchShard, payloads: &Payloads, n: u64) -> Result<
     let client_writes = st.client_writes - stats0.client_writes;
     let client_bytes = st.client_bytes - stats0.client_bytes;
     let device_bytes = st.device_write_bytes - stats0.device_write_bytes;
-    expect(client_writes == n, || format!("write: shard counted {client_writes} writes, {n} were put"))?;
+    expect(client_writes == n, || {
+        format!("write: shard counted {client_writes} writes, {n} were put")
+    })?;
     expect(acked == n, || format!("write: {acked} acknowledgements for {n} writes"))?;
-    expect(device_bytes >= client_bytes, || format!("write: {device_bytes} device bytes written for {client_bytes} record bytes"))?;
-    expect(shard.failure().is_none(), || format!("write: device failed: {:?}", shard.failure()))?;
+    expect(device_bytes >= client_bytes, || {
+        format!("write: {device_bytes} device bytes written for {client_bytes} record bytes")
+    })?;
+    expect(shard.failure().is_none(), || {
+        format!("write: device failed: {:?}", shard.failure())
+    })?;
     let payload_bytes = n * payloads.len as u64;
     let device_mb_s = device_bytes as f64 / elapsed / 1e6;
     let record_mb_s = client_bytes as f64 / elapsed / 1e6;
@@ -616,14 +749,22 @@ fn write_records(shard: &mut BenchShard, payloads: &Payloads, n: u64) -> Result<
         "wblocks_total": space.wblocks_total,
         "ack_latency": latency,
     });
-    Ok(WriteOutcome { json, device_mb_s, record_mb_s })
+    Ok(WriteOutcome {
+        json,
+        device_mb_s,
+        record_mb_s,
+    })
 }
 
 fn over_pct(hist: &Histogram<u64>, ns: u64) -> f64 {
     if hist.is_empty() {
         return 0.0;
     }
-    let above: u64 = hist.iter_recorded().filter(|v| v.value_iterated_to() > ns).map(|v| v.count_at_value()).sum();
+    let above: u64 = hist
+        .iter_recorded()
+        .filter(|v| v.value_iterated_to() > ns)
+        .map(|v| v.count_at_value())
+        .sum();
     100.0 * above as f64 / hist.len() as f64
 }
 
@@ -646,20 +787,43 @@ fn prepare_file(path: &Path, size: u64) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
     f.set_len(size).map_err(|e| format!("resize {}: {e}", path.display()))
 }
 
 fn open_device(path: &Path, size: u64, dsync: bool) -> Result<UringDevice> {
-    let opts = UringOptions { queue_depth: QUEUE_DEPTH, direct: true, dsync, create_size_bytes: Some(size), ..UringOptions::default() };
+    let opts = UringOptions {
+        queue_depth: QUEUE_DEPTH,
+        direct: true,
+        dsync,
+        create_size_bytes: Some(size),
+        ..UringOptions::default()
+    };
     let dev = UringDevice::open(path, &opts).map_err(|e| e.to_string())?;
     let cap = dev.info().capacity_bytes;
-    expect(cap == size, || format!("{} opened with {cap} bytes, expected {size}", path.display()))?;
+    expect(cap == size, || {
+        format!("{} opened with {cap} bytes, expected {size}", path.display())
+    })?;
     Ok(dev)
 }
 
 fn open_shard(dev: UringDevice, cfg: &StorageConfig, size: u64) -> Result<(BenchShard, OpenReport)> {
-    Shard::open(dev, SystemClock::new(), cfg.clone(), 0, Region { offset_bytes: 0, len_bytes: size }).map_err(|e| format!("Shard::open: {e}"))
+    Shard::open(
+        dev,
+        SystemClock::new(),
+        cfg.clone(),
+        0,
+        Region {
+            offset_bytes: 0,
+            len_bytes: size,
+        },
+    )
+    .map_err(|e| format!("Shard::open: {e}"))
 }
 
 /// Submits what is queued on `dev`, reaps at least `min` completions (failing on a failed I/O)
@@ -688,7 +852,8 @@ fn zero_fill(dev: &mut UringDevice, wblock: usize, qd: usize) -> Result<Value> {
             let Some(mut buf) = free.pop() else { break };
             let len = (cap - off).min(wblock as u64) as usize;
             buf.set_len(len);
-            dev.submit_write(off, buf, off).map_err(|e| format!("zero fill at {off}: {e}"))?;
+            dev.submit_write(off, buf, off)
+                .map_err(|e| format!("zero fill at {off}: {e}"))?;
             off += len as u64;
         }
         reap_some(dev, &mut done, &mut free, 1)?;
@@ -710,7 +875,8 @@ fn zero_fill(dev: &mut UringDevice, wblock: usize, qd: usize) -> Result<Value> {
 fn zero_header(dev: &mut UringDevice) -> Result<()> {
     let mut free = Vec::new();
     let mut done = Vec::new();
-    dev.submit_write(0, IoBuf::new(SECTOR_SIZE), 0).map_err(|e| format!("zero header: {e}"))?;
+    dev.submit_write(0, IoBuf::new(SECTOR_SIZE), 0)
+        .map_err(|e| format!("zero header: {e}"))?;
     reap_some(dev, &mut done, &mut free, 1)
 }
 
@@ -722,12 +888,30 @@ struct FioResult {
 }
 
 fn fio_version() -> Result<String> {
-    let out = Command::new("fio").arg("--version").output().map_err(|e| format!("fio not runnable ({e}); install it (apt-get install -y fio) or pass --skip-fio"))?;
+    let out = Command::new("fio")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("fio not runnable ({e}); install it (apt-get install -y fio) or pass --skip-fio"))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The same fio job twice: as the brief for this benchmark gives it, then with registered
+/// buffers and file (`--fixedbufs=1 --registerfiles=1`), which is what Bolide's driver uses and
+/// can be markedly faster on a VM (no page pinning per I/O).
+struct FioPair {
+    plain: FioResult,
+    fixed: FioResult,
+}
+
+fn fio_pair(path: &Path, size: u64, rw: &str, bs: u32, iodepth: usize, dsync: bool) -> Result<FioPair> {
+    Ok(FioPair {
+        plain: run_fio(path, size, rw, bs, iodepth, dsync, false)?,
+        fixed: run_fio(path, size, rw, bs, iodepth, dsync, true)?,
+    })
+}
+
 /// One sequential fio job over the whole file; parses `--output-format=json`.
-fn run_fio(path: &Path, size: u64, rw: &str, bs: u32, iodepth: usize, dsync: bool) -> Result<FioResult> {
+fn run_fio(path: &Path, size: u64, rw: &str, bs: u32, iodepth: usize, dsync: bool, fixed: bool) -> Result<FioResult> {
     let mut fio_args = vec![
         format!("--name=bolide-seq{rw}"),
         format!("--filename={}", path.display()),
@@ -743,20 +927,39 @@ fn run_fio(path: &Path, size: u64, rw: &str, bs: u32, iodepth: usize, dsync: boo
     if dsync {
         fio_args.push("--sync=dsync".into());
     }
-    let out = Command::new("fio").args(&fio_args).output().map_err(|e| format!("fio: {e}"))?;
+    if fixed {
+        fio_args.push("--fixedbufs=1".into());
+        fio_args.push("--registerfiles=1".into());
+    }
+    let out = Command::new("fio")
+        .args(&fio_args)
+        .output()
+        .map_err(|e| format!("fio: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(format!("fio {} failed ({}): {}{}", fio_args.join(" "), out.status, stdout, String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "fio {} failed ({}): {}{}",
+            fio_args.join(" "),
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     // fio may print notes before the JSON object.
-    let start = stdout.find('{').ok_or_else(|| format!("fio printed no JSON: {stdout}"))?;
+    let start = stdout
+        .find('{')
+        .ok_or_else(|| format!("fio printed no JSON: {stdout}"))?;
     let v: Value = serde_json::from_str(&stdout[start..]).map_err(|e| format!("fio JSON: {e}"))?;
     let job = &v["jobs"][0];
     let io = &job[rw];
     let bw = io["bw_bytes"].as_f64().ok_or("fio JSON has no bw_bytes")?;
     let io_bytes = io["io_bytes"].as_u64().unwrap_or(0);
-    expect(io_bytes == size, || format!("fio {rw} moved {io_bytes} bytes, expected {size}"))?;
-    expect(job["error"].as_i64() == Some(0), || format!("fio {rw} reported error {}", job["error"]))?;
+    expect(io_bytes == size, || {
+        format!("fio {rw} moved {io_bytes} bytes, expected {size}")
+    })?;
+    expect(job["error"].as_i64() == Some(0), || {
+        format!("fio {rw} reported error {}", job["error"])
+    })?;
     let pct = |p: &str| io["clat_ns"]["percentile"][p].as_f64().map(|ns| round1(ns / 1e3));
     let mb_s = bw / 1e6;
     Ok(FioResult {
@@ -804,27 +1007,40 @@ struct Usage {
 
 impl Usage {
     fn now() -> Usage {
-        Usage { cpu_s: cpu_seconds(), runqueue_wait_s: runqueue_wait_seconds() }
+        Usage {
+            cpu_s: cpu_seconds(),
+            runqueue_wait_s: runqueue_wait_seconds(),
+        }
     }
 
     /// Usage since `self` was taken.
     fn since(&self) -> Usage {
         let now = Usage::now();
-        Usage { cpu_s: now.cpu_s - self.cpu_s, runqueue_wait_s: now.runqueue_wait_s - self.runqueue_wait_s }
+        Usage {
+            cpu_s: now.cpu_s - self.cpu_s,
+            runqueue_wait_s: now.runqueue_wait_s - self.runqueue_wait_s,
+        }
     }
 }
 
 /// Seconds the main thread waited on a run queue so far (`/proc/self/schedstat`, second field,
 /// ns; 0 when unavailable).
 fn runqueue_wait_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/schedstat").ok().and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok()).map_or(0.0, |ns| ns as f64 / 1e9)
+    std::fs::read_to_string("/proc/self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0.0, |ns| ns as f64 / 1e9)
 }
 
 /// User + system CPU seconds of this process so far (0 when /proc is unavailable).
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
     // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0.0 };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return 0.0;
+    };
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i - 3).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
     (ticks(14) + ticks(15)) as f64 / clock_ticks_per_s()
@@ -832,25 +1048,57 @@ fn cpu_seconds() -> f64 {
 
 fn clock_ticks_per_s() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| command_line("getconf", &["CLK_TCK"]).and_then(|s| s.parse().ok()).unwrap_or(100.0))
+    *TICKS.get_or_init(|| {
+        command_line("getconf", &["CLK_TCK"])
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// First line of a command's stdout, if it ran and succeeded.
 fn command_line(cmd: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(cmd).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string())
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    })
 }
 
 fn machine(path: &Path, fio: Option<String>, loadavg_start: Option<String>) -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu_model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()));
+    let cpu_model = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("model name")
+            .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+    });
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_total = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|r| r.trim().to_string()));
-    let os = std::fs::read_to_string("/etc/os-release").ok().and_then(|s| s.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string())));
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mem_total = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|r| r.trim().to_string()));
+    let os = std::fs::read_to_string("/etc/os-release").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+    });
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     // `df -T`: Filesystem Type 1K-blocks Used Available Use% Mounted-on.
-    let df = Command::new("df").arg("-T").arg(dir).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
-    let df_fields: Vec<String> = df.lines().nth(1).map(|l| l.split_whitespace().map(str::to_string).collect()).unwrap_or_default();
+    let df = Command::new("df")
+        .arg("-T")
+        .arg(dir)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let df_fields: Vec<String> = df
+        .lines()
+        .nth(1)
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
     let source = df_fields.first().cloned();
     let block = source.as_deref().and_then(|s| s.strip_prefix("/dev/")).map(|d| {
         let q = |f: &str| std::fs::read_to_string(format!("/sys/block/{d}/queue/{f}")).ok().map(|s| s.trim().to_string());
@@ -877,7 +1125,10 @@ fn machine(path: &Path, fio: Option<String>, loadavg_start: Option<String>) -> V
 
 /// Median of the number at `path` in each of `reps` (those that have one).
 fn median_of(reps: &[Value], path: &[&str]) -> Option<f64> {
-    let v: Vec<f64> = reps.iter().filter_map(|r| path.iter().fold(r, |v, k| &v[*k]).as_f64()).collect();
+    let v: Vec<f64> = reps
+        .iter()
+        .filter_map(|r| path.iter().fold(r, |v, k| &v[*k]).as_f64())
+        .collect();
     median(&v)
 }
 
@@ -887,7 +1138,11 @@ fn median(v: &[f64]) -> Option<f64> {
     }
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    Some(if s.len() % 2 == 1 { s[s.len() / 2] } else { (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0 })
+    Some(if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    })
 }
 
 fn round1(x: f64) -> f64 {
