@@ -215,6 +215,11 @@ fn run(args: &Args) -> Result<Value> {
     let mut kept: Option<(BenchShard, WriteOutcome)> = None;
     for rep in 0..args.write_reps {
         eprintln!("storage_bench: write rep {}/{}", rep + 1, args.write_reps);
+        // One shard at a time, as in the node: the previous rep's shard (index, write buffers,
+        // ring) goes before anything of this rep runs.
+        if let Some((old, _)) = kept.take() {
+            drop(old.into_device());
+        }
         let fio = if args.skip_fio {
             None
         } else {
