@@ -8,7 +8,7 @@
 #                          with about 3 GB free. The file is deleted at the end.
 #   BOLIDE_BENCH_OUT=DIR   where the JSON goes (default bench/results/<date>-<hostname>)
 #
-# Runs, about 3 minutes on a 2-core VM (plus the release build):
+# Runs, about 100 s on a 2-core VM (plus the release build):
 #   storage-1m-1k.json        1 M records of 1 KiB: write (5 reps), cold start and fast restart
 #                             (3 reps each)
 #   storage-10m-100b.json     10 M records of 100 bytes: write (2 reps), cold start and fast
