@@ -163,7 +163,8 @@ pub trait BlockDevice: Send {
     fn submit(&mut self) -> Result<usize, DeviceError>;
 
     /// Moves finished I/Os into `out`, waiting until at least `min_complete` are available (0:
-    /// never wait). `min_complete` is capped at the number in flight, so it never waits forever.
+    /// never wait). `min_complete` is capped at the number of I/Os already handed over by
+    /// [`BlockDevice::submit`] (reap never submits), so it never waits forever.
     /// Returns how many were added.
     ///
     /// # Errors
