@@ -87,7 +87,7 @@ struct Run {
     clock: ManualClock,
     keys: Vec<Key>,
     next_version: u32,
-    reads: HashMap<u64, (u32, usize)>,
+    reads: HashMap<u64, (u32, usize, u32)>,
     next_read: u64,
     cov: Coverage,
 }
@@ -129,7 +129,15 @@ impl Run {
         small_cfg(self.commit)
     }
 
-    fn check_read(&self, k: u32, from_ver: usize, result: Result<bolide_node::record::Record, ReadError>) {
+    /// `issued_s`: the clock when the read was issued; a record that expires while its device
+    /// read is in flight may still be returned.
+    fn check_read(
+        &self,
+        k: u32,
+        from_ver: usize,
+        issued_s: u32,
+        result: Result<bolide_node::record::Record, ReadError>,
+    ) {
         let key = &self.keys[k as usize];
         let now_s = self.clock.now_cl_s();
         // A read may see the state current when it was issued or any later write.
@@ -139,7 +147,11 @@ impl Run {
             key.vers[from_ver - 1].state
         }];
         ok.extend(key.vers[from_ver..].iter().map(|v| v.state));
-        let ok: Vec<State> = ok.into_iter().map(|s| s.at(now_s)).collect();
+        let ok: Vec<State> = ok
+            .iter()
+            .map(|s| s.at(now_s))
+            .chain(ok.iter().map(|s| s.at(issued_s)))
+            .collect();
         match result {
             Ok(rec) => {
                 let (rk, v) = check_rec(&rec);
@@ -147,8 +159,9 @@ impl Run {
                 assert!(
                     ok.iter()
                         .any(|s| matches!(s, State::Val { version, .. } if *version == v)),
-                    "seed {}: key {k} read version {v}, allowed {ok:?}",
-                    self.seed
+                    "seed {}: key {k} read version {v} (void-time {}, now {now_s}), allowed {ok:?}; history {key:?}",
+                    self.seed,
+                    rec.meta.void_time
                 );
             }
             Err(ReadError::NotFound) => assert!(
@@ -172,8 +185,8 @@ impl Run {
                     v.acked_ms = Some(now);
                 }
                 Event::ReadDone { token, result } => {
-                    let (k, from) = self.reads.remove(&token).expect("known read token");
-                    self.check_read(k, from, result);
+                    let (k, from, issued_s) = self.reads.remove(&token).expect("known read token");
+                    self.check_read(k, from, issued_s, result);
                 }
             }
         }
@@ -232,12 +245,12 @@ impl Run {
             let token = READ_TOKEN | self.next_read;
             let from = self.keys[k as usize].vers.len();
             match shard.get(&digest_of(k), token) {
-                Ok(ReadAck::Done(rec)) => self.check_read(k, from, Ok(rec)),
+                Ok(ReadAck::Done(rec)) => self.check_read(k, from, now_s, Ok(rec)),
                 Ok(ReadAck::Pending) => {
-                    self.reads.insert(token, (k, from));
+                    self.reads.insert(token, (k, from, now_s));
                 }
                 Err(ReadError::Overload) => shard.wait(events),
-                Err(e) => self.check_read(k, from, Err(e)),
+                Err(e) => self.check_read(k, from, now_s, Err(e)),
             }
         }
         shard.poll(events);
