@@ -6,11 +6,12 @@
 //! cargo bench -p bolide-bench --bench index -- --test  # run each once (seconds)
 //! ```
 
+use bolide_bench::{entry_for, random_digest};
 use bolide_node::digest::{Digest, PartitionId, N_PARTITIONS};
-use bolide_node::index::{IndexEntry, PrimaryIndex};
+use bolide_node::index::PrimaryIndex;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rand::seq::SliceRandom;
-use rand::{RngCore, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -21,17 +22,6 @@ const RECORDS: usize = 1_000_000;
 const INSERT_BATCH: usize = 10_000;
 /// Records bulk-loaded per iteration of the push_sorted benchmark.
 const PUSH_RECORDS: usize = 100_000;
-
-fn random_digest(rng: &mut ChaCha8Rng) -> Digest {
-    let mut d = [0u8; 20];
-    rng.fill_bytes(&mut d);
-    Digest(d)
-}
-
-fn entry_for(d: Digest, i: usize) -> IndexEntry {
-    let i = i as u64;
-    IndexEntry::new(d, (i * 1024) % (1 << 40), 1024, i as u16, 0, i, false)
-}
 
 /// `n` distinct random digests in digest order.
 fn sorted_digests(rng: &mut ChaCha8Rng, n: usize) -> Vec<Digest> {

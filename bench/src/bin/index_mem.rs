@@ -13,9 +13,10 @@
 //! Options: `--records N` (default 10,000,000), `--lookups N` (default min(N, 5,000,000)),
 //! `--seed N` (default 1).
 
+use bolide_bench::{entry_for, random_digest};
 use bolide_node::digest::Digest;
 use bolide_node::index::{IndexEntry, PrimaryIndex};
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -87,9 +88,7 @@ fn parse_args() -> Args {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| -> u64 {
-            let v = args
-                .next()
-                .unwrap_or_else(|| usage(&format!("{name} needs a value")));
+            let v = args.next().unwrap_or_else(|| usage(&format!("{name} needs a value")));
             v.replace('_', "")
                 .parse()
                 .unwrap_or_else(|_| usage(&format!("{name}: not a number: {v}")))
@@ -118,18 +117,6 @@ fn usage(err: &str) -> ! {
     }
     eprintln!("usage: index_mem [--records N] [--lookups N] [--seed N]");
     std::process::exit(2)
-}
-
-fn random_digest(rng: &mut ChaCha8Rng) -> Digest {
-    let mut d = [0u8; 20];
-    rng.fill_bytes(&mut d);
-    Digest(d)
-}
-
-/// A plausible entry for the `i`-th record.
-fn entry_for(d: Digest, i: usize) -> IndexEntry {
-    let i = i as u64;
-    IndexEntry::new(d, (i * 1024) % (1 << 40), 1024, i as u16, 0, i, false)
 }
 
 fn ns_per(start: Instant, ops: usize) -> f64 {
@@ -176,16 +163,9 @@ fn round2(x: f64) -> f64 {
 
 /// Times `lookups` random hits among `digests` and as many random (almost surely absent)
 /// digests; returns ns per hit, ns per miss. Frees what it allocates.
-fn time_lookups(
-    ix: &PrimaryIndex,
-    digests: &[Digest],
-    lookups: usize,
-    rng: &mut ChaCha8Rng,
-) -> (f64, f64) {
+fn time_lookups(ix: &PrimaryIndex, digests: &[Digest], lookups: usize, rng: &mut ChaCha8Rng) -> (f64, f64) {
     // Keys are read in sequence, so only the index's own cache misses are timed.
-    let present: Vec<Digest> = (0..lookups)
-        .map(|_| digests[rng.gen_range(0..digests.len())])
-        .collect();
+    let present: Vec<Digest> = (0..lookups).map(|_| digests[rng.gen_range(0..digests.len())]).collect();
     let t = Instant::now();
     let mut found = 0usize;
     for d in &present {
@@ -209,13 +189,7 @@ fn lookup_json(lookups: usize, (hit_ns, miss_ns): (f64, f64)) -> Value {
 fn first_line_with(path: &str, prefix: &str) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let line = text.lines().find(|l| l.starts_with(prefix))?;
-    Some(
-        line.split_once([':', '='])?
-            .1
-            .trim()
-            .trim_matches('"')
-            .to_string(),
-    )
+    Some(line.split_once([':', '='])?.1.trim().trim_matches('"').to_string())
 }
 
 fn machine() -> Value {
