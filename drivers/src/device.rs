@@ -174,6 +174,12 @@ pub trait BlockDevice: Send {
 
     /// I/Os queued or in flight (submitted but not yet reaped).
     fn in_flight(&self) -> usize;
+
+    /// A descriptor that becomes readable when completions arrive, for poll loops that sleep in
+    /// epoll between turns; `None` when the backend has none (poll it instead). `reap` clears it.
+    fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
 }
 
 /// Checks the common submit preconditions; backends call it first.

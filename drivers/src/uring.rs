@@ -30,8 +30,9 @@ use crate::device::{check_io, BlockDevice, Completion, DeviceError, DeviceInfo, 
 use io_uring::{opcode, squeue, types, EnterFlags, IoUring};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
+use std::io::Read;
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -159,6 +160,9 @@ pub struct UringDevice {
     ring: IoUring,
     /// Kept open for the ring's registered file table (and for the device's lifetime).
     _file: File,
+    /// An eventfd the kernel signals on every CQE (`IORING_REGISTER_EVENTFD`), so a poll loop
+    /// can sleep in epoll and wake for device completions.
+    completion_fd: File,
     info: DeviceInfo,
     wait_timeout: Duration,
     /// Slot `i` holds the I/O whose SQE carries user_data `i`; `None` when free.
@@ -281,6 +285,17 @@ impl UringDevice {
             .register_files(&[file.as_raw_fd()])
             .map_err(io_err("register with io_uring"))?;
 
+        // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io_err("create a completion eventfd for")(io::Error::last_os_error()));
+        }
+        // SAFETY: `efd` is a fresh, valid descriptor that nothing else owns.
+        let completion_fd = File::from(unsafe { OwnedFd::from_raw_fd(efd) });
+        ring.submitter()
+            .register_eventfd(completion_fd.as_raw_fd())
+            .map_err(io_err("register a completion eventfd for"))?;
+
         let depth = opts.queue_depth as usize;
         debug_assert!(ring.params().sq_entries() as usize >= depth);
         debug_assert!(ring.params().cq_entries() as usize >= depth);
@@ -294,6 +309,7 @@ impl UringDevice {
         Ok(UringDevice {
             ring,
             _file: file,
+            completion_fd,
             info,
             wait_timeout: opts.wait_timeout,
             slots: (0..depth).map(|_| None).collect(),
@@ -615,6 +631,10 @@ impl BlockDevice for UringDevice {
     /// error names an I/O the kernel still holds. Nothing is lost: CQEs stay in the ring for the
     /// next `reap`.
     fn reap(&mut self, out: &mut Vec<Completion>, min_complete: usize) -> Result<usize, DeviceError> {
+        // Clear the completion eventfd before draining the CQ: a CQE posted after the clear
+        // signals it again, so a poll loop sleeping on it never misses one.
+        let mut counter = [0u8; 8];
+        let _ = (&self.completion_fd).read(&mut counter);
         let want = min_complete.min(self.with_kernel());
         if want > 0 {
             self.wait_for(want)?;
@@ -624,6 +644,10 @@ impl BlockDevice for UringDevice {
 
     fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()
+    }
+
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.completion_fd.as_fd())
     }
 }
 

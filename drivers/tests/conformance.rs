@@ -68,6 +68,34 @@ mod uring {
         shm.is_dir().then(|| uring_in(shm, false, false))
     }
 
+    /// The completion eventfd is signalled by a completion and cleared by `reap`.
+    #[test]
+    fn completion_fd_signals_completions() {
+        use std::io::Read;
+        let mut dev = uring_direct();
+        let mut probe = std::fs::File::from(
+            dev.completion_fd()
+                .expect("uring has a completion fd")
+                .try_clone_to_owned()
+                .unwrap(),
+        );
+        let mut counter = [0u8; 8];
+        assert!(probe.read(&mut counter).is_err(), "signalled before any I/O");
+        dev.submit_write(0, pattern_buf(SECTOR_SIZE, 1, 0), 7).unwrap();
+        dev.submit().unwrap();
+        let mut out = Vec::new();
+        // Wait for the CQE without reaping it, then check the eventfd fired.
+        while out.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            if probe.read(&mut counter).is_ok() {
+                assert!(u64::from_ne_bytes(counter) >= 1);
+                dev.reap(&mut out, 1).unwrap();
+            }
+        }
+        assert_eq!(out[0].tag, 7);
+        assert!(probe.read(&mut counter).is_err(), "reap must leave the eventfd cleared");
+    }
+
     bolide_drivers::conformance_suite!(direct, uring_direct());
     bolide_drivers::conformance_suite!(direct_dsync, uring_dsync());
 
