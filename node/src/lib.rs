@@ -12,4 +12,5 @@ pub mod digest;
 pub mod index;
 pub mod particle;
 pub mod record;
+pub mod server;
 pub mod shard;

@@ -1,0 +1,721 @@
+//! Single-record command semantics: what a read, write, delete, touch or operate does to one
+//! record (wire spec §3.2 flags, §3.4 ops, §5 result codes, §6 write semantics, §10.3 reads).
+//!
+//! This module is pure: [`apply`] takes a decoded command and the record's current state and
+//! returns what to store and what to answer. The worker does the I/O (index peek, device read,
+//! put/delete, acknowledgement) around it.
+
+use crate::digest::Digest;
+use crate::particle::{Bin, BinName, ParticleType, Value, BIN_NAME_MAX_BYTES};
+use crate::record::{Record, StoredKey};
+use crate::shard::PutRecord;
+
+// Result codes used here (spec §5).
+pub const RC_OK: u8 = 0;
+pub const RC_NOT_FOUND: u8 = 2;
+pub const RC_GENERATION: u8 = 3;
+pub const RC_PARAMETER: u8 = 4;
+pub const RC_RECORD_EXISTS: u8 = 5;
+pub const RC_INCOMPATIBLE_TYPE: u8 = 12;
+pub const RC_UNSUPPORTED_FEATURE: u8 = 16;
+pub const RC_KEY_MISMATCH: u8 = 19;
+pub const RC_BIN_NAME: u8 = 21;
+pub const RC_FILTERED_OUT: u8 = 27;
+
+// Flags (spec §3.2).
+pub const INFO1_READ: u8 = 0x01;
+pub const INFO1_GET_ALL: u8 = 0x02;
+pub const INFO1_NOBINDATA: u8 = 0x20;
+pub const INFO2_WRITE: u8 = 0x01;
+pub const INFO2_DELETE: u8 = 0x02;
+pub const INFO2_GENERATION: u8 = 0x04;
+pub const INFO2_GENERATION_GT: u8 = 0x08;
+pub const INFO2_CREATE_ONLY: u8 = 0x20;
+pub const INFO2_RESPOND_ALL_OPS: u8 = 0x80;
+pub const INFO3_UPDATE_ONLY: u8 = 0x08;
+pub const INFO3_CREATE_OR_REPLACE: u8 = 0x10;
+pub const INFO3_REPLACE_ONLY: u8 = 0x20;
+
+// Op types (spec §3.4).
+pub const OP_READ: u8 = 1;
+pub const OP_WRITE: u8 = 2;
+pub const OP_INCR: u8 = 5;
+pub const OP_APPEND: u8 = 9;
+pub const OP_PREPEND: u8 = 10;
+pub const OP_TOUCH: u8 = 11;
+pub const OP_DELETE_ALL: u8 = 14;
+/// CDT, expression, bit, HLL and string ops: a later issue (answered 16 until then).
+pub const OPS_UNSUPPORTED: [u8; 13] = [3, 4, 7, 8, 12, 13, 15, 16, 17, 18, 19, 6, 0];
+
+/// Longest TTL a client may ask for, seconds (10 years, spec §6.3).
+pub const MAX_TTL_S: u32 = 315_360_000;
+pub const TTL_NEVER: u32 = 0xFFFF_FFFF;
+pub const TTL_DONT_UPDATE: u32 = 0xFFFF_FFFE;
+/// Most ops in one request (spec §10.4).
+pub const MAX_OPS: usize = 32_768;
+
+/// One op of a request, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CmdOp {
+    pub op_type: u8,
+    pub particle_type: u8,
+    pub name: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// A decoded single-record request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub digest: Digest,
+    pub set_name: Vec<u8>,
+    pub key: Option<StoredKey>,
+    pub info1: u8,
+    pub info2: u8,
+    pub info3: u8,
+    /// Expected generation for generation checks.
+    pub generation: u32,
+    /// TTL with the special values of spec §6.3.
+    pub record_ttl: u32,
+    pub ops: Vec<CmdOp>,
+}
+
+impl Command {
+    pub fn is_write(&self) -> bool {
+        self.info2 & INFO2_WRITE != 0
+    }
+    pub fn is_delete(&self) -> bool {
+        self.info2 & INFO2_DELETE != 0
+    }
+    /// Whether [`apply`] needs the record's bins (not just its index metadata).
+    pub fn needs_bins(&self) -> bool {
+        if self.is_delete() {
+            return false;
+        }
+        if self.is_write() {
+            // A replace with only writes still checks the stored key; reading is cheap enough
+            // to always do for writes (merge semantics need the old bins).
+            return true;
+        }
+        self.info1 & INFO1_NOBINDATA == 0
+    }
+}
+
+/// A reply op: the request op's type and name, and a value (`None`: particle type 0, no bytes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutOp {
+    pub op_type: u8,
+    pub name: Vec<u8>,
+    pub value: Option<Value>,
+}
+
+/// What to answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    pub result_code: u8,
+    pub generation: u32,
+    /// Seconds since 2010, 0 = never.
+    pub void_time: u32,
+    pub ops: Vec<OutOp>,
+}
+
+impl Reply {
+    pub fn code(result_code: u8) -> Reply {
+        Reply {
+            result_code,
+            generation: 0,
+            void_time: 0,
+            ops: Vec::new(),
+        }
+    }
+}
+
+/// What [`apply`] decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Answer without storing anything.
+    Reply(Reply),
+    /// Store the record, then answer `reply` with the new generation and `void_time` filled in.
+    Put(PutRecord, Reply),
+    /// Delete the record (a tombstone), then answer `reply`.
+    Delete(Reply),
+}
+
+/// Evaluates a request's filter expression against a stored record: `Ok(false)` filters it out,
+/// `Err(code)` answers that result code.
+pub type Filter<'a> = &'a dyn Fn(&Record) -> Result<bool, u8>;
+
+/// The record as the command sees it: `None` when absent, deleted or expired.
+pub struct Existing<'a> {
+    pub record: Option<&'a Record>,
+    /// Generation from the index when the bins were not read (deletes, exists).
+    pub generation: u16,
+    pub void_time: u32,
+}
+
+/// Applies `cmd` to the current state of its record. `filter` evaluates the request's filter
+/// expression against an existing record (false → 27); `now_s` is seconds since 2010.
+pub fn apply(
+    cmd: &Command,
+    cur: Existing<'_>,
+    filter: Option<Filter<'_>>,
+    now_s: u32,
+) -> Action {
+    match apply_inner(cmd, cur, filter, now_s) {
+        Ok(a) => a,
+        Err(code) => Action::Reply(Reply::code(code)),
+    }
+}
+
+fn apply_inner(
+    cmd: &Command,
+    cur: Existing<'_>,
+    filter: Option<Filter<'_>>,
+    now_s: u32,
+) -> Result<Action, u8> {
+    if cmd.ops.len() > MAX_OPS {
+        return Err(RC_PARAMETER);
+    }
+    let exists = cur.generation != 0;
+    if let (Some(f), Some(rec)) = (filter, cur.record) {
+        if !f(rec)? {
+            return Err(RC_FILTERED_OUT);
+        }
+    }
+    let gen = cur.generation as u32;
+    if cmd.info2 & INFO2_GENERATION != 0 && gen != cmd.generation {
+        return Err(RC_GENERATION);
+    }
+    if cmd.info2 & INFO2_GENERATION_GT != 0 && cmd.generation <= gen {
+        return Err(RC_GENERATION);
+    }
+    if cmd.is_delete() {
+        if !exists {
+            return Err(RC_NOT_FOUND);
+        }
+        return Ok(Action::Delete(Reply::code(RC_OK)));
+    }
+    if !cmd.is_write() {
+        return read(cmd, cur);
+    }
+    write(cmd, cur, now_s)
+}
+
+fn read(cmd: &Command, cur: Existing<'_>) -> Result<Action, u8> {
+    if cur.generation == 0 {
+        return Err(RC_NOT_FOUND);
+    }
+    let mut reply = Reply {
+        result_code: RC_OK,
+        generation: cur.generation as u32,
+        void_time: cur.void_time,
+        ops: Vec::new(),
+    };
+    if cmd.info1 & INFO1_NOBINDATA != 0 {
+        return Ok(Action::Reply(reply));
+    }
+    let rec = cur.record.ok_or(RC_PARAMETER)?;
+    let respond_all = cmd.info2 & INFO2_RESPOND_ALL_OPS != 0;
+    if cmd.info1 & INFO1_GET_ALL != 0 || cmd.ops.is_empty() {
+        reply.ops = rec
+            .bins
+            .iter()
+            .map(|b| out(OP_READ, b.name.as_bytes(), Some(b.value.clone())))
+            .collect();
+        return Ok(Action::Reply(reply));
+    }
+    for op in &cmd.ops {
+        match op.op_type {
+            OP_READ if op.name.is_empty() => reply.ops.extend(
+                rec.bins
+                    .iter()
+                    .map(|b| out(OP_READ, b.name.as_bytes(), Some(b.value.clone()))),
+            ),
+            OP_READ => match rec.bins.iter().find(|b| b.name.as_bytes() == op.name.as_slice()) {
+                Some(b) => reply.ops.push(out(OP_READ, &op.name, Some(b.value.clone()))),
+                None if respond_all => reply.ops.push(out(OP_READ, &op.name, None)),
+                None => {}
+            },
+            t if OPS_UNSUPPORTED.contains(&t) => return Err(RC_UNSUPPORTED_FEATURE),
+            _ => return Err(RC_PARAMETER),
+        }
+    }
+    Ok(Action::Reply(reply))
+}
+
+fn out(op_type: u8, name: &[u8], value: Option<Value>) -> OutOp {
+    OutOp {
+        op_type,
+        name: name.to_vec(),
+        value,
+    }
+}
+
+fn write(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
+    let exists = cur.generation != 0;
+    let replace = cmd.info3 & (INFO3_CREATE_OR_REPLACE | INFO3_REPLACE_ONLY) != 0;
+    if cmd.info2 & INFO2_CREATE_ONLY != 0 && exists {
+        return Err(RC_RECORD_EXISTS);
+    }
+    if cmd.info3 & (INFO3_UPDATE_ONLY | INFO3_REPLACE_ONLY) != 0 && !exists {
+        return Err(RC_NOT_FOUND);
+    }
+    let has_touch = cmd.ops.iter().any(|o| o.op_type == OP_TOUCH);
+    if has_touch && !exists {
+        return Err(RC_NOT_FOUND);
+    }
+    if replace {
+        let bad = cmd.ops.iter().any(|o| {
+            matches!(o.op_type, OP_TOUCH | OP_INCR | OP_APPEND | OP_PREPEND | OP_DELETE_ALL)
+                || (o.op_type == OP_WRITE && o.particle_type == ParticleType::Null as u8)
+        });
+        if bad {
+            return Err(RC_PARAMETER);
+        }
+    }
+    if let (Some(k), Some(Some(stored))) = (&cmd.key, cur.record.map(|r| r.key.as_ref())) {
+        if k != stored {
+            return Err(RC_KEY_MISMATCH);
+        }
+    }
+    let old = cur.record;
+    let mut bins: Vec<Bin> = if replace {
+        Vec::new()
+    } else {
+        old.map(|r| r.bins.clone()).unwrap_or_default()
+    };
+    let respond_all = cmd.info2 & INFO2_RESPOND_ALL_OPS != 0;
+    let mut reply_ops = Vec::new();
+    for op in &cmd.ops {
+        let is_write_op = op.op_type != OP_READ;
+        let named = !matches!(op.op_type, OP_TOUCH | OP_DELETE_ALL | OP_READ);
+        if named && (op.name.is_empty() || op.name.len() > BIN_NAME_MAX_BYTES) {
+            return Err(if op.name.is_empty() { RC_PARAMETER } else { RC_BIN_NAME });
+        }
+        match op.op_type {
+            OP_READ if op.name.is_empty() => reply_ops.extend(
+                bins.iter()
+                    .map(|b| out(OP_READ, b.name.as_bytes(), Some(b.value.clone()))),
+            ),
+            OP_READ => match bins.iter().find(|b| b.name.as_bytes() == op.name.as_slice()) {
+                Some(b) => reply_ops.push(out(OP_READ, &op.name, Some(b.value.clone()))),
+                None if respond_all => reply_ops.push(out(OP_READ, &op.name, None)),
+                None => {}
+            },
+            OP_WRITE => {
+                let name = bin_name(&op.name)?;
+                if op.particle_type == ParticleType::Null as u8 {
+                    bins.retain(|b| b.name != name);
+                } else {
+                    let value = Value::decode_wire(op.particle_type, &op.value).map_err(|_| RC_PARAMETER)?;
+                    set_bin(&mut bins, name, value);
+                }
+            }
+            OP_INCR => {
+                let name = bin_name(&op.name)?;
+                let delta = Value::decode_wire(op.particle_type, &op.value).map_err(|_| RC_PARAMETER)?;
+                let new = match (bins.iter().find(|b| b.name == name).map(|b| &b.value), &delta) {
+                    (None, Value::Int(_) | Value::Float(_)) => delta.clone(),
+                    (Some(Value::Int(a)), Value::Int(d)) => Value::Int(a.wrapping_add(*d)),
+                    (Some(Value::Float(a)), Value::Float(d)) => Value::Float(a + d),
+                    (_, Value::Int(_) | Value::Float(_)) => return Err(RC_INCOMPATIBLE_TYPE),
+                    _ => return Err(RC_PARAMETER),
+                };
+                set_bin(&mut bins, name, new);
+            }
+            OP_APPEND | OP_PREPEND => {
+                let name = bin_name(&op.name)?;
+                let add = Value::decode_wire(op.particle_type, &op.value).map_err(|_| RC_PARAMETER)?;
+                let append = op.op_type == OP_APPEND;
+                let join = |a: &[u8], b: &[u8]| if append { [a, b].concat() } else { [b, a].concat() };
+                let new = match (bins.iter().find(|b| b.name == name).map(|b| &b.value), &add) {
+                    (None, Value::Str(_) | Value::Blob(..)) => add.clone(),
+                    (Some(Value::Str(a)), Value::Str(b)) => Value::Str(join(a, b)),
+                    (Some(Value::Blob(t, a)), Value::Blob(u, b)) if t == u => Value::Blob(*t, join(a, b)),
+                    (_, Value::Str(_) | Value::Blob(..)) => return Err(RC_INCOMPATIBLE_TYPE),
+                    _ => return Err(RC_PARAMETER),
+                };
+                set_bin(&mut bins, name, new);
+            }
+            OP_TOUCH => {}
+            OP_DELETE_ALL => bins.clear(),
+            t if OPS_UNSUPPORTED.contains(&t) => return Err(RC_UNSUPPORTED_FEATURE),
+            _ => return Err(RC_PARAMETER),
+        }
+        if is_write_op && respond_all && op.op_type != OP_TOUCH {
+            reply_ops.push(out(op.op_type, &op.name, None));
+        }
+    }
+    let void_time = match cmd.record_ttl {
+        0 | TTL_NEVER => 0,
+        TTL_DONT_UPDATE => cur.void_time,
+        t if t <= MAX_TTL_S => now_s.saturating_add(t),
+        _ => return Err(RC_PARAMETER),
+    };
+    let reply = Reply {
+        result_code: RC_OK,
+        generation: 0,
+        void_time,
+        ops: reply_ops,
+    };
+    if bins.is_empty() {
+        return Ok(if exists {
+            Action::Delete(Reply { void_time: 0, ..reply })
+        } else {
+            Action::Reply(reply)
+        });
+    }
+    let set_name = if cmd.set_name.is_empty() {
+        old.map(|r| r.set_name.clone()).unwrap_or_default()
+    } else {
+        cmd.set_name.clone()
+    };
+    let key = cmd.key.clone().or_else(|| old.and_then(|r| r.key.clone()));
+    Ok(Action::Put(
+        PutRecord {
+            digest: cmd.digest,
+            set_name,
+            key,
+            bins,
+            void_time,
+        },
+        reply,
+    ))
+}
+
+fn bin_name(name: &[u8]) -> Result<BinName, u8> {
+    BinName::new(name).ok_or(RC_BIN_NAME)
+}
+
+fn set_bin(bins: &mut Vec<Bin>, name: BinName, value: Value) {
+    match bins.iter_mut().find(|b| b.name == name) {
+        Some(b) => b.value = value,
+        None => bins.push(Bin { name, value }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RecordMeta;
+
+    fn cmd(info1: u8, info2: u8, info3: u8, ops: Vec<CmdOp>) -> Command {
+        Command {
+            digest: Digest([7; 20]),
+            set_name: b"demo".to_vec(),
+            key: None,
+            info1,
+            info2,
+            info3,
+            generation: 0,
+            record_ttl: 0,
+            ops,
+        }
+    }
+    fn wop(name: &str, v: Value) -> CmdOp {
+        let mut value = Vec::new();
+        v.encode_wire(&mut value);
+        CmdOp {
+            op_type: OP_WRITE,
+            particle_type: v.particle_type() as u8,
+            name: name.into(),
+            value,
+        }
+    }
+    fn op(t: u8, name: &str, v: Option<Value>) -> CmdOp {
+        let mut value = Vec::new();
+        let pt = v.as_ref().map_or(0, |v| {
+            v.encode_wire(&mut value);
+            v.particle_type() as u8
+        });
+        CmdOp {
+            op_type: t,
+            particle_type: pt,
+            name: name.into(),
+            value,
+        }
+    }
+    fn rec(bins: Vec<(&str, Value)>) -> Record {
+        Record {
+            meta: RecordMeta {
+                digest: Digest([7; 20]),
+                generation: 4,
+                void_time: 0,
+                lut_ms: 1,
+                origin_seq: 0,
+                tombstone: false,
+            },
+            set_name: b"demo".to_vec(),
+            key: None,
+            bins: bins
+                .into_iter()
+                .map(|(n, v)| Bin {
+                    name: BinName::new(n.as_bytes()).unwrap(),
+                    value: v,
+                })
+                .collect(),
+        }
+    }
+    fn with(r: &Record) -> Existing<'_> {
+        Existing {
+            record: Some(r),
+            generation: r.meta.generation,
+            void_time: r.meta.void_time,
+        }
+    }
+    const NONE: Existing<'static> = Existing {
+        record: None,
+        generation: 0,
+        void_time: 0,
+    };
+
+    fn put_bins(a: Action) -> Vec<Bin> {
+        match a {
+            Action::Put(p, _) => p.bins,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn upsert_merges_and_replace_drops_old_bins() {
+        let r = rec(vec![("a", Value::Int(1)), ("b", Value::Int(2))]);
+        let merged = put_bins(apply(
+            &cmd(0, INFO2_WRITE, 0, vec![wop("b", Value::Int(9))]),
+            with(&r),
+            None,
+            100,
+        ));
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[1].value, Value::Int(9));
+        let replaced = put_bins(apply(
+            &cmd(0, INFO2_WRITE, INFO3_CREATE_OR_REPLACE, vec![wop("b", Value::Int(9))]),
+            with(&r),
+            None,
+            100,
+        ));
+        assert_eq!(replaced.len(), 1);
+    }
+
+    #[test]
+    fn exists_policies_and_generation_checks() {
+        let r = rec(vec![("a", Value::Int(1))]);
+        let w = vec![wop("a", Value::Int(2))];
+        let code = |a: Action| match a {
+            Action::Reply(r) => r.result_code,
+            _ => RC_OK,
+        };
+        assert_eq!(
+            code(apply(
+                &cmd(0, INFO2_WRITE | INFO2_CREATE_ONLY, 0, w.clone()),
+                with(&r),
+                None,
+                0
+            )),
+            RC_RECORD_EXISTS
+        );
+        assert_eq!(
+            code(apply(&cmd(0, INFO2_WRITE, INFO3_UPDATE_ONLY, w.clone()), NONE, None, 0)),
+            RC_NOT_FOUND
+        );
+        assert_eq!(
+            code(apply(
+                &cmd(0, INFO2_WRITE, INFO3_REPLACE_ONLY, w.clone()),
+                NONE,
+                None,
+                0
+            )),
+            RC_NOT_FOUND
+        );
+        let mut c = cmd(0, INFO2_WRITE | INFO2_GENERATION, 0, w.clone());
+        c.generation = 3;
+        assert_eq!(code(apply(&c, with(&r), None, 0)), RC_GENERATION);
+        c.generation = 4;
+        assert_eq!(code(apply(&c, with(&r), None, 0)), RC_OK);
+        let mut c = cmd(0, INFO2_WRITE | INFO2_GENERATION_GT, 0, w);
+        c.generation = 4;
+        assert_eq!(code(apply(&c, with(&r), None, 0)), RC_GENERATION);
+        c.generation = 5;
+        assert_eq!(code(apply(&c, with(&r), None, 0)), RC_OK);
+        assert_eq!(
+            code(apply(&cmd(0, INFO2_WRITE | INFO2_DELETE, 0, vec![]), NONE, None, 0)),
+            RC_NOT_FOUND
+        );
+        assert!(matches!(
+            apply(&cmd(0, INFO2_WRITE | INFO2_DELETE, 0, vec![]), with(&r), None, 0),
+            Action::Delete(_)
+        ));
+    }
+
+    #[test]
+    fn reads_select_get_all_and_exists() {
+        let r = rec(vec![("a", Value::Int(1)), ("s", Value::Str(b"x".to_vec()))]);
+        let reply = |a: Action| match a {
+            Action::Reply(r) => r,
+            other => panic!("{other:?}"),
+        };
+        let all = reply(apply(&cmd(INFO1_READ | INFO1_GET_ALL, 0, 0, vec![]), with(&r), None, 0));
+        assert_eq!((all.generation, all.ops.len()), (4, 2));
+        let sel = reply(apply(
+            &cmd(INFO1_READ, 0, 0, vec![op(OP_READ, "s", None), op(OP_READ, "zz", None)]),
+            with(&r),
+            None,
+            0,
+        ));
+        assert_eq!(sel.ops, vec![out(OP_READ, b"s", Some(Value::Str(b"x".to_vec())))]);
+        let ex = reply(apply(
+            &cmd(INFO1_READ | INFO1_NOBINDATA, 0, 0, vec![]),
+            Existing {
+                record: None,
+                generation: 4,
+                void_time: 9,
+            },
+            None,
+            0,
+        ));
+        assert_eq!(
+            (ex.result_code, ex.generation, ex.void_time, ex.ops.len()),
+            (RC_OK, 4, 9, 0)
+        );
+        assert_eq!(
+            reply(apply(&cmd(INFO1_READ | INFO1_GET_ALL, 0, 0, vec![]), NONE, None, 0)).result_code,
+            RC_NOT_FOUND
+        );
+        assert_eq!(
+            reply(apply(&cmd(INFO1_READ, 0, 0, vec![op(3, "a", None)]), with(&r), None, 0)).result_code,
+            RC_UNSUPPORTED_FEATURE
+        );
+    }
+
+    #[test]
+    fn operate_incr_append_prepend_touch_delete_and_respond_all() {
+        let r = rec(vec![
+            ("n", Value::Int(1)),
+            ("f", Value::Float(1.5)),
+            ("s", Value::Str(b"b".to_vec())),
+        ]);
+        let ops = vec![
+            op(OP_INCR, "n", Some(Value::Int(4))),
+            op(OP_INCR, "f", Some(Value::Float(1.0))),
+            op(OP_APPEND, "s", Some(Value::Str(b"c".to_vec()))),
+            op(OP_PREPEND, "s", Some(Value::Str(b"a".to_vec()))),
+            op(OP_READ, "n", None),
+        ];
+        match apply(&cmd(INFO1_READ, INFO2_WRITE, 0, ops.clone()), with(&r), None, 0) {
+            Action::Put(p, reply) => {
+                assert_eq!(p.bins[0].value, Value::Int(5));
+                assert_eq!(p.bins[1].value, Value::Float(2.5));
+                assert_eq!(p.bins[2].value, Value::Str(b"abc".to_vec()));
+                assert_eq!(
+                    reply.ops,
+                    vec![out(OP_READ, b"n", Some(Value::Int(5)))],
+                    "reads see earlier writes; writes reply nothing"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match apply(
+            &cmd(INFO1_READ, INFO2_WRITE | INFO2_RESPOND_ALL_OPS, 0, ops),
+            with(&r),
+            None,
+            0,
+        ) {
+            Action::Put(_, reply) => assert_eq!(reply.ops.len(), 5),
+            other => panic!("{other:?}"),
+        }
+        let bad = apply(
+            &cmd(0, INFO2_WRITE, 0, vec![op(OP_INCR, "s", Some(Value::Int(1)))]),
+            with(&r),
+            None,
+            0,
+        );
+        assert_eq!(bad, Action::Reply(Reply::code(RC_INCOMPATIBLE_TYPE)));
+        let touch = apply(&cmd(0, INFO2_WRITE, 0, vec![op(OP_TOUCH, "", None)]), NONE, None, 0);
+        assert_eq!(touch, Action::Reply(Reply::code(RC_NOT_FOUND)));
+        assert!(matches!(
+            apply(
+                &cmd(0, INFO2_WRITE, 0, vec![op(OP_DELETE_ALL, "", None)]),
+                with(&r),
+                None,
+                0
+            ),
+            Action::Delete(_)
+        ));
+        let nil = CmdOp {
+            op_type: OP_WRITE,
+            particle_type: 0,
+            name: b"n".to_vec(),
+            value: vec![],
+        };
+        assert_eq!(
+            put_bins(apply(&cmd(0, INFO2_WRITE, 0, vec![nil.clone()]), with(&r), None, 0)).len(),
+            2
+        );
+        assert_eq!(
+            apply(
+                &cmd(0, INFO2_WRITE, INFO3_CREATE_OR_REPLACE, vec![nil]),
+                with(&r),
+                None,
+                0
+            ),
+            Action::Reply(Reply::code(RC_PARAMETER))
+        );
+    }
+
+    #[test]
+    fn ttl_special_values_and_limits() {
+        let w = vec![wop("a", Value::Int(1))];
+        let vt = |ttl: u32, cur: Existing<'_>| {
+            let mut c = cmd(0, INFO2_WRITE, 0, w.clone());
+            c.record_ttl = ttl;
+            match apply(&c, cur, None, 1000) {
+                Action::Put(p, _) => Ok(p.void_time),
+                Action::Reply(r) => Err(r.result_code),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(vt(0, NONE), Ok(0));
+        assert_eq!(vt(TTL_NEVER, NONE), Ok(0));
+        assert_eq!(vt(60, NONE), Ok(1060));
+        let r = Record {
+            meta: RecordMeta {
+                void_time: 5000,
+                ..rec(vec![]).meta
+            },
+            ..rec(vec![("a", Value::Int(0))])
+        };
+        assert_eq!(vt(TTL_DONT_UPDATE, with(&r)), Ok(5000));
+        assert_eq!(vt(MAX_TTL_S + 1, NONE), Err(RC_PARAMETER));
+    }
+
+    #[test]
+    fn filters_and_key_mismatch_and_bad_names() {
+        let mut r = rec(vec![("a", Value::Int(1))]);
+        let no: &dyn Fn(&Record) -> Result<bool, u8> = &|_| Ok(false);
+        assert_eq!(
+            apply(&cmd(INFO1_READ | INFO1_GET_ALL, 0, 0, vec![]), with(&r), Some(no), 0),
+            Action::Reply(Reply::code(RC_FILTERED_OUT))
+        );
+        r.key = Some(StoredKey {
+            ptype: 3,
+            bytes: b"k1".to_vec(),
+        });
+        let mut c = cmd(0, INFO2_WRITE, 0, vec![wop("a", Value::Int(2))]);
+        c.key = Some(StoredKey {
+            ptype: 3,
+            bytes: b"k2".to_vec(),
+        });
+        assert_eq!(
+            apply(&c, with(&r), None, 0),
+            Action::Reply(Reply::code(RC_KEY_MISMATCH))
+        );
+        let long = CmdOp {
+            op_type: OP_WRITE,
+            particle_type: 1,
+            name: vec![b'x'; 16],
+            value: vec![0; 8],
+        };
+        assert_eq!(
+            apply(&cmd(0, INFO2_WRITE, 0, vec![long]), NONE, None, 0),
+            Action::Reply(Reply::code(RC_BIN_NAME))
+        );
+    }
+}
