@@ -11,6 +11,7 @@ pub mod config;
 pub mod digest;
 pub mod index;
 pub mod particle;
+pub mod proto;
 pub mod record;
 pub mod server;
 pub mod shard;
