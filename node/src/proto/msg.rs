@@ -429,6 +429,35 @@ pub enum MsgError {
     /// A value that does not decode for its particle type.
     #[error("bad value: {0}")]
     BadValue(ParticleError),
+    /// A compressed body shorter than its 8-byte uncompressed-length word (spec §8).
+    #[error("compressed body of {len} bytes has no length word")]
+    CompressedTooShort {
+        /// Body length, bytes.
+        len: usize,
+    },
+    /// A declared uncompressed length that cannot hold a proto header and an as_msg header, or
+    /// is over [`super::PROTO_SIZE_MAX`] + 8 (spec §8).
+    #[error("declared uncompressed length {declared} out of range")]
+    BadUncompressedLength {
+        /// The declared length, bytes.
+        declared: u64,
+    },
+    /// The zlib stream is corrupt.
+    #[error("zlib stream does not inflate")]
+    Inflate,
+    /// The stream inflated to a different length than declared (inflation stops one byte past
+    /// the declared length, so `actual` is at most `declared + 1`).
+    #[error("inflated {actual} bytes, {declared} declared")]
+    InflatedLengthMismatch {
+        /// The declared length, bytes.
+        declared: u64,
+        /// Bytes inflated before stopping.
+        actual: u64,
+    },
+    /// The inflated message's proto header is not version 2, type 3, with `8 + size` equal to
+    /// the inflated length (spec §8).
+    #[error("inflated message has a bad proto header")]
+    BadInnerHeader,
 }
 
 impl MsgError {
