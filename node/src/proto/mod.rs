@@ -13,6 +13,7 @@
 //! Decoding never panics on any input and never allocates from an unchecked length.
 
 pub mod compress;
+pub mod exp;
 pub mod msg;
 pub mod result_code;
 
