@@ -2,6 +2,8 @@
 //! whose contents can be checked after any restart.
 #![forbid(unsafe_code)]
 
+pub mod node;
+
 use bolide_drivers::uring::{UringDevice, UringOptions};
 use bolide_drivers::BlockDevice;
 use bolide_node::clock::SystemClock;

@@ -1,18 +1,17 @@
 //! `bolide`: the Bolide storage node.
 //!
 //! `bolide serve` opens one storage shard per worker core, each on its own io_uring device file
-//! under the data directory, pins each worker to its core and runs its poll loop until SIGINT or
-//! SIGTERM, then shuts every shard down cleanly (flush, persist the index for a fast restart).
-//!
-//! The Aerospike wire-protocol listener (127.0.0.1:3000, namespace `test`) is not built yet
-//! (issue "Thread-per-core Aerospike-compatible server"); today the node stores nothing a client
-//! can reach, and `serve` says so at start-up.
+//! under the data directory, then serves the Aerospike wire protocol on `listen` (default
+//! 127.0.0.1:3000, namespace `test`) with one pinned worker per shard, until SIGINT or SIGTERM;
+//! then it shuts every shard down cleanly (flush, persist the index for a fast restart).
 
 use bolide_drivers::uring::{UringDevice, UringOptions};
 use bolide_node::clock::SystemClock;
 use bolide_node::config::StorageConfig;
+use bolide_node::server::{Server, ServerConfig};
 use bolide_node::shard::{Region, Shard};
 use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -46,6 +45,14 @@ struct ServeArgs {
 #[derive(Debug, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct NodeConfig {
+    /// Client address.
+    listen: SocketAddr,
+    /// The namespace served.
+    namespace: String,
+    /// Reported by the `cluster-name` info command.
+    cluster_name: String,
+    /// Client connections accepted at once.
+    max_connections: usize,
     /// Directory holding one device file per shard (created sparse).
     data_dir: PathBuf,
     /// Size of each shard's device file, bytes.
@@ -60,6 +67,10 @@ struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            namespace: "test".into(),
+            cluster_name: "bolide".into(),
+            max_connections: 10_000,
             data_dir: PathBuf::from("bolide-data"),
             shard_file_bytes: 2 << 30,
             workers: 0,
@@ -90,6 +101,15 @@ fn load_config(path: Option<&Path>) -> Result<NodeConfig, String> {
             cfg.queue_depth
         ));
     }
+    if cfg.namespace.is_empty() || cfg.namespace.len() > 31 {
+        return Err(format!(
+            "config key `namespace`: {:?} must be 1 to 31 bytes",
+            cfg.namespace
+        ));
+    }
+    if cfg.max_connections == 0 {
+        return Err("config key `max_connections`: must be at least 1".into());
+    }
     Ok(cfg)
 }
 
@@ -109,6 +129,16 @@ fn main() {
     }
 }
 
+/// A node name that stays the same across restarts of the same data directory and address:
+/// uppercase hex of 60 bits of a hash (spec §2.2: at most 19 characters).
+fn node_name(cfg: &NodeConfig) -> String {
+    let dir = std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+    let d =
+        bolide_node::digest::Digest::compute(dir.to_string_lossy().as_bytes(), 3, cfg.listen.to_string().as_bytes());
+    let v = u64::from_le_bytes(d.0[..8].try_into().expect("8 bytes")) >> 4;
+    format!("{:X}", v.max(1))
+}
+
 fn serve(args: &ServeArgs) -> Result<(), String> {
     let cfg = load_config(args.config.as_deref())?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -124,72 +154,72 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
-    tracing::warn!(
-        "the Aerospike protocol listener is not built yet: this node opens its storage and waits (stop with Ctrl-C)"
-    );
-    let mut handles = Vec::new();
-    for w in 0..workers {
-        let core = cores.get(w % cores.len().max(1)).copied();
-        let path = cfg.data_dir.join(format!("shard-{w}.dat"));
-        let storage = cfg.storage.clone();
-        let (bytes, qd) = (cfg.shard_file_bytes, cfg.queue_depth);
-        let stop = Arc::clone(&stop);
-        let h = std::thread::Builder::new()
-            .name(format!("bolide-w{w}"))
-            .spawn(move || -> Result<(), String> {
-                let r = run_worker(w, core, &path, storage, bytes, qd, &stop);
-                if r.is_err() {
-                    stop.store(true, Ordering::Relaxed);
-                }
-                r
+    // Open every shard (cold starts run in parallel).
+    let opened: Vec<Result<Shard<UringDevice, SystemClock>, String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..workers)
+            .map(|w| {
+                let cfg = &cfg;
+                s.spawn(move || open_shard(w, cfg))
             })
-            .map_err(|e| format!("cannot start worker {w}: {e}"))?;
-        handles.push(h);
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("shard open panicked".into())))
+            .collect()
+    });
+    let shards = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let server_cfg = ServerConfig {
+        listen: cfg.listen,
+        namespace: cfg.namespace.clone(),
+        node_name: node_name(&cfg),
+        cluster_name: cfg.cluster_name.clone(),
+        max_connections: cfg.max_connections,
+        ring_capacity: 4096,
+    };
+    let pins = (0..workers)
+        .map(|w| cores.get(w % cores.len().max(1)).copied())
+        .collect();
+    let server =
+        Server::start(&server_cfg, shards, pins).map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    tracing::info!(listen = %cfg.listen, namespace = %cfg.namespace, node = %server_cfg.node_name, workers, "serving");
+    while !stop.load(Ordering::Relaxed) && !server.stopping() {
+        std::thread::sleep(Duration::from_millis(50));
     }
+    tracing::info!("stopping: flushing and persisting the index");
     let mut first_err = None;
-    for h in handles {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(_) => {
-                first_err.get_or_insert("a worker panicked".to_string());
+    for (w, shard) in server.stop().into_iter().enumerate() {
+        match shard.shutdown() {
+            Ok((r, _)) => tracing::info!(
+                worker = w,
+                entries = r.index_entries,
+                image = r.image_written,
+                ms = r.elapsed_ms,
+                "shard stopped cleanly"
+            ),
+            Err(e) => {
+                tracing::error!(worker = w, "shutdown failed: {e}");
+                first_err.get_or_insert(format!("worker {w}: shutdown: {e}"));
             }
         }
     }
     first_err.map_or(Ok(()), Err)
 }
 
-/// One worker: pin, open the shard, poll until stopped, shut down cleanly.
-fn run_worker(
-    w: usize,
-    core: Option<core_affinity::CoreId>,
-    path: &Path,
-    storage: StorageConfig,
-    bytes: u64,
-    qd: u32,
-    stop: &AtomicBool,
-) -> Result<(), String> {
-    if let Some(c) = core {
-        if !core_affinity::set_for_current(c) {
-            tracing::warn!(worker = w, "could not pin to core {:?}", c.id);
-        }
-    }
+fn open_shard(w: usize, cfg: &NodeConfig) -> Result<Shard<UringDevice, SystemClock>, String> {
+    let path = cfg.data_dir.join(format!("shard-{w}.dat"));
     // With commit_to_device a completed write must be durable, not just in the device's cache:
     // open O_DSYNC so every write completion means "on stable media".
     let opts = UringOptions {
-        queue_depth: qd,
-        create_size_bytes: Some(bytes),
-        dsync: storage.commit_to_device,
+        queue_depth: cfg.queue_depth,
+        create_size_bytes: Some(cfg.shard_file_bytes),
+        dsync: cfg.storage.commit_to_device,
         ..UringOptions::default()
     };
-    let dev = UringDevice::open(path, &opts).map_err(|e| format!("worker {w}: {e}"))?;
+    let dev = UringDevice::open(&path, &opts).map_err(|e| format!("worker {w}: {e}"))?;
     let cap = bolide_drivers::BlockDevice::info(&dev).capacity_bytes;
-    let (mut shard, report) = Shard::open(
+    let (shard, report) = Shard::open(
         dev,
         SystemClock::new(),
-        storage,
+        cfg.storage.clone(),
         w as u32,
         Region {
             offset_bytes: 0,
@@ -198,19 +228,5 @@ fn run_worker(
     )
     .map_err(|e| format!("worker {w}: {}: {e}", path.display()))?;
     tracing::info!(worker = w, path = %path.display(), mode = ?report.mode, records = report.index_entries, ms = report.elapsed_ms, "shard ready");
-    let mut events = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        shard.poll(&mut events);
-        events.clear();
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let (report, _) = shard.shutdown().map_err(|e| format!("worker {w}: shutdown: {e}"))?;
-    tracing::info!(
-        worker = w,
-        entries = report.index_entries,
-        image = report.image_written,
-        ms = report.elapsed_ms,
-        "shard stopped cleanly"
-    );
-    Ok(())
+    Ok(shard)
 }

@@ -14,6 +14,7 @@
 
 pub mod compress;
 pub mod exp;
+pub mod info;
 pub mod msg;
 pub mod result_code;
 

@@ -77,6 +77,8 @@ pub struct Command {
     /// TTL with the special values of spec §6.3.
     pub record_ttl: u32,
     pub ops: Vec<CmdOp>,
+    /// The packed filter expression (field 43), empty for none.
+    pub filter_exp: Vec<u8>,
 }
 
 impl Command {
@@ -154,24 +156,14 @@ pub struct Existing<'a> {
 
 /// Applies `cmd` to the current state of its record. `filter` evaluates the request's filter
 /// expression against an existing record (false → 27); `now_s` is seconds since 2010.
-pub fn apply(
-    cmd: &Command,
-    cur: Existing<'_>,
-    filter: Option<Filter<'_>>,
-    now_s: u32,
-) -> Action {
+pub fn apply(cmd: &Command, cur: Existing<'_>, filter: Option<Filter<'_>>, now_s: u32) -> Action {
     match apply_inner(cmd, cur, filter, now_s) {
         Ok(a) => a,
         Err(code) => Action::Reply(Reply::code(code)),
     }
 }
 
-fn apply_inner(
-    cmd: &Command,
-    cur: Existing<'_>,
-    filter: Option<Filter<'_>>,
-    now_s: u32,
-) -> Result<Action, u8> {
+fn apply_inner(cmd: &Command, cur: Existing<'_>, filter: Option<Filter<'_>>, now_s: u32) -> Result<Action, u8> {
     if cmd.ops.len() > MAX_OPS {
         return Err(RC_PARAMETER);
     }
@@ -409,6 +401,7 @@ mod tests {
             generation: 0,
             record_ttl: 0,
             ops,
+            filter_exp: Vec::new(),
         }
     }
     fn wop(name: &str, v: Value) -> CmdOp {

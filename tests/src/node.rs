@@ -1,0 +1,164 @@
+//! Running a real `bolide` process for end-to-end tests: a fresh data directory, a free
+//! loopback port, a config file, start, wait until it accepts, stop with SIGTERM (by pid).
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `bolide` binary of this build (built by `cargo build --workspace` before the tests);
+/// `BOLIDE_BIN` overrides it. `target_tmp` is the test's `CARGO_TARGET_TMPDIR` (`<target>/tmp`).
+pub fn bolide_bin(target_tmp: &str) -> PathBuf {
+    if let Ok(p) = std::env::var("BOLIDE_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = PathBuf::from(target_tmp).parent().expect("target dir").to_path_buf();
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("bolide");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "no bolide binary under {}: run `cargo build -p bolide-node` first",
+        target.display()
+    );
+}
+
+/// The virtualenv python with the official client (created on first use).
+pub fn python_client() -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/python-client.sh");
+    let out = Command::new("bash").arg(script).output().expect("run python-client.sh");
+    assert!(
+        out.status.success(),
+        "python-client.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).expect("utf8").trim())
+}
+
+/// A running node.
+pub struct Node {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    target_tmp: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl Node {
+    /// Starts a node with two workers on small files under `target_tmp` (the test's
+    /// `CARGO_TARGET_TMPDIR`); `extra` lines are appended to the config (top-level keys before
+    /// any `[storage]` line).
+    pub fn start(target_tmp: &str, extra: &[&str]) -> Node {
+        let dir = crate::scratch_dir(target_tmp);
+        Node::start_in(target_tmp, dir, extra)
+    }
+
+    /// Starts a node on an existing data directory (restarts).
+    pub fn start_in(target_tmp: &str, dir: tempfile::TempDir, extra: &[&str]) -> Node {
+        let port = free_port();
+        let cfg = dir.path().join("bolide.toml");
+        let mut text = format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nworkers = 2\nshard_file_bytes = 134217728\n",
+            dir.path().join("data").display()
+        );
+        for l in extra {
+            text.push_str(l);
+            text.push('\n');
+        }
+        std::fs::write(&cfg, text).expect("write config");
+        let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
+        let child = Command::new(bolide_bin(target_tmp))
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start bolide");
+        let node = Node {
+            port,
+            dir,
+            child: Some(child),
+            target_tmp: target_tmp.to_string(),
+        };
+        node.wait_ready();
+        node
+    }
+
+    fn wait_ready(&self) {
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().expect("addr");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("bolide did not start listening; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("node.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM (clean shutdown), wait, and return the data directory and the log.
+    pub fn stop(mut self) -> (tempfile::TempDir, String) {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = self.log();
+        let dir = std::mem::replace(&mut self.dir, crate::scratch_dir(&self.target_tmp));
+        (dir, log)
+    }
+
+    /// Stops cleanly and returns the log.
+    pub fn stop_and_log(self) -> String {
+        self.stop().1
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+        std::mem::replace(&mut self.dir, crate::scratch_dir(&self.target_tmp))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! End to end: a real `bolide serve` process on a free loopback port, driven by the official
+//! Python client (`aerospike` 19.3.0, installed into target/py-venv by scripts/python-client.sh).
+
+use bolide_tests::node::Node;
+
+#[test]
+fn python_client_single_record_operations() {
+    let python = bolide_tests::node::python_client();
+    let node = Node::start(env!("CARGO_TARGET_TMPDIR"), &[]);
+    let out = std::process::Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/python_smoke.py"))
+        .arg(node.port.to_string())
+        .output()
+        .expect("run python");
+    let log = node.stop_and_log();
+    assert!(
+        out.status.success(),
+        "python client failed:\nstdout: {}\nstderr: {}\nnode log:\n{log}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+}
