@@ -12,6 +12,7 @@
 //!
 //! Decoding never panics on any input and never allocates from an unchecked length.
 
+pub mod batch;
 pub mod compress;
 pub mod exp;
 pub mod info;

@@ -458,13 +458,71 @@ pub enum MsgError {
     /// the inflated length (spec §8).
     #[error("inflated message has a bad proto header")]
     BadInnerHeader,
+    /// A batch field, or one of its rows, runs past the end of the field (spec §7.1).
+    #[error("batch row {row} runs past the end of the batch field")]
+    BatchTruncated {
+        /// Row position in the field, from 0 (0 also for a field too short for its header).
+        row: u32,
+    },
+    /// A batch with a row count of 0.
+    #[error("batch has no rows")]
+    BatchEmpty,
+    /// More rows than the server allows (result 151 BATCH_MAX_REQUESTS).
+    #[error("batch of {count} rows, at most {max} allowed")]
+    BatchTooManyRows {
+        /// The field's row count.
+        count: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// The first row of a batch carries the REPEAT flag: there is nothing to repeat.
+    #[error("first batch row is a REPEAT row")]
+    BatchRepeatFirst,
+    /// A REPEAT row would repeat a row that carries a KEY field (the key belongs to one digest).
+    #[error("batch row {row} repeats a row with a key")]
+    BatchRepeatWithKey {
+        /// Row position, from 0.
+        row: u32,
+    },
+    /// A PID_ARRAY that is empty or not a whole number of u16 entries (spec §7.3).
+    #[error("pid array of {len} bytes")]
+    BadPidArray {
+        /// Data length, bytes.
+        len: usize,
+    },
+    /// A DIGEST_ARRAY that is not a whole number of 20-byte entries (spec §7.3).
+    #[error("digest array of {len} bytes")]
+    BadDigestArray {
+        /// Data length, bytes.
+        len: usize,
+    },
+    /// More than 4096 partitions in the PID and DIGEST arrays together.
+    #[error("{n} partitions requested, at most 4096")]
+    TooManyPartitions {
+        /// Entries in the arrays.
+        n: usize,
+    },
+    /// A partition id of 4096 or more.
+    #[error("partition id {pid} out of range")]
+    PartitionOutOfRange {
+        /// The id as sent.
+        pid: u16,
+    },
+    /// A partition named twice (in the PID array, the DIGEST array, or both).
+    #[error("partition {pid} requested twice")]
+    DuplicatePartition {
+        /// The partition id.
+        pid: u16,
+    },
 }
 
 impl MsgError {
-    /// The result code to answer with (spec §5): 21 for a long bin name, otherwise 4 PARAMETER.
+    /// The result code to answer with (spec §5): 21 for a long bin name, 151 for a batch over
+    /// the row limit, otherwise 4 PARAMETER.
     pub fn result_code(&self) -> u8 {
         match self {
             MsgError::BinNameTooLong { .. } => result_code::BIN_NAME_TOO_LONG,
+            MsgError::BatchTooManyRows { .. } => result_code::BATCH_MAX_REQUESTS,
             _ => result_code::PARAMETER,
         }
     }
@@ -749,6 +807,14 @@ impl Reply {
                 ..MsgHeader::reply(result_code, 0, 0)
             },
         )
+    }
+
+    /// Appends a whole proto holding only the LAST message (spec §7.2: the real server sends the
+    /// batch trailer as its own proto; the same ends a scan, §7.3).
+    pub fn last_proto(out: &mut Vec<u8>, result_code: u8) {
+        let start = Reply::begin(out);
+        Reply::write_last(out, result_code);
+        Reply::finish(out, start, super::PROTO_TYPE_MSG);
     }
 
     /// Appends a whole single-message proto with no fields and no ops: the reply to a write,
