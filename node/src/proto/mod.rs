@@ -18,6 +18,7 @@ pub mod exp;
 pub mod info;
 pub mod msg;
 pub mod result_code;
+pub mod scan;
 
 /// Bytes of the proto header (spec §1).
 pub const PROTO_HEADER_BYTES: usize = 8;
