@@ -1,7 +1,6 @@
 //! Running a real `bolide` process for end-to-end tests: a fresh data directory, a free
 //! loopback port, a config file, start, wait until it accepts, stop with SIGTERM (by pid).
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -108,11 +107,11 @@ impl Node {
     }
 
     pub fn log(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("node.log")) {
-            let _ = f.read_to_string(&mut s);
+        let path = self.dir.path().join("node.log");
+        match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("(cannot read {}: {e})", path.display()),
         }
-        s
     }
 
     pub fn pid(&self) -> u32 {
