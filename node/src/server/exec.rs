@@ -10,40 +10,9 @@ use crate::particle::{Bin, BinName, ParticleType, Value, BIN_NAME_MAX_BYTES};
 use crate::record::{Record, StoredKey};
 use crate::shard::PutRecord;
 
-// Result codes used here (spec §5).
-pub const RC_OK: u8 = 0;
-pub const RC_NOT_FOUND: u8 = 2;
-pub const RC_GENERATION: u8 = 3;
-pub const RC_PARAMETER: u8 = 4;
-pub const RC_RECORD_EXISTS: u8 = 5;
-pub const RC_INCOMPATIBLE_TYPE: u8 = 12;
-pub const RC_UNSUPPORTED_FEATURE: u8 = 16;
-pub const RC_KEY_MISMATCH: u8 = 19;
-pub const RC_BIN_NAME: u8 = 21;
-pub const RC_FILTERED_OUT: u8 = 27;
+use crate::proto::msg::{info1, info2, info3, op_type, MAX_N_OPS};
+use crate::proto::result_code as rc;
 
-// Flags (spec §3.2).
-pub const INFO1_READ: u8 = 0x01;
-pub const INFO1_GET_ALL: u8 = 0x02;
-pub const INFO1_NOBINDATA: u8 = 0x20;
-pub const INFO2_WRITE: u8 = 0x01;
-pub const INFO2_DELETE: u8 = 0x02;
-pub const INFO2_GENERATION: u8 = 0x04;
-pub const INFO2_GENERATION_GT: u8 = 0x08;
-pub const INFO2_CREATE_ONLY: u8 = 0x20;
-pub const INFO2_RESPOND_ALL_OPS: u8 = 0x80;
-pub const INFO3_UPDATE_ONLY: u8 = 0x08;
-pub const INFO3_CREATE_OR_REPLACE: u8 = 0x10;
-pub const INFO3_REPLACE_ONLY: u8 = 0x20;
-
-// Op types (spec §3.4).
-pub const OP_READ: u8 = 1;
-pub const OP_WRITE: u8 = 2;
-pub const OP_INCR: u8 = 5;
-pub const OP_APPEND: u8 = 9;
-pub const OP_PREPEND: u8 = 10;
-pub const OP_TOUCH: u8 = 11;
-pub const OP_DELETE_ALL: u8 = 14;
 /// CDT, expression, bit, HLL and string ops: a later issue (answered 16 until then).
 pub const OPS_UNSUPPORTED: [u8; 13] = [3, 4, 7, 8, 12, 13, 15, 16, 17, 18, 19, 6, 0];
 
@@ -51,8 +20,6 @@ pub const OPS_UNSUPPORTED: [u8; 13] = [3, 4, 7, 8, 12, 13, 15, 16, 17, 18, 19, 6
 pub const MAX_TTL_S: u32 = 315_360_000;
 pub const TTL_NEVER: u32 = 0xFFFF_FFFF;
 pub const TTL_DONT_UPDATE: u32 = 0xFFFF_FFFE;
-/// Most ops in one request (spec §10.4).
-pub const MAX_OPS: usize = 32_768;
 
 /// One op of a request, owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,10 +50,10 @@ pub struct Command {
 
 impl Command {
     pub fn is_write(&self) -> bool {
-        self.info2 & INFO2_WRITE != 0
+        self.info2 & info2::WRITE != 0
     }
     pub fn is_delete(&self) -> bool {
-        self.info2 & INFO2_DELETE != 0
+        self.info2 & info2::DELETE != 0
     }
     /// Whether [`apply`] needs the record's bins (not just its index metadata).
     pub fn needs_bins(&self) -> bool {
@@ -98,7 +65,7 @@ impl Command {
             // to always do for writes (merge semantics need the old bins).
             return true;
         }
-        self.info1 & INFO1_NOBINDATA == 0
+        self.info1 & info1::GET_NO_BIN_DATA == 0
     }
 }
 
@@ -164,27 +131,27 @@ pub fn apply(cmd: &Command, cur: Existing<'_>, filter: Option<Filter<'_>>, now_s
 }
 
 fn apply_inner(cmd: &Command, cur: Existing<'_>, filter: Option<Filter<'_>>, now_s: u32) -> Result<Action, u8> {
-    if cmd.ops.len() > MAX_OPS {
-        return Err(RC_PARAMETER);
+    if cmd.ops.len() > MAX_N_OPS {
+        return Err(rc::PARAMETER);
     }
     let exists = cur.generation != 0;
     if let (Some(f), Some(rec)) = (filter, cur.record) {
         if !f(rec)? {
-            return Err(RC_FILTERED_OUT);
+            return Err(rc::FILTERED_OUT);
         }
     }
     let gen = cur.generation as u32;
-    if cmd.info2 & INFO2_GENERATION != 0 && gen != cmd.generation {
-        return Err(RC_GENERATION);
+    if cmd.info2 & info2::GENERATION != 0 && gen != cmd.generation {
+        return Err(rc::GENERATION);
     }
-    if cmd.info2 & INFO2_GENERATION_GT != 0 && cmd.generation <= gen {
-        return Err(RC_GENERATION);
+    if cmd.info2 & info2::GENERATION_GT != 0 && cmd.generation <= gen {
+        return Err(rc::GENERATION);
     }
     if cmd.is_delete() {
         if !exists {
-            return Err(RC_NOT_FOUND);
+            return Err(rc::KEY_NOT_FOUND);
         }
-        return Ok(Action::Delete(Reply::code(RC_OK)));
+        return Ok(Action::Delete(Reply::code(rc::OK)));
     }
     if !cmd.is_write() {
         return read(cmd, cur);
@@ -194,41 +161,41 @@ fn apply_inner(cmd: &Command, cur: Existing<'_>, filter: Option<Filter<'_>>, now
 
 fn read(cmd: &Command, cur: Existing<'_>) -> Result<Action, u8> {
     if cur.generation == 0 {
-        return Err(RC_NOT_FOUND);
+        return Err(rc::KEY_NOT_FOUND);
     }
     let mut reply = Reply {
-        result_code: RC_OK,
+        result_code: rc::OK,
         generation: cur.generation as u32,
         void_time: cur.void_time,
         ops: Vec::new(),
     };
-    if cmd.info1 & INFO1_NOBINDATA != 0 {
+    if cmd.info1 & info1::GET_NO_BIN_DATA != 0 {
         return Ok(Action::Reply(reply));
     }
-    let rec = cur.record.ok_or(RC_PARAMETER)?;
-    let respond_all = cmd.info2 & INFO2_RESPOND_ALL_OPS != 0;
-    if cmd.info1 & INFO1_GET_ALL != 0 || cmd.ops.is_empty() {
+    let rec = cur.record.ok_or(rc::PARAMETER)?;
+    let respond_all = cmd.info2 & info2::RESPOND_ALL_OPS != 0;
+    if cmd.info1 & info1::GET_ALL != 0 || cmd.ops.is_empty() {
         reply.ops = rec
             .bins
             .iter()
-            .map(|b| out(OP_READ, b.name.as_bytes(), Some(b.value.clone())))
+            .map(|b| out(op_type::READ, b.name.as_bytes(), Some(b.value.clone())))
             .collect();
         return Ok(Action::Reply(reply));
     }
     for op in &cmd.ops {
         match op.op_type {
-            OP_READ if op.name.is_empty() => reply.ops.extend(
+            op_type::READ if op.name.is_empty() => reply.ops.extend(
                 rec.bins
                     .iter()
-                    .map(|b| out(OP_READ, b.name.as_bytes(), Some(b.value.clone()))),
+                    .map(|b| out(op_type::READ, b.name.as_bytes(), Some(b.value.clone()))),
             ),
-            OP_READ => match rec.bins.iter().find(|b| b.name.as_bytes() == op.name.as_slice()) {
-                Some(b) => reply.ops.push(out(OP_READ, &op.name, Some(b.value.clone()))),
-                None if respond_all => reply.ops.push(out(OP_READ, &op.name, None)),
+            op_type::READ => match rec.bins.iter().find(|b| b.name.as_bytes() == op.name.as_slice()) {
+                Some(b) => reply.ops.push(out(op_type::READ, &op.name, Some(b.value.clone()))),
+                None if respond_all => reply.ops.push(out(op_type::READ, &op.name, None)),
                 None => {}
             },
-            t if OPS_UNSUPPORTED.contains(&t) => return Err(RC_UNSUPPORTED_FEATURE),
-            _ => return Err(RC_PARAMETER),
+            t if OPS_UNSUPPORTED.contains(&t) => return Err(rc::UNSUPPORTED_FEATURE),
+            _ => return Err(rc::PARAMETER),
         }
     }
     Ok(Action::Reply(reply))
@@ -244,29 +211,31 @@ fn out(op_type: u8, name: &[u8], value: Option<Value>) -> OutOp {
 
 fn write(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
     let exists = cur.generation != 0;
-    let replace = cmd.info3 & (INFO3_CREATE_OR_REPLACE | INFO3_REPLACE_ONLY) != 0;
-    if cmd.info2 & INFO2_CREATE_ONLY != 0 && exists {
-        return Err(RC_RECORD_EXISTS);
+    let replace = cmd.info3 & (info3::CREATE_OR_REPLACE | info3::REPLACE_ONLY) != 0;
+    if cmd.info2 & info2::CREATE_ONLY != 0 && exists {
+        return Err(rc::KEY_EXISTS);
     }
-    if cmd.info3 & (INFO3_UPDATE_ONLY | INFO3_REPLACE_ONLY) != 0 && !exists {
-        return Err(RC_NOT_FOUND);
+    if cmd.info3 & (info3::UPDATE_ONLY | info3::REPLACE_ONLY) != 0 && !exists {
+        return Err(rc::KEY_NOT_FOUND);
     }
-    let has_touch = cmd.ops.iter().any(|o| o.op_type == OP_TOUCH);
+    let has_touch = cmd.ops.iter().any(|o| o.op_type == op_type::TOUCH);
     if has_touch && !exists {
-        return Err(RC_NOT_FOUND);
+        return Err(rc::KEY_NOT_FOUND);
     }
     if replace {
         let bad = cmd.ops.iter().any(|o| {
-            matches!(o.op_type, OP_TOUCH | OP_INCR | OP_APPEND | OP_PREPEND | OP_DELETE_ALL)
-                || (o.op_type == OP_WRITE && o.particle_type == ParticleType::Null as u8)
+            matches!(
+                o.op_type,
+                op_type::TOUCH | op_type::INCR | op_type::APPEND | op_type::PREPEND | op_type::DELETE
+            ) || (o.op_type == op_type::WRITE && o.particle_type == ParticleType::Null as u8)
         });
         if bad {
-            return Err(RC_PARAMETER);
+            return Err(rc::PARAMETER);
         }
     }
     if let (Some(k), Some(Some(stored))) = (&cmd.key, cur.record.map(|r| r.key.as_ref())) {
         if k != stored {
-            return Err(RC_KEY_MISMATCH);
+            return Err(rc::KEY_MISMATCH);
         }
     }
     let old = cur.record;
@@ -275,65 +244,69 @@ fn write(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
     } else {
         old.map(|r| r.bins.clone()).unwrap_or_default()
     };
-    let respond_all = cmd.info2 & INFO2_RESPOND_ALL_OPS != 0;
+    let respond_all = cmd.info2 & info2::RESPOND_ALL_OPS != 0;
     let mut reply_ops = Vec::new();
     for op in &cmd.ops {
-        let is_write_op = op.op_type != OP_READ;
-        let named = !matches!(op.op_type, OP_TOUCH | OP_DELETE_ALL | OP_READ);
+        let is_write_op = op.op_type != op_type::READ;
+        let named = !matches!(op.op_type, op_type::TOUCH | op_type::DELETE | op_type::READ);
         if named && (op.name.is_empty() || op.name.len() > BIN_NAME_MAX_BYTES) {
-            return Err(if op.name.is_empty() { RC_PARAMETER } else { RC_BIN_NAME });
+            return Err(if op.name.is_empty() {
+                rc::PARAMETER
+            } else {
+                rc::BIN_NAME_TOO_LONG
+            });
         }
         match op.op_type {
-            OP_READ if op.name.is_empty() => reply_ops.extend(
+            op_type::READ if op.name.is_empty() => reply_ops.extend(
                 bins.iter()
-                    .map(|b| out(OP_READ, b.name.as_bytes(), Some(b.value.clone()))),
+                    .map(|b| out(op_type::READ, b.name.as_bytes(), Some(b.value.clone()))),
             ),
-            OP_READ => match bins.iter().find(|b| b.name.as_bytes() == op.name.as_slice()) {
-                Some(b) => reply_ops.push(out(OP_READ, &op.name, Some(b.value.clone()))),
-                None if respond_all => reply_ops.push(out(OP_READ, &op.name, None)),
+            op_type::READ => match bins.iter().find(|b| b.name.as_bytes() == op.name.as_slice()) {
+                Some(b) => reply_ops.push(out(op_type::READ, &op.name, Some(b.value.clone()))),
+                None if respond_all => reply_ops.push(out(op_type::READ, &op.name, None)),
                 None => {}
             },
-            OP_WRITE => {
+            op_type::WRITE => {
                 let name = bin_name(&op.name)?;
                 if op.particle_type == ParticleType::Null as u8 {
                     bins.retain(|b| b.name != name);
                 } else {
-                    let value = Value::decode_wire(op.particle_type, &op.value).map_err(|_| RC_PARAMETER)?;
+                    let value = Value::decode_wire(op.particle_type, &op.value).map_err(|_| rc::PARAMETER)?;
                     set_bin(&mut bins, name, value);
                 }
             }
-            OP_INCR => {
+            op_type::INCR => {
                 let name = bin_name(&op.name)?;
-                let delta = Value::decode_wire(op.particle_type, &op.value).map_err(|_| RC_PARAMETER)?;
+                let delta = Value::decode_wire(op.particle_type, &op.value).map_err(|_| rc::PARAMETER)?;
                 let new = match (bins.iter().find(|b| b.name == name).map(|b| &b.value), &delta) {
                     (None, Value::Int(_) | Value::Float(_)) => delta.clone(),
                     (Some(Value::Int(a)), Value::Int(d)) => Value::Int(a.wrapping_add(*d)),
                     (Some(Value::Float(a)), Value::Float(d)) => Value::Float(a + d),
-                    (_, Value::Int(_) | Value::Float(_)) => return Err(RC_INCOMPATIBLE_TYPE),
-                    _ => return Err(RC_PARAMETER),
+                    (_, Value::Int(_) | Value::Float(_)) => return Err(rc::INCOMPATIBLE_TYPE),
+                    _ => return Err(rc::PARAMETER),
                 };
                 set_bin(&mut bins, name, new);
             }
-            OP_APPEND | OP_PREPEND => {
+            op_type::APPEND | op_type::PREPEND => {
                 let name = bin_name(&op.name)?;
-                let add = Value::decode_wire(op.particle_type, &op.value).map_err(|_| RC_PARAMETER)?;
-                let append = op.op_type == OP_APPEND;
+                let add = Value::decode_wire(op.particle_type, &op.value).map_err(|_| rc::PARAMETER)?;
+                let append = op.op_type == op_type::APPEND;
                 let join = |a: &[u8], b: &[u8]| if append { [a, b].concat() } else { [b, a].concat() };
                 let new = match (bins.iter().find(|b| b.name == name).map(|b| &b.value), &add) {
                     (None, Value::Str(_) | Value::Blob(..)) => add.clone(),
                     (Some(Value::Str(a)), Value::Str(b)) => Value::Str(join(a, b)),
                     (Some(Value::Blob(t, a)), Value::Blob(u, b)) if t == u => Value::Blob(*t, join(a, b)),
-                    (_, Value::Str(_) | Value::Blob(..)) => return Err(RC_INCOMPATIBLE_TYPE),
-                    _ => return Err(RC_PARAMETER),
+                    (_, Value::Str(_) | Value::Blob(..)) => return Err(rc::INCOMPATIBLE_TYPE),
+                    _ => return Err(rc::PARAMETER),
                 };
                 set_bin(&mut bins, name, new);
             }
-            OP_TOUCH => {}
-            OP_DELETE_ALL => bins.clear(),
-            t if OPS_UNSUPPORTED.contains(&t) => return Err(RC_UNSUPPORTED_FEATURE),
-            _ => return Err(RC_PARAMETER),
+            op_type::TOUCH => {}
+            op_type::DELETE => bins.clear(),
+            t if OPS_UNSUPPORTED.contains(&t) => return Err(rc::UNSUPPORTED_FEATURE),
+            _ => return Err(rc::PARAMETER),
         }
-        if is_write_op && respond_all && op.op_type != OP_TOUCH {
+        if is_write_op && respond_all && op.op_type != op_type::TOUCH {
             reply_ops.push(out(op.op_type, &op.name, None));
         }
     }
@@ -341,10 +314,10 @@ fn write(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
         0 | TTL_NEVER => 0,
         TTL_DONT_UPDATE => cur.void_time,
         t if t <= MAX_TTL_S => now_s.saturating_add(t),
-        _ => return Err(RC_PARAMETER),
+        _ => return Err(rc::PARAMETER),
     };
     let reply = Reply {
-        result_code: RC_OK,
+        result_code: rc::OK,
         generation: 0,
         void_time,
         ops: reply_ops,
@@ -375,7 +348,7 @@ fn write(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
 }
 
 fn bin_name(name: &[u8]) -> Result<BinName, u8> {
-    BinName::new(name).ok_or(RC_BIN_NAME)
+    BinName::new(name).ok_or(rc::BIN_NAME_TOO_LONG)
 }
 
 fn set_bin(bins: &mut Vec<Bin>, name: BinName, value: Value) {
@@ -408,7 +381,7 @@ mod tests {
         let mut value = Vec::new();
         v.encode_wire(&mut value);
         CmdOp {
-            op_type: OP_WRITE,
+            op_type: op_type::WRITE,
             particle_type: v.particle_type() as u8,
             name: name.into(),
             value,
@@ -472,7 +445,7 @@ mod tests {
     fn upsert_merges_and_replace_drops_old_bins() {
         let r = rec(vec![("a", Value::Int(1)), ("b", Value::Int(2))]);
         let merged = put_bins(apply(
-            &cmd(0, INFO2_WRITE, 0, vec![wop("b", Value::Int(9))]),
+            &cmd(0, info2::WRITE, 0, vec![wop("b", Value::Int(9))]),
             with(&r),
             None,
             100,
@@ -480,7 +453,7 @@ mod tests {
         assert_eq!(merged.len(), 2);
         assert_eq!(merged[1].value, Value::Int(9));
         let replaced = put_bins(apply(
-            &cmd(0, INFO2_WRITE, INFO3_CREATE_OR_REPLACE, vec![wop("b", Value::Int(9))]),
+            &cmd(0, info2::WRITE, info3::CREATE_OR_REPLACE, vec![wop("b", Value::Int(9))]),
             with(&r),
             None,
             100,
@@ -494,46 +467,51 @@ mod tests {
         let w = vec![wop("a", Value::Int(2))];
         let code = |a: Action| match a {
             Action::Reply(r) => r.result_code,
-            _ => RC_OK,
+            _ => rc::OK,
         };
         assert_eq!(
             code(apply(
-                &cmd(0, INFO2_WRITE | INFO2_CREATE_ONLY, 0, w.clone()),
+                &cmd(0, info2::WRITE | info2::CREATE_ONLY, 0, w.clone()),
                 with(&r),
                 None,
                 0
             )),
-            RC_RECORD_EXISTS
-        );
-        assert_eq!(
-            code(apply(&cmd(0, INFO2_WRITE, INFO3_UPDATE_ONLY, w.clone()), NONE, None, 0)),
-            RC_NOT_FOUND
+            rc::KEY_EXISTS
         );
         assert_eq!(
             code(apply(
-                &cmd(0, INFO2_WRITE, INFO3_REPLACE_ONLY, w.clone()),
+                &cmd(0, info2::WRITE, info3::UPDATE_ONLY, w.clone()),
                 NONE,
                 None,
                 0
             )),
-            RC_NOT_FOUND
+            rc::KEY_NOT_FOUND
         );
-        let mut c = cmd(0, INFO2_WRITE | INFO2_GENERATION, 0, w.clone());
-        c.generation = 3;
-        assert_eq!(code(apply(&c, with(&r), None, 0)), RC_GENERATION);
-        c.generation = 4;
-        assert_eq!(code(apply(&c, with(&r), None, 0)), RC_OK);
-        let mut c = cmd(0, INFO2_WRITE | INFO2_GENERATION_GT, 0, w);
-        c.generation = 4;
-        assert_eq!(code(apply(&c, with(&r), None, 0)), RC_GENERATION);
-        c.generation = 5;
-        assert_eq!(code(apply(&c, with(&r), None, 0)), RC_OK);
         assert_eq!(
-            code(apply(&cmd(0, INFO2_WRITE | INFO2_DELETE, 0, vec![]), NONE, None, 0)),
-            RC_NOT_FOUND
+            code(apply(
+                &cmd(0, info2::WRITE, info3::REPLACE_ONLY, w.clone()),
+                NONE,
+                None,
+                0
+            )),
+            rc::KEY_NOT_FOUND
+        );
+        let mut c = cmd(0, info2::WRITE | info2::GENERATION, 0, w.clone());
+        c.generation = 3;
+        assert_eq!(code(apply(&c, with(&r), None, 0)), rc::GENERATION);
+        c.generation = 4;
+        assert_eq!(code(apply(&c, with(&r), None, 0)), rc::OK);
+        let mut c = cmd(0, info2::WRITE | info2::GENERATION_GT, 0, w);
+        c.generation = 4;
+        assert_eq!(code(apply(&c, with(&r), None, 0)), rc::GENERATION);
+        c.generation = 5;
+        assert_eq!(code(apply(&c, with(&r), None, 0)), rc::OK);
+        assert_eq!(
+            code(apply(&cmd(0, info2::WRITE | info2::DELETE, 0, vec![]), NONE, None, 0)),
+            rc::KEY_NOT_FOUND
         );
         assert!(matches!(
-            apply(&cmd(0, INFO2_WRITE | INFO2_DELETE, 0, vec![]), with(&r), None, 0),
+            apply(&cmd(0, info2::WRITE | info2::DELETE, 0, vec![]), with(&r), None, 0),
             Action::Delete(_)
         ));
     }
@@ -545,17 +523,27 @@ mod tests {
             Action::Reply(r) => r,
             other => panic!("{other:?}"),
         };
-        let all = reply(apply(&cmd(INFO1_READ | INFO1_GET_ALL, 0, 0, vec![]), with(&r), None, 0));
-        assert_eq!((all.generation, all.ops.len()), (4, 2));
-        let sel = reply(apply(
-            &cmd(INFO1_READ, 0, 0, vec![op(OP_READ, "s", None), op(OP_READ, "zz", None)]),
+        let all = reply(apply(
+            &cmd(info1::READ | info1::GET_ALL, 0, 0, vec![]),
             with(&r),
             None,
             0,
         ));
-        assert_eq!(sel.ops, vec![out(OP_READ, b"s", Some(Value::Str(b"x".to_vec())))]);
+        assert_eq!((all.generation, all.ops.len()), (4, 2));
+        let sel = reply(apply(
+            &cmd(
+                info1::READ,
+                0,
+                0,
+                vec![op(op_type::READ, "s", None), op(op_type::READ, "zz", None)],
+            ),
+            with(&r),
+            None,
+            0,
+        ));
+        assert_eq!(sel.ops, vec![out(op_type::READ, b"s", Some(Value::Str(b"x".to_vec())))]);
         let ex = reply(apply(
-            &cmd(INFO1_READ | INFO1_NOBINDATA, 0, 0, vec![]),
+            &cmd(info1::READ | info1::GET_NO_BIN_DATA, 0, 0, vec![]),
             Existing {
                 record: None,
                 generation: 4,
@@ -566,15 +554,21 @@ mod tests {
         ));
         assert_eq!(
             (ex.result_code, ex.generation, ex.void_time, ex.ops.len()),
-            (RC_OK, 4, 9, 0)
+            (rc::OK, 4, 9, 0)
         );
         assert_eq!(
-            reply(apply(&cmd(INFO1_READ | INFO1_GET_ALL, 0, 0, vec![]), NONE, None, 0)).result_code,
-            RC_NOT_FOUND
+            reply(apply(&cmd(info1::READ | info1::GET_ALL, 0, 0, vec![]), NONE, None, 0)).result_code,
+            rc::KEY_NOT_FOUND
         );
         assert_eq!(
-            reply(apply(&cmd(INFO1_READ, 0, 0, vec![op(3, "a", None)]), with(&r), None, 0)).result_code,
-            RC_UNSUPPORTED_FEATURE
+            reply(apply(
+                &cmd(info1::READ, 0, 0, vec![op(3, "a", None)]),
+                with(&r),
+                None,
+                0
+            ))
+            .result_code,
+            rc::UNSUPPORTED_FEATURE
         );
     }
 
@@ -586,27 +580,27 @@ mod tests {
             ("s", Value::Str(b"b".to_vec())),
         ]);
         let ops = vec![
-            op(OP_INCR, "n", Some(Value::Int(4))),
-            op(OP_INCR, "f", Some(Value::Float(1.0))),
-            op(OP_APPEND, "s", Some(Value::Str(b"c".to_vec()))),
-            op(OP_PREPEND, "s", Some(Value::Str(b"a".to_vec()))),
-            op(OP_READ, "n", None),
+            op(op_type::INCR, "n", Some(Value::Int(4))),
+            op(op_type::INCR, "f", Some(Value::Float(1.0))),
+            op(op_type::APPEND, "s", Some(Value::Str(b"c".to_vec()))),
+            op(op_type::PREPEND, "s", Some(Value::Str(b"a".to_vec()))),
+            op(op_type::READ, "n", None),
         ];
-        match apply(&cmd(INFO1_READ, INFO2_WRITE, 0, ops.clone()), with(&r), None, 0) {
+        match apply(&cmd(info1::READ, info2::WRITE, 0, ops.clone()), with(&r), None, 0) {
             Action::Put(p, reply) => {
                 assert_eq!(p.bins[0].value, Value::Int(5));
                 assert_eq!(p.bins[1].value, Value::Float(2.5));
                 assert_eq!(p.bins[2].value, Value::Str(b"abc".to_vec()));
                 assert_eq!(
                     reply.ops,
-                    vec![out(OP_READ, b"n", Some(Value::Int(5)))],
+                    vec![out(op_type::READ, b"n", Some(Value::Int(5)))],
                     "reads see earlier writes; writes reply nothing"
                 );
             }
             other => panic!("{other:?}"),
         }
         match apply(
-            &cmd(INFO1_READ, INFO2_WRITE | INFO2_RESPOND_ALL_OPS, 0, ops),
+            &cmd(info1::READ, info2::WRITE | info2::RESPOND_ALL_OPS, 0, ops),
             with(&r),
             None,
             0,
@@ -615,17 +609,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let bad = apply(
-            &cmd(0, INFO2_WRITE, 0, vec![op(OP_INCR, "s", Some(Value::Int(1)))]),
+            &cmd(0, info2::WRITE, 0, vec![op(op_type::INCR, "s", Some(Value::Int(1)))]),
             with(&r),
             None,
             0,
         );
-        assert_eq!(bad, Action::Reply(Reply::code(RC_INCOMPATIBLE_TYPE)));
-        let touch = apply(&cmd(0, INFO2_WRITE, 0, vec![op(OP_TOUCH, "", None)]), NONE, None, 0);
-        assert_eq!(touch, Action::Reply(Reply::code(RC_NOT_FOUND)));
+        assert_eq!(bad, Action::Reply(Reply::code(rc::INCOMPATIBLE_TYPE)));
+        let touch = apply(
+            &cmd(0, info2::WRITE, 0, vec![op(op_type::TOUCH, "", None)]),
+            NONE,
+            None,
+            0,
+        );
+        assert_eq!(touch, Action::Reply(Reply::code(rc::KEY_NOT_FOUND)));
         assert!(matches!(
             apply(
-                &cmd(0, INFO2_WRITE, 0, vec![op(OP_DELETE_ALL, "", None)]),
+                &cmd(0, info2::WRITE, 0, vec![op(op_type::DELETE, "", None)]),
                 with(&r),
                 None,
                 0
@@ -633,23 +632,23 @@ mod tests {
             Action::Delete(_)
         ));
         let nil = CmdOp {
-            op_type: OP_WRITE,
+            op_type: op_type::WRITE,
             particle_type: 0,
             name: b"n".to_vec(),
             value: vec![],
         };
         assert_eq!(
-            put_bins(apply(&cmd(0, INFO2_WRITE, 0, vec![nil.clone()]), with(&r), None, 0)).len(),
+            put_bins(apply(&cmd(0, info2::WRITE, 0, vec![nil.clone()]), with(&r), None, 0)).len(),
             2
         );
         assert_eq!(
             apply(
-                &cmd(0, INFO2_WRITE, INFO3_CREATE_OR_REPLACE, vec![nil]),
+                &cmd(0, info2::WRITE, info3::CREATE_OR_REPLACE, vec![nil]),
                 with(&r),
                 None,
                 0
             ),
-            Action::Reply(Reply::code(RC_PARAMETER))
+            Action::Reply(Reply::code(rc::PARAMETER))
         );
     }
 
@@ -657,7 +656,7 @@ mod tests {
     fn ttl_special_values_and_limits() {
         let w = vec![wop("a", Value::Int(1))];
         let vt = |ttl: u32, cur: Existing<'_>| {
-            let mut c = cmd(0, INFO2_WRITE, 0, w.clone());
+            let mut c = cmd(0, info2::WRITE, 0, w.clone());
             c.record_ttl = ttl;
             match apply(&c, cur, None, 1000) {
                 Action::Put(p, _) => Ok(p.void_time),
@@ -676,7 +675,7 @@ mod tests {
             ..rec(vec![("a", Value::Int(0))])
         };
         assert_eq!(vt(TTL_DONT_UPDATE, with(&r)), Ok(5000));
-        assert_eq!(vt(MAX_TTL_S + 1, NONE), Err(RC_PARAMETER));
+        assert_eq!(vt(MAX_TTL_S + 1, NONE), Err(rc::PARAMETER));
     }
 
     #[test]
@@ -684,31 +683,31 @@ mod tests {
         let mut r = rec(vec![("a", Value::Int(1))]);
         let no: &dyn Fn(&Record) -> Result<bool, u8> = &|_| Ok(false);
         assert_eq!(
-            apply(&cmd(INFO1_READ | INFO1_GET_ALL, 0, 0, vec![]), with(&r), Some(no), 0),
-            Action::Reply(Reply::code(RC_FILTERED_OUT))
+            apply(&cmd(info1::READ | info1::GET_ALL, 0, 0, vec![]), with(&r), Some(no), 0),
+            Action::Reply(Reply::code(rc::FILTERED_OUT))
         );
         r.key = Some(StoredKey {
             ptype: 3,
             bytes: b"k1".to_vec(),
         });
-        let mut c = cmd(0, INFO2_WRITE, 0, vec![wop("a", Value::Int(2))]);
+        let mut c = cmd(0, info2::WRITE, 0, vec![wop("a", Value::Int(2))]);
         c.key = Some(StoredKey {
             ptype: 3,
             bytes: b"k2".to_vec(),
         });
         assert_eq!(
             apply(&c, with(&r), None, 0),
-            Action::Reply(Reply::code(RC_KEY_MISMATCH))
+            Action::Reply(Reply::code(rc::KEY_MISMATCH))
         );
         let long = CmdOp {
-            op_type: OP_WRITE,
+            op_type: op_type::WRITE,
             particle_type: 1,
             name: vec![b'x'; 16],
             value: vec![0; 8],
         };
         assert_eq!(
-            apply(&cmd(0, INFO2_WRITE, 0, vec![long]), NONE, None, 0),
-            Action::Reply(Reply::code(RC_BIN_NAME))
+            apply(&cmd(0, info2::WRITE, 0, vec![long]), NONE, None, 0),
+            Action::Reply(Reply::code(rc::BIN_NAME_TOO_LONG))
         );
     }
 }

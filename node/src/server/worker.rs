@@ -93,6 +93,8 @@ pub struct Worker<D: BlockDevice, C: Clock> {
     /// Messages a full ring refused, retried every turn (bounded by the connections).
     outbox: VecDeque<(usize, CoreMsg)>,
     events: Vec<Event>,
+    /// Socket reads land here first.
+    scratch: Box<[u8]>,
 }
 
 impl<D: BlockDevice, C: Clock> Worker<D, C> {
@@ -125,6 +127,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             busy_digests: HashMap::new(),
             outbox: VecDeque::new(),
             events: Vec::new(),
+            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
         })
     }
 
@@ -211,25 +214,20 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         self.serve(id);
     }
 
+    /// Reads what the socket has into the connection's buffer, through the worker's scratch
+    /// buffer so only the bytes received are copied (no zero-filling per read).
     fn read_in(&mut self, id: usize) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         loop {
-            let len = c.rbuf.len();
-            c.rbuf.resize(len + READ_CHUNK, 0);
-            match c.stream.read(&mut c.rbuf[len..]) {
+            match c.stream.read(&mut self.scratch[..]) {
                 Ok(0) => {
-                    c.rbuf.truncate(len);
                     c.closing = true;
                     break;
                 }
-                Ok(n) => c.rbuf.truncate(len + n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    c.rbuf.truncate(len);
-                    break;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => c.rbuf.truncate(len),
+                Ok(n) => c.rbuf.extend_from_slice(&self.scratch[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
-                    c.rbuf.truncate(len);
                     c.closing = true;
                     break;
                 }
@@ -433,44 +431,49 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         };
         match action {
             Action::Reply(r) => self.finish(origin, &cmd, r),
-            Action::Put(p, mut reply) => {
+            Action::Put(p, reply) => {
                 let token = self.token();
-                match self.shard.put(p, token) {
-                    Ok(w) => {
-                        reply.generation = w.generation as u32;
-                        if w.pending {
-                            self.pending.insert(
-                                token,
-                                Pending {
-                                    origin,
-                                    cmd,
-                                    stage: Stage::Write(reply),
-                                },
-                            );
-                        } else {
-                            self.finish(origin, &cmd, reply);
-                        }
-                    }
-                    Err(e) => self.finish(origin, &cmd, Reply::code(write_error_code(&e))),
-                }
+                let written = self.shard.put(p, token);
+                self.after_write(origin, cmd, token, written, reply, true);
             }
             Action::Delete(reply) => {
                 let token = self.token();
-                match self.shard.delete(&cmd.digest, token) {
-                    Ok(w) if w.pending => {
-                        self.pending.insert(
-                            token,
-                            Pending {
-                                origin,
-                                cmd,
-                                stage: Stage::Write(reply),
-                            },
-                        );
-                    }
-                    Ok(_) => self.finish(origin, &cmd, reply),
-                    Err(e) => self.finish(origin, &cmd, Reply::code(write_error_code(&e))),
+                let written = self.shard.delete(&cmd.digest, token);
+                self.after_write(origin, cmd, token, written, reply, false);
+            }
+        }
+    }
+
+    /// Answers a put or delete now, or parks it until its acknowledgement (commit_to_device).
+    /// A put answers the record's new generation; a delete answers 0 (spec §6.4).
+    fn after_write(
+        &mut self,
+        origin: Origin,
+        cmd: Box<Command>,
+        token: u64,
+        written: Result<crate::shard::Written, WriteError>,
+        mut reply: Reply,
+        is_put: bool,
+    ) {
+        match written {
+            Ok(w) => {
+                if is_put {
+                    reply.generation = w.generation as u32;
+                }
+                if w.pending {
+                    self.pending.insert(
+                        token,
+                        Pending {
+                            origin,
+                            cmd,
+                            stage: Stage::Write(reply),
+                        },
+                    );
+                } else {
+                    self.finish(origin, &cmd, reply);
                 }
             }
+            Err(e) => self.finish(origin, &cmd, Reply::code(write_error_code(&e))),
         }
     }
 
