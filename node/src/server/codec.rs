@@ -3,22 +3,58 @@
 
 use super::exec::{CmdOp, Command, Reply};
 use super::NodeShared;
+use crate::proto::batch::{self, BatchIndex, BatchRow};
 use crate::proto::msg::{field_type, info1, Msg, Reply as W};
+use crate::proto::msg::{info2, Op};
+use crate::proto::scan::{ScanPartition, ScanRecord, ScanRequest};
 use crate::proto::{exp, info};
 use crate::proto::{result_code as rc, PROTO_TYPE_ADMIN, PROTO_TYPE_INFO, PROTO_TYPE_MSG, PROTO_TYPE_MSG_COMPRESSED};
 use crate::record::{Record, StoredKey};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// What to do with one request.
 pub enum Decoded {
     /// A single-record command for the owner of its partition.
     Single(Box<Command>),
+    /// A batch: one command (or a row error) per row, each for the owner of its partition.
+    Batch(Vec<BatchItem>),
+    /// A partition scan (a query without secondary index): what to return, and the partitions
+    /// in request order.
+    Scan(Arc<ScanSpec>, Vec<ScanPartition>),
     /// An info request: answer from the node's state.
     Info,
     /// Answer these bytes (errors, admin, unsupported requests).
     Reply(Vec<u8>),
     /// The request is unreadable: close the connection.
     Close,
+}
+
+/// Most rows in one batch request (the real server's old `batch-max-requests` default was 5000;
+/// clients split larger batches per node, so this only bounds a request's memory).
+pub const BATCH_MAX_ROWS: u32 = 100_000;
+
+/// One row of a batch: its index in the client's list and what to run (or the row's error).
+pub struct BatchItem {
+    pub index: u32,
+    pub cmd: Result<Box<Command>, u8>,
+}
+
+/// What a scan returns (spec §7.3), shared by the workers that run its parts.
+#[derive(Debug)]
+pub struct ScanSpec {
+    /// The namespace, echoed in every record message.
+    pub namespace: Vec<u8>,
+    /// Only records of this set; empty = the whole namespace.
+    pub set: Vec<u8>,
+    /// Bins to return; `None` = all.
+    pub bins: Option<Vec<Vec<u8>>>,
+    /// Metadata only (info1 GET_NO_BIN_DATA).
+    pub no_bin_data: bool,
+    /// The compiled filter expression (field 43).
+    pub filter: Option<exp::Expr>,
+    /// Record cap for this node this round (MAX_RECORDS); 0 = none.
+    pub max_records: u64,
 }
 
 fn code_reply(code: u8, last: bool) -> Vec<u8> {
@@ -65,10 +101,11 @@ fn decode_msg(body: &[u8], namespace: &str) -> Decoded {
         Err(e) => return Decoded::Reply(code_reply(e.result_code(), false)),
     };
     let h = msg.header;
-    let multi = h.info1 & info1::BATCH != 0 || msg.field(field_type::PID_ARRAY).is_some() || msg.digest().is_none();
-    if multi {
-        // Batch and scan streams come with a later change; answer a stream-ending error.
-        return Decoded::Reply(code_reply(rc::UNSUPPORTED_FEATURE, true));
+    if h.info1 & info1::BATCH != 0 {
+        return decode_batch(&msg, namespace);
+    }
+    if msg.digest().is_none() {
+        return decode_scan(&msg, namespace);
     }
     if msg.namespace() != Some(namespace.as_bytes()) {
         return Decoded::Reply(code_reply(rc::NAMESPACE_NOT_FOUND, false));
@@ -84,16 +121,7 @@ fn decode_msg(body: &[u8], namespace: &str) -> Decoded {
         ptype,
         bytes: bytes.to_vec(),
     });
-    let ops = msg
-        .ops
-        .iter()
-        .map(|o| CmdOp {
-            op_type: o.op_type,
-            particle_type: o.particle_type,
-            name: o.name.to_vec(),
-            value: o.value.to_vec(),
-        })
-        .collect();
+    let ops = msg.ops.iter().map(cmd_op).collect();
     Decoded::Single(Box::new(Command {
         digest,
         set_name,
@@ -108,11 +136,178 @@ fn decode_msg(body: &[u8], namespace: &str) -> Decoded {
     }))
 }
 
+fn cmd_op(o: &Op<'_>) -> CmdOp {
+    CmdOp {
+        op_type: o.op_type,
+        particle_type: o.particle_type,
+        name: o.name.to_vec(),
+        value: o.value.to_vec(),
+    }
+}
+
+/// A batch request (spec §7.1): every row becomes a command for its partition's owner; rows
+/// that cannot run (another namespace, UDF) carry their result code. A malformed batch field
+/// answers its result code in a LAST message (§7.2: "a single LAST message is enough").
+fn decode_batch(msg: &Msg<'_>, namespace: &str) -> Decoded {
+    let Some(data) = batch::batch_field(msg) else {
+        return Decoded::Reply(code_reply(rc::PARAMETER, true));
+    };
+    let rows = match BatchIndex::parse(data).and_then(|b| b.collect_rows(BATCH_MAX_ROWS)) {
+        Ok(rows) => rows,
+        Err(e) if e.closes_connection() => return Decoded::Close,
+        Err(e) => return Decoded::Reply(code_reply(e.result_code(), true)),
+    };
+    let outer_filter = msg.field(field_type::FILTER_EXP).unwrap_or_default();
+    let items = rows
+        .iter()
+        .map(|row| BatchItem {
+            index: row.index,
+            cmd: row_command(row, namespace, outer_filter),
+        })
+        .collect();
+    Decoded::Batch(items)
+}
+
+fn row_command(row: &BatchRow<'_>, namespace: &str, outer_filter: &[u8]) -> Result<Box<Command>, u8> {
+    // Rows from very old clients may carry no fields at all: "just the namespace" (spec §7.1).
+    let ns = row.namespace();
+    if ns.is_some_and(|n| n != namespace.as_bytes()) {
+        return Err(rc::NAMESPACE_NOT_FOUND);
+    }
+    if row.fields.get(field_type::UDF_FUNCTION).is_some() || row.fields.get(field_type::UDF_PACKAGE_NAME).is_some() {
+        return Err(rc::UNSUPPORTED_FEATURE);
+    }
+    let set_name = row.set().unwrap_or_default().to_vec();
+    if set_name.len() > crate::record::SET_NAME_MAX_BYTES {
+        return Err(rc::PARAMETER);
+    }
+    Ok(Box::new(Command {
+        digest: row.digest,
+        set_name,
+        key: row.key().map(|(ptype, bytes)| StoredKey {
+            ptype,
+            bytes: bytes.to_vec(),
+        }),
+        info1: row.info1,
+        info2: row.info2,
+        info3: row.info3,
+        generation: u32::from(row.generation),
+        record_ttl: row.record_ttl,
+        ops: row.ops.iter().map(|o| cmd_op(&o)).collect(),
+        filter_exp: row.fields.get(field_type::FILTER_EXP).unwrap_or(outer_filter).to_vec(),
+    }))
+}
+
+/// A scan or query without a digest (spec §7.3). Secondary-index queries answer 201 (there
+/// are no secondary indexes), background jobs and aggregations 16; both in a LAST message.
+fn decode_scan(msg: &Msg<'_>, namespace: &str) -> Decoded {
+    let req = match ScanRequest::from_msg(msg) {
+        Ok(r) => r,
+        Err(e) if e.closes_connection() => return Decoded::Close,
+        Err(e) => return Decoded::Reply(code_reply(e.result_code(), true)),
+    };
+    if req.namespace != namespace.as_bytes() {
+        return Decoded::Reply(code_reply(rc::NAMESPACE_NOT_FOUND, true));
+    }
+    if msg.field(field_type::INDEX_RANGE).is_some() || msg.field(field_type::INDEX_NAME).is_some() {
+        return Decoded::Reply(code_reply(rc::SINDEX_NOT_FOUND, true));
+    }
+    let udf = msg.field(field_type::UDF_OP).is_some() || msg.field(field_type::UDF_FUNCTION).is_some();
+    if udf || msg.header.info2 & info2::WRITE != 0 {
+        return Decoded::Reply(code_reply(rc::UNSUPPORTED_FEATURE, true));
+    }
+    let filter = match msg.field(field_type::FILTER_EXP).filter(|f| !f.is_empty()) {
+        Some(bytes) => match exp::compile(bytes) {
+            Ok(e) => Some(e),
+            Err(e) => return Decoded::Reply(code_reply(e.result_code(), true)),
+        },
+        None => None,
+    };
+    let mut bins = None;
+    if !msg.ops.is_empty() {
+        let mut names = Vec::with_capacity(msg.ops.len());
+        for op in &msg.ops {
+            if op.op_type != crate::proto::msg::op_type::READ {
+                // Projections through read ops of other kinds (CDT, expressions) come later.
+                return Decoded::Reply(code_reply(rc::UNSUPPORTED_FEATURE, true));
+            }
+            names.push(op.name.to_vec());
+        }
+        bins = Some(names);
+    }
+    let spec = ScanSpec {
+        namespace: req.namespace.to_vec(),
+        set: req.set.unwrap_or_default().to_vec(),
+        bins,
+        no_bin_data: req.no_bin_data,
+        filter,
+        max_records: req.max_records,
+    };
+    Decoded::Scan(Arc::new(spec), req.partitions)
+}
+
+/// Appends one scan record message (spec §7.3) for `rec`, with the bins `spec` selects.
+/// Returns false (and appends nothing) when a bin selection matches none of the record's bins:
+/// the real server skips such records.
+pub fn write_scan_record(out: &mut Vec<u8>, spec: &ScanSpec, rec: &Record) -> bool {
+    let bins: Vec<&crate::particle::Bin> = if spec.no_bin_data {
+        Vec::new()
+    } else {
+        match &spec.bins {
+            None => rec.bins.iter().collect(),
+            Some(names) => {
+                let sel: Vec<_> = rec
+                    .bins
+                    .iter()
+                    .filter(|b| names.iter().any(|n| n.as_slice() == b.name.as_bytes()))
+                    .collect();
+                if sel.is_empty() {
+                    return false;
+                }
+                sel
+            }
+        }
+    };
+    let meta = ScanRecord {
+        namespace: &spec.namespace,
+        set: &rec.set_name,
+        digest: &rec.meta.digest,
+        key: rec.key.as_ref().map(|k| (k.ptype, k.bytes.as_slice())),
+        generation: u32::from(rec.meta.generation),
+        void_time: rec.meta.void_time,
+    };
+    let n_ops = u16::try_from(bins.len()).unwrap_or(u16::MAX);
+    crate::proto::scan::write_record_header(out, &meta, n_ops, spec.no_bin_data);
+    for b in bins.iter().take(usize::from(n_ops)) {
+        W::write_value_op(out, crate::proto::msg::op_type::READ, b.name.as_bytes(), &b.value);
+    }
+    true
+}
+
 /// Encodes a single-record reply (spec §3.6, §10.3: no fields, `header_sz` 22).
 pub fn encode_reply(r: &Reply) -> Vec<u8> {
+    encode_reply_as(r, 0)
+}
+
+/// Encodes a batch row reply (spec §7.2): as [`encode_reply`], with the row's index in
+/// `transaction_ttl`, as its own proto.
+pub fn encode_row(r: &Reply, index: u32) -> Vec<u8> {
+    encode_reply_as(r, index)
+}
+
+fn encode_reply_as(r: &Reply, transaction_ttl: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     let start = W::begin(&mut out);
-    let at = W::write_header(&mut out, r.result_code, 0, r.generation, r.void_time, 0, 0, 0);
+    let at = W::write_header(
+        &mut out,
+        r.result_code,
+        0,
+        r.generation,
+        r.void_time,
+        transaction_ttl,
+        0,
+        0,
+    );
     for op in &r.ops {
         match &op.value {
             Some(v) => W::write_value_op(&mut out, op.op_type, &op.name, v),
@@ -124,13 +319,13 @@ pub fn encode_reply(r: &Reply) -> Vec<u8> {
     out
 }
 
-/// A stored record as a filter expression sees it.
-struct View<'a> {
-    rec: &'a Record,
-    size: u64,
+/// A stored record as a filter expression sees it; `size` is its padded stored size, bytes.
+pub(crate) struct StoredView<'a> {
+    pub rec: &'a Record,
+    pub size: u64,
 }
 
-impl exp::RecordView for View<'_> {
+impl exp::RecordView for StoredView<'_> {
     fn digest(&self) -> &[u8; 20] {
         &self.rec.meta.digest.0
     }
@@ -170,7 +365,7 @@ pub fn filter_for(cmd: &Command, now_cl_ms: u64) -> Result<Option<impl Fn(&Recor
     let expr = exp::compile(&cmd.filter_exp).map_err(|e| e.result_code())?;
     Ok(Some(move |rec: &Record| {
         let size = crate::record::padded(crate::record::encoded_len(rec)) as u64;
-        Ok(exp::eval(&expr, &View { rec, size }, now_cl_ms))
+        Ok(exp::eval(&expr, &StoredView { rec, size }, now_cl_ms))
     }))
 }
 

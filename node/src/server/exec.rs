@@ -57,6 +57,10 @@ impl Command {
     }
     /// Whether [`apply`] needs the record's bins (not just its index metadata).
     pub fn needs_bins(&self) -> bool {
+        if !self.filter_exp.is_empty() {
+            // The filter may read bins or the set name, which only the stored record has.
+            return true;
+        }
         if self.is_delete() {
             return false;
         }

@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod exec;
 pub mod ring;
+pub mod scan;
 pub mod worker;
 
 use crate::clock::Clock;

@@ -7,13 +7,23 @@
 //! bytes. Commands on one digest run one at a time (later ones wait in a per-digest queue), so a
 //! read-modify-write that waits for the device never interleaves with another write of the same
 //! record.
+//!
+//! Batches and scans are streams. A batch's rows run as single-record commands on their owners
+//! (at most [`BATCH_WINDOW`] of one batch in flight); each row's reply carries its index and
+//! the connection's worker ends the stream with LAST once every row has answered (spec §7.2).
+//! A scan's partitions are split by owner; each owner runs a [`ScanTask`] that sends record
+//! messages in chunks, one chunk per credit from the connection's worker, which forwards them,
+//! enforces `max_records` at a record boundary, and ends the stream with LAST (spec §7.3).
 
-use super::codec::{self, Decoded};
+use super::codec::{self, BatchItem, Decoded, ScanSpec};
 use super::exec::{self, Action, Command, Existing, Reply};
 use super::ring::Rings;
+use super::scan::ScanTask;
 use super::NodeShared;
 use crate::clock::Clock;
 use crate::digest::Digest;
+use crate::proto::msg::Reply as W;
+use crate::proto::scan::ScanPartition;
 use crate::proto::{self, ProtoHeader, PROTO_HEADER_BYTES};
 use crate::shard::{Event, ReadAck, ReadError, Shard, WriteError};
 use bolide_drivers::BlockDevice;
@@ -35,24 +45,81 @@ const FIRST_CONN: usize = 16;
 const IDLE_POLL: Duration = Duration::from_millis(5);
 /// Bytes read from a socket per read call.
 const READ_CHUNK: usize = 64 * 1024;
+/// Rows of one batch in flight at once.
+pub const BATCH_WINDOW: usize = 64;
+/// A scan chunk is forwarded and the next one asked for only while the connection has fewer
+/// than this many bytes waiting to be written.
+const STREAM_HIGH_WATER_BYTES: usize = 1 << 20;
 
 /// A message between workers.
 pub enum CoreMsg {
-    /// Run `cmd` on your shard and send the reply to worker `from` for connection `conn`.
+    /// Run `cmd` on your shard and send the reply to worker `from` for connection `conn`; a
+    /// batch row carries its index.
     Cmd {
         from: usize,
         conn: usize,
+        row: Option<u32>,
         cmd: Box<Command>,
     },
-    /// The encoded reply for connection `conn`.
-    Reply { conn: usize, bytes: Vec<u8> },
+    /// The encoded reply for connection `conn` (a batch row's when `row`).
+    Reply { conn: usize, row: bool, bytes: Vec<u8> },
+    /// Scan these partitions (your share, in request order) for `from`'s connection `conn`.
+    ScanStart {
+        from: usize,
+        conn: usize,
+        scan_id: u64,
+        spec: Arc<ScanSpec>,
+        parts: Vec<ScanPartition>,
+    },
+    /// Record messages of scan `scan_id` (no proto header), the end offset of each, and
+    /// whether worker `from`'s part is over (`error` ≠ 0: failed with that result code).
+    ScanChunk {
+        from: usize,
+        conn: usize,
+        scan_id: u64,
+        bytes: Vec<u8>,
+        ends: Vec<u32>,
+        done: bool,
+        error: u8,
+    },
+    /// Send the next chunk of scan `scan_id` of `from`'s connection `conn`.
+    ScanCredit { from: usize, conn: usize, scan_id: u64 },
+    /// Drop your part of scan `scan_id` of `from`'s connection `conn`.
+    ScanCancel { from: usize, conn: usize, scan_id: u64 },
 }
 
-/// Where a reply goes.
+/// Where a reply goes: worker, connection there, and the batch row index for a batch row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Origin {
-    Local(usize),
-    Remote(usize, usize),
+struct Origin {
+    worker: usize,
+    conn: usize,
+    row: Option<u32>,
+}
+
+/// A batch being answered on a connection.
+struct BatchRun {
+    /// Rows not yet started, with their owners.
+    queue: VecDeque<(usize, u32, Box<Command>)>,
+    in_flight: usize,
+    /// Rows not yet answered.
+    remaining: usize,
+}
+
+/// A scan being answered on a connection.
+struct ScanRun {
+    id: u64,
+    /// Workers whose part is still running.
+    owners: Vec<usize>,
+    /// Record messages forwarded so far, and the cap (0 = none).
+    sent: u64,
+    max_records: u64,
+    /// Workers whose chunk was forwarded but who got no new credit yet (the socket is behind).
+    owed: Vec<usize>,
+}
+
+enum Stream {
+    Batch(BatchRun),
+    Scan(ScanRun),
 }
 
 enum Stage {
@@ -62,10 +129,14 @@ enum Stage {
     Write(Reply),
 }
 
-struct Pending {
-    origin: Origin,
-    cmd: Box<Command>,
-    stage: Stage,
+enum Pending {
+    Cmd {
+        origin: Origin,
+        cmd: Box<Command>,
+        stage: Stage,
+    },
+    /// A record read of the scan task with this key.
+    Scan((usize, u64)),
 }
 
 struct Conn {
@@ -76,6 +147,8 @@ struct Conn {
     /// A request is being served; the next one waits (clients do not pipeline).
     busy: bool,
     closing: bool,
+    /// The batch or scan being answered.
+    job: Option<Stream>,
 }
 
 pub struct Worker<D: BlockDevice, C: Clock> {
@@ -95,6 +168,13 @@ pub struct Worker<D: BlockDevice, C: Clock> {
     events: Vec<Event>,
     /// Socket reads land here first.
     scratch: Box<[u8]>,
+    /// Connections whose batch has rows not yet started.
+    batch_conns: Vec<usize>,
+    /// This worker's parts of scans, by (coordinating worker, scan id).
+    scans: HashMap<(usize, u64), ScanTask>,
+    next_scan_id: u64,
+    /// Stream messages to this worker from itself, handled with the rings.
+    local: VecDeque<CoreMsg>,
 }
 
 impl<D: BlockDevice, C: Clock> Worker<D, C> {
@@ -128,6 +208,10 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             outbox: VecDeque::new(),
             events: Vec::new(),
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            batch_conns: Vec::new(),
+            scans: HashMap::new(),
+            next_scan_id: 0,
+            local: VecDeque::new(),
         })
     }
 
@@ -135,7 +219,10 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
     pub(crate) fn run(mut self) -> Shard<D, C> {
         let mut events = Events::with_capacity(1024);
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let timeout = if self.shard.in_flight() > 0 && self.shard.device().completion_fd().is_none() {
+            let streaming =
+                !self.batch_conns.is_empty() || !self.local.is_empty() || self.scans.values().any(ScanTask::runnable);
+            let timeout = if streaming || (self.shard.in_flight() > 0 && self.shard.device().completion_fd().is_none())
+            {
                 Duration::ZERO
             } else {
                 IDLE_POLL
@@ -154,6 +241,8 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             }
             self.drain_rings();
             self.drive_shard();
+            self.pump_batches();
+            self.run_scans();
             self.flush_outbox();
             self.publish();
         }
@@ -192,6 +281,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
                             wpos: 0,
                             busy: false,
                             closing: false,
+                            job: None,
                         },
                     );
                 }
@@ -260,6 +350,24 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             c.wbuf.clear();
             c.wpos = 0;
         }
+        // The socket caught up: scan parts waiting for credit may go on.
+        if c.wbuf.len() - c.wpos < STREAM_HIGH_WATER_BYTES {
+            if let Some(Stream::Scan(s)) = &mut c.job {
+                if !s.owed.is_empty() {
+                    let (scan_id, owed) = (s.id, std::mem::take(&mut s.owed));
+                    for o in owed {
+                        self.post(
+                            o,
+                            CoreMsg::ScanCredit {
+                                from: self.id,
+                                conn: id,
+                                scan_id,
+                            },
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// Takes the next whole request off the connection, if it is idle, and serves it.
@@ -299,15 +407,32 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         if let Some(mut c) = self.conns.remove(&id) {
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+            if let Some(Stream::Scan(s)) = c.job {
+                for o in s.owners {
+                    self.post(
+                        o,
+                        CoreMsg::ScanCancel {
+                            from: self.id,
+                            conn: id,
+                            scan_id: s.id,
+                        },
+                    );
+                }
+            }
         }
     }
 
     fn handle_frame(&mut self, conn: usize, hdr: ProtoHeader, body: &[u8]) {
+        let local = Origin {
+            worker: self.id,
+            conn,
+            row: None,
+        };
         match codec::decode(hdr.ptype, body, &self.shared.namespace) {
-            Decoded::Reply(bytes) => self.deliver(Origin::Local(conn), bytes),
+            Decoded::Reply(bytes) => self.deliver(local, bytes),
             Decoded::Info => {
                 let bytes = codec::info_reply(body, &self.shared);
-                self.deliver(Origin::Local(conn), bytes);
+                self.deliver(local, bytes);
             }
             Decoded::Close => {
                 if let Some(c) = self.conns.get_mut(&conn) {
@@ -316,19 +441,280 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
                 }
             }
             Decoded::Single(cmd) => {
-                let owner = cmd.digest.partition_id().0 as usize % self.rings.workers();
-                if owner == self.id {
-                    self.start(Origin::Local(conn), cmd);
-                } else {
-                    self.send(
-                        owner,
-                        CoreMsg::Cmd {
-                            from: self.id,
-                            conn,
-                            cmd,
-                        },
-                    );
+                let owner = self.owner(&cmd.digest);
+                self.dispatch(owner, local, cmd);
+            }
+            Decoded::Batch(items) => self.start_batch(conn, items),
+            Decoded::Scan(spec, parts) => self.start_scan(conn, spec, parts),
+        }
+    }
+
+    fn owner(&self, digest: &Digest) -> usize {
+        digest.partition_id().0 as usize % self.rings.workers()
+    }
+
+    /// Runs `cmd` here or sends it to its owner.
+    fn dispatch(&mut self, owner: usize, origin: Origin, cmd: Box<Command>) {
+        if owner == self.id {
+            self.start(origin, cmd);
+        } else {
+            self.send(
+                owner,
+                CoreMsg::Cmd {
+                    from: origin.worker,
+                    conn: origin.conn,
+                    row: origin.row,
+                    cmd,
+                },
+            );
+        }
+    }
+
+    /// Sends a stream message, to this worker itself through its local queue.
+    fn post(&mut self, to: usize, msg: CoreMsg) {
+        if to == self.id {
+            self.local.push_back(msg);
+        } else {
+            self.send(to, msg);
+        }
+    }
+
+    // ----- batches (spec §7.1, §7.2) -----
+
+    fn start_batch(&mut self, conn: usize, items: Vec<BatchItem>) {
+        let mut run = BatchRun {
+            queue: VecDeque::with_capacity(items.len()),
+            in_flight: 0,
+            remaining: 0,
+        };
+        let mut early = Vec::new();
+        for item in items {
+            match item.cmd {
+                Ok(cmd) => {
+                    let owner = self.owner(&cmd.digest);
+                    run.queue.push_back((owner, item.index, cmd));
                 }
+                Err(code) => early.extend_from_slice(&codec::encode_row(&Reply::code(code), item.index)),
+            }
+        }
+        run.remaining = run.queue.len();
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.wbuf.extend_from_slice(&early);
+        if run.remaining == 0 {
+            W::last_proto(&mut c.wbuf, proto::result_code::OK);
+            c.busy = false;
+            self.write_out(conn);
+            return;
+        }
+        c.job = Some(Stream::Batch(run));
+        self.batch_conns.push(conn);
+        self.write_out(conn);
+    }
+
+    /// Starts more rows of every batch with rows waiting, up to [`BATCH_WINDOW`] in flight each.
+    fn pump_batches(&mut self) {
+        let mut i = 0;
+        while i < self.batch_conns.len() {
+            let conn = self.batch_conns[i];
+            while let Some((owner, index, cmd)) = self.next_row(conn) {
+                let origin = Origin {
+                    worker: self.id,
+                    conn,
+                    row: Some(index),
+                };
+                self.dispatch(owner, origin, cmd);
+            }
+            let waiting = match self.conns.get(&conn).and_then(|c| c.job.as_ref()) {
+                Some(Stream::Batch(b)) => !b.queue.is_empty(),
+                _ => false,
+            };
+            if waiting {
+                i += 1;
+            } else {
+                self.batch_conns.swap_remove(i);
+            }
+        }
+    }
+
+    /// The next row of the connection's batch to start, if its window has room.
+    fn next_row(&mut self, conn: usize) -> Option<(usize, u32, Box<Command>)> {
+        let Some(Stream::Batch(b)) = &mut self.conns.get_mut(&conn)?.job else {
+            return None;
+        };
+        if b.in_flight >= BATCH_WINDOW {
+            return None;
+        }
+        let row = b.queue.pop_front()?;
+        b.in_flight += 1;
+        Some(row)
+    }
+
+    /// A batch row's reply reached the connection's worker.
+    fn row_done(&mut self, conn: usize, bytes: &[u8]) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(Stream::Batch(b)) = &mut c.job else { return };
+        c.wbuf.extend_from_slice(bytes);
+        b.in_flight -= 1;
+        b.remaining -= 1;
+        if b.remaining == 0 {
+            W::last_proto(&mut c.wbuf, proto::result_code::OK);
+            c.job = None;
+            c.busy = false;
+            self.write_out(conn);
+            self.serve(conn);
+        } else if c.wbuf.len() - c.wpos >= STREAM_HIGH_WATER_BYTES {
+            self.write_out(conn);
+        }
+    }
+
+    // ----- scans (spec §7.3) -----
+
+    fn start_scan(&mut self, conn: usize, spec: Arc<ScanSpec>, parts: Vec<ScanPartition>) {
+        let n = self.rings.workers();
+        let mut shares: Vec<Vec<ScanPartition>> = vec![Vec::new(); n];
+        for p in parts {
+            shares[p.pid.0 as usize % n].push(p);
+        }
+        self.next_scan_id += 1;
+        let scan_id = self.next_scan_id;
+        let owners: Vec<usize> = (0..n).filter(|&w| !shares[w].is_empty()).collect();
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.job = Some(Stream::Scan(ScanRun {
+            id: scan_id,
+            owners: owners.clone(),
+            sent: 0,
+            max_records: spec.max_records,
+            owed: Vec::new(),
+        }));
+        for w in owners {
+            let parts = std::mem::take(&mut shares[w]);
+            self.post(
+                w,
+                CoreMsg::ScanStart {
+                    from: self.id,
+                    conn,
+                    scan_id,
+                    spec: Arc::clone(&spec),
+                    parts,
+                },
+            );
+        }
+    }
+
+    /// A chunk of a scan reached the connection's worker: forward it (cut at `max_records`),
+    /// then end the stream or ask for more.
+    #[allow(clippy::too_many_arguments)]
+    fn scan_chunk(
+        &mut self,
+        from: usize,
+        conn: usize,
+        scan_id: u64,
+        bytes: &[u8],
+        ends: &[u32],
+        done: bool,
+        error: u8,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(Stream::Scan(s)) = &mut c.job else { return };
+        if s.id != scan_id {
+            return; // a part of a scan that already ended
+        }
+        let mut take = ends.len();
+        let mut capped = false;
+        if s.max_records > 0 && s.sent + ends.len() as u64 >= s.max_records {
+            take = (s.max_records - s.sent) as usize;
+            capped = true;
+        }
+        if take > 0 {
+            let end = ends[take - 1] as usize;
+            let start = W::begin(&mut c.wbuf);
+            c.wbuf.extend_from_slice(&bytes[..end]);
+            W::finish(&mut c.wbuf, start, proto::PROTO_TYPE_MSG);
+        }
+        s.sent += take as u64;
+        if done {
+            s.owners.retain(|&o| o != from);
+        }
+        let mut credit = false;
+        if error != 0 || capped || s.owners.is_empty() {
+            let cancel = std::mem::take(&mut s.owners);
+            W::last_proto(&mut c.wbuf, error);
+            c.job = None;
+            c.busy = false;
+            for o in cancel {
+                self.post(
+                    o,
+                    CoreMsg::ScanCancel {
+                        from: self.id,
+                        conn,
+                        scan_id,
+                    },
+                );
+            }
+        } else if !done {
+            if c.wbuf.len() - c.wpos < STREAM_HIGH_WATER_BYTES {
+                credit = true;
+            } else {
+                s.owed.push(from);
+            }
+        }
+        if credit {
+            self.post(
+                from,
+                CoreMsg::ScanCredit {
+                    from: self.id,
+                    conn,
+                    scan_id,
+                },
+            );
+        }
+        self.write_out(conn);
+        self.serve(conn);
+    }
+
+    /// Advances every scan part of this worker: issue reads, move read records into the chunk,
+    /// send the chunk when due and credited.
+    fn run_scans(&mut self) {
+        if self.scans.is_empty() {
+            return;
+        }
+        let keys: Vec<(usize, u64)> = self.scans.keys().copied().collect();
+        let mut issued = Vec::new();
+        for key in keys {
+            let Some(mut t) = self.scans.remove(&key) else { continue };
+            let now_ms = self.shard.clock().now_cl_ms();
+            loop {
+                let emitted = t.emit(now_ms);
+                if t.chunk_due() {
+                    break;
+                }
+                let filled = t.fill(&mut self.shard, &mut self.next_token, &mut issued);
+                if !filled && !emitted {
+                    break;
+                }
+            }
+            for token in issued.drain(..) {
+                self.pending.insert(token, Pending::Scan(key));
+            }
+            if t.credit && t.chunk_due() {
+                let done = t.finished();
+                t.credit = false;
+                let msg = CoreMsg::ScanChunk {
+                    from: self.id,
+                    conn: t.conn,
+                    scan_id: t.scan_id,
+                    bytes: std::mem::take(&mut t.chunk),
+                    ends: std::mem::take(&mut t.ends),
+                    done,
+                    error: t.error,
+                };
+                let coord = t.coord;
+                if !done {
+                    self.scans.insert(key, t);
+                }
+                self.post(coord, msg);
+            } else {
+                self.scans.insert(key, t);
             }
         }
     }
@@ -358,26 +744,91 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
                 continue;
             }
             while let Some(msg) = self.rings.get(from, self.id).pop() {
-                match msg {
-                    CoreMsg::Cmd { from, conn, cmd } => self.start(Origin::Remote(from, conn), cmd),
-                    CoreMsg::Reply { conn, bytes } => self.deliver(Origin::Local(conn), bytes),
+                self.handle_msg(msg);
+            }
+        }
+        while let Some(msg) = self.local.pop_front() {
+            self.handle_msg(msg);
+        }
+    }
+
+    fn handle_msg(&mut self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Cmd { from, conn, row, cmd } => self.start(
+                Origin {
+                    worker: from,
+                    conn,
+                    row,
+                },
+                cmd,
+            ),
+            CoreMsg::Reply { conn, row: true, bytes } => self.row_done(conn, &bytes),
+            CoreMsg::Reply {
+                conn,
+                row: false,
+                bytes,
+            } => self.deliver(
+                Origin {
+                    worker: self.id,
+                    conn,
+                    row: None,
+                },
+                bytes,
+            ),
+            CoreMsg::ScanStart {
+                from,
+                conn,
+                scan_id,
+                spec,
+                parts,
+            } => {
+                let task = ScanTask::new(from, conn, scan_id, spec, parts);
+                self.scans.insert((from, scan_id), task);
+            }
+            CoreMsg::ScanChunk {
+                from,
+                conn,
+                scan_id,
+                bytes,
+                ends,
+                done,
+                error,
+            } => self.scan_chunk(from, conn, scan_id, &bytes, &ends, done, error),
+            CoreMsg::ScanCredit { from, scan_id, .. } => {
+                if let Some(t) = self.scans.get_mut(&(from, scan_id)) {
+                    t.credit = true;
                 }
+            }
+            CoreMsg::ScanCancel { from, scan_id, .. } => {
+                self.scans.remove(&(from, scan_id));
             }
         }
     }
 
     /// Sends reply bytes to where the request came from.
     fn deliver(&mut self, origin: Origin, bytes: Vec<u8>) {
-        match origin {
-            Origin::Remote(worker, conn) => self.send(worker, CoreMsg::Reply { conn, bytes }),
-            Origin::Local(conn) => {
-                let Some(c) = self.conns.get_mut(&conn) else { return };
-                c.wbuf.extend_from_slice(&bytes);
-                c.busy = false;
-                self.write_out(conn);
-                self.serve(conn);
-            }
+        if origin.worker != self.id {
+            let row = origin.row.is_some();
+            self.send(
+                origin.worker,
+                CoreMsg::Reply {
+                    conn: origin.conn,
+                    row,
+                    bytes,
+                },
+            );
+            return;
         }
+        if origin.row.is_some() {
+            self.row_done(origin.conn, &bytes);
+            return;
+        }
+        let conn = origin.conn;
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.wbuf.extend_from_slice(&bytes);
+        c.busy = false;
+        self.write_out(conn);
+        self.serve(conn);
     }
 
     // ----- the owner side: commands on this worker's shard -----
@@ -400,7 +851,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
                 Ok(ReadAck::Pending) => {
                     self.pending.insert(
                         token,
-                        Pending {
+                        Pending::Cmd {
                             origin,
                             cmd,
                             stage: Stage::Read,
@@ -463,7 +914,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
                 if w.pending {
                     self.pending.insert(
                         token,
-                        Pending {
+                        Pending::Cmd {
                             origin,
                             cmd,
                             stage: Stage::Write(reply),
@@ -478,7 +929,10 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
     }
 
     fn finish(&mut self, origin: Origin, cmd: &Command, reply: Reply) {
-        let bytes = codec::encode_reply(&reply);
+        let bytes = match origin.row {
+            Some(index) => codec::encode_row(&reply, index),
+            None => codec::encode_reply(&reply),
+        };
         self.deliver(origin, bytes);
         // Start the next command waiting on this digest.
         let next = self.busy_digests.get_mut(&cmd.digest).and_then(|q| q.pop_front());
@@ -495,22 +949,29 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         self.shard.poll(&mut evs);
         for ev in evs.drain(..) {
             match ev {
-                Event::ReadDone { token, result } => {
-                    let Some(p) = self.pending.remove(&token) else { continue };
-                    match result {
-                        Ok(rec) => self.cont(p.origin, p.cmd, Some(rec)),
-                        Err(ReadError::NotFound) => self.cont(p.origin, p.cmd, None),
-                        Err(e) => self.finish(p.origin, &p.cmd, Reply::code(read_error_code(&e))),
+                Event::ReadDone { token, result } => match self.pending.remove(&token) {
+                    Some(Pending::Cmd { origin, cmd, .. }) => match result {
+                        Ok(rec) => self.cont(origin, cmd, Some(rec)),
+                        Err(ReadError::NotFound) => self.cont(origin, cmd, None),
+                        Err(e) => self.finish(origin, &cmd, Reply::code(read_error_code(&e))),
+                    },
+                    Some(Pending::Scan(key)) => {
+                        if let Some(t) = self.scans.get_mut(&key) {
+                            t.complete(token, result);
+                        }
                     }
-                }
+                    None => {}
+                },
                 Event::WriteDone { token, result } => {
-                    let Some(p) = self.pending.remove(&token) else { continue };
-                    let reply = match (result, p.stage) {
+                    let Some(Pending::Cmd { origin, cmd, stage }) = self.pending.remove(&token) else {
+                        continue;
+                    };
+                    let reply = match (result, stage) {
                         (Ok(()), Stage::Write(r)) => r,
                         (Err(e), _) => Reply::code(write_error_code(&e)),
                         (Ok(()), Stage::Read) => Reply::code(proto::result_code::SERVER_ERROR),
                     };
-                    self.finish(p.origin, &p.cmd, reply);
+                    self.finish(origin, &cmd, reply);
                 }
             }
         }
