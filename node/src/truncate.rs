@@ -26,6 +26,11 @@ use std::path::{Path, PathBuf};
 /// The `version` key of the file format this code writes and reads.
 pub const TRUNCATE_FILE_VERSION: i64 = 1;
 
+/// The greatest cut-off, ms since 2010-01-01 (in 2044): the LUT range ends at [`MAX_LUT_MS`] and
+/// a write after a truncate needs a LUT above the cut-off
+/// ([`crate::shard::Shard::set_lut_floor`]).
+pub const MAX_CUTOFF_MS: u64 = MAX_LUT_MS - 2;
+
 /// Unix nanoseconds (the `lut=` argument of the info commands, wire spec §2.2) to milliseconds
 /// since the Citrusleaf epoch, rounded down; 0 for instants before 2010-01-01.
 pub fn cl_ms_from_unix_ns(unix_ns: u64) -> u64 {
@@ -99,10 +104,10 @@ impl TruncateTable {
     ///
     /// # Panics
     /// If `set` is empty or longer than [`SET_NAME_MAX_BYTES`], or `cutoff_lut_ms` is above
-    /// [`MAX_LUT_MS`] (callers refuse cut-offs in the future first).
+    /// [`MAX_CUTOFF_MS`] (callers refuse cut-offs in the future first).
     pub fn apply(&mut self, set: Option<&[u8]>, cutoff_lut_ms: u64) -> bool {
         assert!(
-            cutoff_lut_ms <= MAX_LUT_MS,
+            cutoff_lut_ms <= MAX_CUTOFF_MS,
             "truncate cut-off {cutoff_lut_ms} ms is above the LUT range"
         );
         let slot = match set {
@@ -290,9 +295,9 @@ fn parse(bytes: &[u8]) -> Result<TruncateTable, String> {
     }
     let file: FileV1 = toml::from_str(text).map_err(|e| e.message().to_owned())?;
     let lut = |what: &str, v: i64, allow_zero: bool| -> Result<u64, String> {
-        if v < 0 || v as u64 > MAX_LUT_MS || (v == 0 && !allow_zero) {
+        if v < 0 || v as u64 > MAX_CUTOFF_MS || (v == 0 && !allow_zero) {
             return Err(format!(
-                "{what} = {v} is out of range ({}..={MAX_LUT_MS})",
+                "{what} = {v} is out of range ({}..={MAX_CUTOFF_MS})",
                 !allow_zero as u8
             ));
         }
@@ -469,6 +474,7 @@ mod tests {
             ("version = 1\n", "namespace_lut_ms"),
             ("version = 1\nnamespace_lut_ms = -1\n", "out of range"),
             ("version = 1\nnamespace_lut_ms = 1099511627776\n", "out of range"),
+            ("version = 1\nnamespace_lut_ms = 1099511627774\n", "out of range"),
             ("version = 1\nnamespace_lut_ms = 5\nextra = 1\n", "extra"),
             ("version = 1\nnamespace_lut_ms = 5\n[[set]]\nlut_ms = 4\n", "exactly one"),
             (

@@ -20,8 +20,8 @@
 use super::Shard;
 use crate::clock::Clock;
 use crate::digest::{Digest, PartitionId, N_PARTITIONS};
-use crate::index::{Visit, MAX_LUT_MS};
-use crate::truncate::TruncateTable;
+use crate::index::Visit;
+use crate::truncate::{TruncateTable, MAX_CUTOFF_MS};
 use bolide_drivers::BlockDevice;
 
 impl<D: BlockDevice, C: Clock> Shard<D, C> {
@@ -36,11 +36,11 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     /// Cheap; no I/O.
     ///
     /// # Panics
-    /// If `floor_lut_ms` is above `MAX_LUT_MS - 2` (the LUT range ends in 2044; callers refuse
+    /// If `floor_lut_ms` is above [`MAX_CUTOFF_MS`] (the LUT range ends in 2044; callers refuse
     /// cut-offs in the future).
     pub fn set_lut_floor(&mut self, floor_lut_ms: u64) {
         assert!(
-            floor_lut_ms <= MAX_LUT_MS - 2,
+            floor_lut_ms <= MAX_CUTOFF_MS,
             "LUT floor {floor_lut_ms} ms leaves no LUT above it"
         );
         self.lut_floor_ms = self.lut_floor_ms.max(floor_lut_ms);
