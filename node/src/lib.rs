@@ -3,7 +3,8 @@
 //! Layers, bottom up: [`digest`] and [`particle`] (the data model of wire spec §3.5/§4),
 //! [`record`] (the on-disk record and wblock formats), [`index`] (the RAM primary index),
 //! [`shard`] (one core's log-structured store: write buffers, group commit, defrag, expiry,
-//! cold start, fast restart). [`config`] validates settings; [`clock`] abstracts time.
+//! cold start, fast restart), [`truncate`] (truncate cut-offs and their durable file).
+//! [`config`] validates settings; [`clock`] abstracts time.
 #![forbid(unsafe_code)]
 
 pub mod clock;
@@ -15,3 +16,4 @@ pub mod proto;
 pub mod record;
 pub mod server;
 pub mod shard;
+pub mod truncate;

@@ -28,6 +28,7 @@
 mod defrag;
 mod recovery;
 pub mod region;
+mod truncate;
 
 use crate::clock::Clock;
 use crate::config::{ConfigError, StorageConfig};
@@ -181,6 +182,8 @@ pub struct ShardStats {
     pub wblocks_pinned: u64,
     /// Records with a damaged header seen by defrag (skipped, resynchronised).
     pub defrag_corrupt_headers: u64,
+    /// Index entries (records and tombstones) removed by truncates.
+    pub truncated: u64,
 }
 
 /// Space and write-amplification gauges.
@@ -336,6 +339,10 @@ pub struct Shard<D: BlockDevice, C: Clock> {
     stats: ShardStats,
     stash: Vec<Event>,
     next_internal_token: u64,
+    /// Every write gets a LUT above this (ms since 2010): the greatest truncate cut-off applied.
+    lut_floor_ms: u64,
+    /// Reused by truncates: the live entries a partition pass removed.
+    truncate_scratch: Vec<IndexEntry>,
 }
 
 impl<D: BlockDevice, C: Clock> Shard<D, C> {
@@ -401,7 +408,8 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     // ----- writes -----
 
     /// Writes a whole record (replacing any older version). Generation becomes the old one plus
-    /// one (1 for a new record); the LUT is the clock's, made strictly greater than the old one.
+    /// one (1 for a new record); the LUT is the clock's, made strictly greater than the old one
+    /// and than the LUT floor ([`Shard::set_lut_floor`]).
     ///
     /// # Errors
     /// See [`WriteError`]; a refused write changes nothing.
@@ -466,8 +474,13 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         Ok(written)
     }
 
+    /// The LUT of a write: the clock, above the truncate floor, above the record's old LUT.
     fn next_lut(&self, old: Option<&IndexEntry>) -> u64 {
-        let now = self.clock.now_cl_ms().min(crate::index::MAX_LUT_MS - 1);
+        let now = self
+            .clock
+            .now_cl_ms()
+            .max(self.lut_floor_ms + 1)
+            .min(crate::index::MAX_LUT_MS - 1);
         match old {
             Some(e) => now.max(e.lut_ms() + 1).min(crate::index::MAX_LUT_MS),
             None => now,

@@ -161,6 +161,8 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             stats: ShardStats::default(),
             stash: Vec::new(),
             next_internal_token: 0,
+            lut_floor_ms: 0,
+            truncate_scratch: Vec::new(),
         };
         shard.reset_blocks();
         let mut report = OpenReport {
