@@ -10,6 +10,10 @@ use bolide_node::clock::SystemClock;
 use bolide_node::config::StorageConfig;
 use bolide_node::server::{Server, ServerConfig};
 use bolide_node::shard::{Region, Shard};
+use bolide_node::truncate::TruncateTable;
+
+/// The truncate table, in the data directory (docs/DISK_FORMAT.md, "Truncate table").
+const TRUNCATE_FILE: &str = "truncate.toml";
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -168,7 +172,17 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             .map(|h| h.join().unwrap_or_else(|_| Err("shard open panicked".into())))
             .collect()
     });
-    let shards = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut shards = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
+    // Truncated records stay gone: re-apply the saved cut-offs before serving (a cold start
+    // finds their old copies in the wblocks).
+    let truncate_path = cfg.data_dir.join(TRUNCATE_FILE);
+    let truncate = TruncateTable::load(&truncate_path).map_err(|e| e.to_string())?;
+    if !truncate.is_empty() {
+        for (w, shard) in shards.iter_mut().enumerate() {
+            let removed = shard.reapply_truncate_table(&truncate);
+            tracing::info!(worker = w, removed, "truncate table re-applied");
+        }
+    }
     let server_cfg = ServerConfig {
         listen: cfg.listen,
         namespace: cfg.namespace.clone(),
@@ -176,6 +190,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         cluster_name: cfg.cluster_name.clone(),
         max_connections: cfg.max_connections,
         ring_capacity: 4096,
+        truncate,
+        truncate_path: Some(truncate_path),
     };
     let pins = (0..workers)
         .map(|w| cores.get(w % cores.len().max(1)).copied())

@@ -369,8 +369,9 @@ pub fn filter_for(cmd: &Command, now_cl_ms: u64) -> Result<Option<impl Fn(&Recor
     }))
 }
 
-/// The node state behind info commands: settings and the gauges the workers publish.
-struct Source<'a>(&'a NodeShared);
+/// The node state behind info commands: settings and the gauges the workers publish; `now_cl_ms`
+/// is the worker's clock (ms since 2010) for truncates without a `lut`.
+struct Source<'a>(&'a NodeShared, u64);
 
 impl info::InfoSource for Source<'_> {
     fn node_name(&self) -> &str {
@@ -410,19 +411,75 @@ impl info::InfoSource for Source<'_> {
     fn sets(&self, _ns: &str) -> Vec<info::SetStats> {
         Vec::new()
     }
-    fn truncate(&mut self, _ns: &str, _set: Option<&str>, _lut_nanos: Option<u64>) -> Result<(), info::TruncateError> {
-        Err(info::TruncateError::Failed("truncate is not implemented yet".into()))
+    fn truncate(&mut self, ns: &str, set: Option<&str>, lut_nanos: Option<u64>) -> Result<(), info::TruncateError> {
+        if ns != self.0.namespace {
+            return Err(info::TruncateError::UnknownNamespace);
+        }
+        truncate(self.0, set.map(str::as_bytes), lut_nanos, self.1)
     }
     fn latencies(&self) -> Vec<info::LatencyHist> {
         Vec::new()
     }
 }
 
+/// Records a truncate of `set` (the whole namespace when `None`) at `lut_nanos` (Unix ns; now
+/// when `None`): the new table is saved durably first, then published to the workers, which
+/// raise their LUT floor, filter reads and sweep their index (wire spec §2.2 `truncate`).
+///
+/// # Errors
+/// A cut-off after `now_cl_ms` (`LutInFuture`), a set name over 63 bytes, or the table file
+/// could not be saved (the truncate did not happen; the table is unchanged).
+pub fn truncate(
+    shared: &NodeShared,
+    set: Option<&[u8]>,
+    lut_nanos: Option<u64>,
+    now_cl_ms: u64,
+) -> Result<(), info::TruncateError> {
+    use crate::truncate::{cl_ms_from_unix_ns, MAX_CUTOFF_MS};
+    let cutoff = lut_nanos.map_or(now_cl_ms, cl_ms_from_unix_ns);
+    if cutoff > now_cl_ms || cutoff > MAX_CUTOFF_MS {
+        return Err(info::TruncateError::LutInFuture);
+    }
+    if let Some(s) = set {
+        if s.is_empty() || s.len() > crate::record::SET_NAME_MAX_BYTES {
+            return Err(info::TruncateError::Failed(format!(
+                "set name must be 1 to {} bytes",
+                crate::record::SET_NAME_MAX_BYTES
+            )));
+        }
+    }
+    if cutoff == 0 {
+        return Ok(()); // before 2010: nothing is that old
+    }
+    let mut guard = shared
+        .truncate
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut table = (**guard).clone();
+    if !table.apply(set, cutoff) {
+        return Ok(());
+    }
+    if let Some(path) = &shared.truncate_path {
+        if let Err(e) = table.save(path) {
+            tracing::error!("truncate not applied: {e}");
+            return Err(info::TruncateError::Failed(e.to_string()));
+        }
+    }
+    *guard = Arc::new(table);
+    shared.truncate_version.fetch_add(1, Ordering::Release);
+    tracing::info!(
+        set = %String::from_utf8_lossy(set.unwrap_or_default()),
+        cutoff_cl_ms = cutoff,
+        "truncate recorded"
+    );
+    Ok(())
+}
+
 /// Answers an info request: a type-1 proto whose body is `respond`'s text (spec §2.1).
-pub fn info_reply(body: &[u8], shared: &NodeShared) -> Vec<u8> {
+pub fn info_reply(body: &[u8], shared: &NodeShared, now_cl_ms: u64) -> Vec<u8> {
     let mut out = Vec::new();
     let start = W::begin(&mut out);
-    info::respond(body, &mut Source(shared), &mut out);
+    info::respond(body, &mut Source(shared, now_cl_ms), &mut out);
     W::finish(&mut out, start, PROTO_TYPE_INFO);
     out
 }

@@ -10,10 +10,12 @@ pub mod worker;
 
 use crate::clock::Clock;
 use crate::shard::Shard;
+use crate::truncate::TruncateTable;
 use bolide_drivers::BlockDevice;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Node-wide settings of the server.
 #[derive(Clone, Debug)]
@@ -29,6 +31,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Slots in each cross-core ring.
     pub ring_capacity: usize,
+    /// The namespace's truncate cut-offs as loaded at start-up (already re-applied to the shards).
+    pub truncate: TruncateTable,
+    /// Where truncates are saved before they are acknowledged; `None` keeps them in memory only
+    /// (tests).
+    pub truncate_path: Option<PathBuf>,
 }
 
 /// What every worker shares: settings, gauges and the stop flag. Only atomics: nothing here is
@@ -45,6 +52,12 @@ pub struct NodeShared {
     pub index_entries: Vec<AtomicU64>,
     pub live_bytes: Vec<AtomicU64>,
     pub capacity_bytes: Vec<AtomicU64>,
+    /// The truncate table: replaced whole (under the write lock, after it is saved) by an info
+    /// truncate; workers copy the `Arc` when `truncate_version` moves, so the data path only
+    /// loads the atomic.
+    pub truncate: RwLock<Arc<TruncateTable>>,
+    pub truncate_version: AtomicU64,
+    pub truncate_path: Option<PathBuf>,
 }
 
 impl NodeShared {
@@ -88,6 +101,9 @@ impl<D: BlockDevice + 'static, C: Clock + 'static> Server<D, C> {
             index_entries: (0..n).map(|_| AtomicU64::new(0)).collect(),
             live_bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
             capacity_bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            truncate: RwLock::new(Arc::new(cfg.truncate.clone())),
+            truncate_version: AtomicU64::new(0),
+            truncate_path: cfg.truncate_path.clone(),
         });
         let mut polls = Vec::with_capacity(n);
         let mut wakers = Vec::with_capacity(n);

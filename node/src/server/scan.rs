@@ -20,6 +20,7 @@ use crate::proto::result_code as rc;
 use crate::proto::scan::ScanPartition;
 use crate::record::Record;
 use crate::shard::{is_expired, ReadAck, ReadError, Shard};
+use crate::truncate::TruncateTable;
 use bolide_drivers::BlockDevice;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -143,6 +144,7 @@ impl ScanTask {
     pub fn fill<D: BlockDevice, C: Clock>(
         &mut self,
         shard: &mut Shard<D, C>,
+        truncate: &TruncateTable,
         next_token: &mut u64,
         pending: &mut Vec<u64>,
     ) -> bool {
@@ -166,7 +168,7 @@ impl ScanTask {
                 }
                 let digest = e.digest();
                 self.issue_after = Some(digest);
-                if e.is_tombstone() || is_expired(e, now_s) {
+                if e.is_tombstone() || is_expired(e, now_s) || truncate.covers_namespace(e.lut_ms()) {
                     continue;
                 }
                 if let Some(f) = &self.spec.filter {
@@ -233,7 +235,7 @@ impl ScanTask {
 
     /// Moves the records at the head of the window that are read into the chunk, in order.
     /// Returns whether anything left the window.
-    pub fn emit(&mut self, now_ms: u64) -> bool {
+    pub fn emit(&mut self, truncate: &TruncateTable, now_ms: u64) -> bool {
         let mut moved = false;
         while let Some(Slot::Ready(_)) = self.window.front() {
             let Some(Slot::Ready(rec)) = self.window.pop_front() else {
@@ -245,6 +247,9 @@ impl ScanTask {
                 continue;
             }
             if !self.spec.set.is_empty() && rec.set_name != self.spec.set {
+                continue;
+            }
+            if truncate.covers(rec.meta.lut_ms, &rec.set_name) {
                 continue;
             }
             if let Some(f) = &self.spec.filter {
@@ -358,11 +363,11 @@ mod tests {
             assert!(turns < 100_000, "scan does not finish");
             let now = shard.clock().now_cl_ms();
             loop {
-                let emitted = task.emit(now);
+                let emitted = task.emit(&TruncateTable::default(), now);
                 if task.chunk_due() {
                     break;
                 }
-                if !task.fill(shard, &mut token, &mut issued) && !emitted {
+                if !task.fill(shard, &TruncateTable::default(), &mut token, &mut issued) && !emitted {
                     break;
                 }
             }

@@ -26,6 +26,7 @@ use crate::proto::msg::Reply as W;
 use crate::proto::scan::ScanPartition;
 use crate::proto::{self, ProtoHeader, PROTO_HEADER_BYTES};
 use crate::shard::{Event, ReadAck, ReadError, Shard, WriteError};
+use crate::truncate::TruncateTable;
 use bolide_drivers::BlockDevice;
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
@@ -175,6 +176,11 @@ pub struct Worker<D: BlockDevice, C: Clock> {
     next_scan_id: u64,
     /// Stream messages to this worker from itself, handled with the rings.
     local: VecDeque<CoreMsg>,
+    /// This worker's copy of the truncate table, the version it was copied at, and the
+    /// namespace cut-off still being swept from the index (with the next partition to sweep).
+    truncate: Arc<TruncateTable>,
+    truncate_version: u64,
+    truncate_sweep: Option<(u64, u16)>,
 }
 
 impl<D: BlockDevice, C: Clock> Worker<D, C> {
@@ -193,6 +199,12 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             poll.registry()
                 .register(&mut SourceFd(&fd.as_raw_fd()), DEVICE, Interest::READABLE)?;
         }
+        let truncate = Arc::clone(
+            &shared
+                .truncate
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         Ok(Worker {
             id,
             poll,
@@ -212,6 +224,9 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             scans: HashMap::new(),
             next_scan_id: 0,
             local: VecDeque::new(),
+            truncate,
+            truncate_version: 0,
+            truncate_sweep: None,
         })
     }
 
@@ -242,7 +257,9 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             self.drain_rings();
             self.drive_shard();
             self.pump_batches();
+            self.refresh_truncate();
             self.run_scans();
+            self.sweep_truncated();
             self.flush_outbox();
             self.publish();
         }
@@ -431,7 +448,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         match codec::decode(hdr.ptype, body, &self.shared.namespace) {
             Decoded::Reply(bytes) => self.deliver(local, bytes),
             Decoded::Info => {
-                let bytes = codec::info_reply(body, &self.shared);
+                let bytes = codec::info_reply(body, &self.shared, self.shard.clock().now_cl_ms());
                 self.deliver(local, bytes);
             }
             Decoded::Close => {
@@ -684,11 +701,11 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             let Some(mut t) = self.scans.remove(&key) else { continue };
             let now_ms = self.shard.clock().now_cl_ms();
             loop {
-                let emitted = t.emit(now_ms);
+                let emitted = t.emit(&self.truncate, now_ms);
                 if t.chunk_due() {
                     break;
                 }
-                let filled = t.fill(&mut self.shard, &mut self.next_token, &mut issued);
+                let filled = t.fill(&mut self.shard, &self.truncate, &mut self.next_token, &mut issued);
                 if !filled && !emitted {
                     break;
                 }
@@ -833,7 +850,55 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
 
     // ----- the owner side: commands on this worker's shard -----
 
+    /// Takes a new truncate table if one was published: raises the shard's LUT floor above
+    /// every cut-off and starts sweeping a new namespace cut-off from the index. Called before
+    /// each command, so a command that follows an acknowledged truncate sees it.
+    fn refresh_truncate(&mut self) {
+        let v = self.shared.truncate_version.load(Ordering::Acquire);
+        if v == self.truncate_version {
+            return;
+        }
+        let table = Arc::clone(
+            &self
+                .shared
+                .truncate
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        self.truncate_version = v;
+        self.shard.set_lut_floor(table.max_cutoff_ms());
+        if table.namespace_lut_ms() > self.truncate.namespace_lut_ms() {
+            self.truncate_sweep = Some((table.namespace_lut_ms(), 0));
+        }
+        self.truncate = table;
+    }
+
+    /// Removes namespace-truncated records of a few more of this worker's partitions (64 per
+    /// turn), so their space comes back without blocking the loop.
+    fn sweep_truncated(&mut self) {
+        let Some((cutoff, mut pid)) = self.truncate_sweep else {
+            return;
+        };
+        let n = self.rings.workers();
+        let mut removed = 0;
+        for _ in 0..64 {
+            while usize::from(pid) < crate::digest::N_PARTITIONS && usize::from(pid) % n != self.id {
+                pid += 1;
+            }
+            if usize::from(pid) >= crate::digest::N_PARTITIONS {
+                break;
+            }
+            removed += self.shard.truncate_partition(crate::digest::PartitionId(pid), cutoff);
+            pid += 1;
+        }
+        if removed > 0 {
+            tracing::debug!(worker = self.id, removed, "truncate sweep");
+        }
+        self.truncate_sweep = (usize::from(pid) < crate::digest::N_PARTITIONS).then_some((cutoff, pid));
+    }
+
     fn start(&mut self, origin: Origin, cmd: Box<Command>) {
+        self.refresh_truncate();
         if let Some(q) = self.busy_digests.get_mut(&cmd.digest) {
             q.push_back((origin, cmd));
             return;
@@ -843,8 +908,17 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
     }
 
     fn run_cmd(&mut self, origin: Origin, cmd: Box<Command>) {
-        let entry = self.shard.peek(&cmd.digest);
-        if cmd.needs_bins() && entry.is_some() {
+        let mut entry = self.shard.peek(&cmd.digest);
+        if let Some(e) = entry {
+            if self.truncate.covers_namespace(e.lut_ms()) {
+                self.shard
+                    .truncate_record(&cmd.digest, self.truncate.namespace_lut_ms());
+                entry = None;
+            }
+        }
+        // A record older than a set's cut-off: only the stored record says which set it is in.
+        let must_read = entry.is_some_and(|e| self.truncate.may_cover(e.lut_ms()));
+        if (cmd.needs_bins() || must_read) && entry.is_some() {
             let token = self.token();
             match self.shard.get(&cmd.digest, token) {
                 Ok(ReadAck::Done(rec)) => self.cont(origin, cmd, Some(rec)),
@@ -867,6 +941,17 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
     }
 
     fn cont(&mut self, origin: Origin, cmd: Box<Command>, rec: Option<crate::record::Record>) {
+        let rec = match rec {
+            Some(r) if self.truncate.covers(r.meta.lut_ms, &r.set_name) => {
+                let cutoff = self
+                    .truncate
+                    .namespace_lut_ms()
+                    .max(self.truncate.set_cutoff_ms(&r.set_name));
+                self.shard.truncate_record(&cmd.digest, cutoff);
+                None
+            }
+            other => other,
+        };
         let entry = self.shard.peek(&cmd.digest);
         let cur = Existing {
             record: rec.as_ref(),
