@@ -417,9 +417,15 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             if c.rbuf.len() < total {
                 break;
             }
-            let frame: Vec<u8> = c.rbuf.drain(..total).collect();
+            // Decode straight from the connection's buffer: take it out while the request is
+            // handled (a reply delivered meanwhile finds it empty and serves nothing), then drop
+            // the request's bytes and put it back.
+            let mut rbuf = std::mem::take(&mut c.rbuf);
             c.busy = true;
-            self.handle_frame(id, hdr, &frame[PROTO_HEADER_BYTES..]);
+            self.handle_frame(id, hdr, &rbuf[PROTO_HEADER_BYTES..total]);
+            let Some(c) = self.conns.get_mut(&id) else { return };
+            rbuf.drain(..total);
+            c.rbuf = rbuf;
         }
         let Some(c) = self.conns.get(&id) else { return };
         if c.closing && (c.wbuf.is_empty() || !c.busy) {
