@@ -16,6 +16,7 @@ use bolide_node::truncate::TruncateTable;
 /// The truncate table, in the data directory (docs/DISK_FORMAT.md, "Truncate table").
 const TRUNCATE_FILE: &str = "truncate.toml";
 use clap::{Parser, Subcommand};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,10 @@ struct Cli {
 enum Cmd {
     /// Run the node (the default command).
     Serve(ServeArgs),
+    /// `backup` and `restore` (asbackup / asrestore flags) run the `bolide-backup` binary that is
+    /// built next to this one.
+    #[command(external_subcommand)]
+    External(Vec<OsString>),
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -155,12 +160,42 @@ fn main() {
     let cli = Cli::parse();
     let args = match cli.cmd {
         Some(Cmd::Serve(a)) => a,
+        Some(Cmd::External(argv)) => {
+            let e = run_tool(&argv);
+            tracing::error!("{e}");
+            std::process::exit(2);
+        }
         None => ServeArgs::default(),
     };
     if let Err(e) = serve(&args) {
         tracing::error!("{e}");
         std::process::exit(2);
     }
+}
+
+/// Runs `bolide-backup <backup|restore> ARGS...` from this executable's directory in place of
+/// this process (like `git <tool>`); returns only on failure.
+fn run_tool(argv: &[OsString]) -> String {
+    use std::os::unix::process::CommandExt;
+    let sub = argv
+        .first()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if sub != "backup" && sub != "restore" {
+        return format!("unknown command `{sub}`: try `bolide --help`");
+    }
+    let exe = match std::env::current_exe() {
+        Ok(p) => p.with_file_name("bolide-backup"),
+        Err(e) => return format!("cannot locate this executable: {e}"),
+    };
+    if !exe.exists() {
+        return format!(
+            "`bolide {sub}` runs {}, which is not built: cargo build --release -p bolide-backup",
+            exe.display()
+        );
+    }
+    let e = std::process::Command::new(&exe).args(argv).exec();
+    format!("cannot run {}: {e}", exe.display())
 }
 
 /// A node name that stays the same across restarts of the same data directory and address:
