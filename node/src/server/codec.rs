@@ -110,6 +110,10 @@ fn decode_msg(body: &[u8], namespace: &str) -> Decoded {
     if msg.namespace() != Some(namespace.as_bytes()) {
         return Decoded::Reply(code_reply(rc::NAMESPACE_NOT_FOUND, false));
     }
+    // UDFs (record apply) come with a later issue: answer 16 and leave the record alone.
+    if msg.field(field_type::UDF_FUNCTION).is_some() || msg.field(field_type::UDF_PACKAGE_NAME).is_some() {
+        return Decoded::Reply(code_reply(rc::UNSUPPORTED_FEATURE, false));
+    }
     let Some(digest) = msg.digest() else {
         return Decoded::Reply(code_reply(rc::PARAMETER, false));
     };
@@ -482,4 +486,138 @@ pub fn info_reply(body: &[u8], shared: &NodeShared, now_cl_ms: u64) -> Vec<u8> {
     info::respond(body, &mut Source(shared, now_cl_ms), &mut out);
     W::finish(&mut out, start, PROTO_TYPE_INFO);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::msg::{info3, MsgHeader};
+
+    /// An AS_MSG body (no proto header) with these header flags and fields.
+    fn body(info1: u8, info2: u8, fields: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        W::msg_header(
+            &mut out,
+            &MsgHeader {
+                header_sz: 22,
+                info1,
+                info2,
+                n_fields: fields.len() as u16,
+                ..MsgHeader::default()
+            },
+        );
+        for (t, d) in fields {
+            W::write_field(&mut out, *t, d);
+        }
+        out
+    }
+
+    /// The result code and info3 of a reply's first message.
+    fn code_of(reply: &[u8]) -> (u8, u8) {
+        let m = &reply[crate::proto::PROTO_HEADER_BYTES..];
+        (m[5], m[3])
+    }
+
+    #[test]
+    fn single_record_udf_is_refused_before_it_touches_the_record() {
+        let digest = [7u8; 20];
+        let b = body(
+            0,
+            info2::WRITE,
+            &[
+                (field_type::NAMESPACE, b"test"),
+                (field_type::DIGEST, &digest),
+                (field_type::UDF_PACKAGE_NAME, b"m"),
+                (field_type::UDF_FUNCTION, b"f"),
+            ],
+        );
+        match decode(PROTO_TYPE_MSG, &b, "test") {
+            Decoded::Reply(r) => assert_eq!(code_of(&r), (rc::UNSUPPORTED_FEATURE, 0)),
+            _ => panic!("a UDF apply must not become a command"),
+        }
+    }
+
+    #[test]
+    fn scans_with_a_secondary_index_or_a_background_write_end_at_once() {
+        let pids = [1u8, 0];
+        let cases: [(Vec<u8>, u8); 3] = [
+            (
+                body(
+                    info1::READ,
+                    0,
+                    &[(field_type::NAMESPACE, b"test"), (field_type::INDEX_NAME, b"i")],
+                ),
+                rc::SINDEX_NOT_FOUND,
+            ),
+            (
+                body(
+                    0,
+                    info2::WRITE,
+                    &[(field_type::NAMESPACE, b"test"), (field_type::PID_ARRAY, &pids)],
+                ),
+                rc::UNSUPPORTED_FEATURE,
+            ),
+            (
+                body(
+                    info1::READ,
+                    0,
+                    &[(field_type::NAMESPACE, b"nope"), (field_type::PID_ARRAY, &pids)],
+                ),
+                rc::NAMESPACE_NOT_FOUND,
+            ),
+        ];
+        for (b, code) in cases {
+            match decode(PROTO_TYPE_MSG, &b, "test") {
+                Decoded::Reply(r) => assert_eq!(code_of(&r), (code, info3::LAST)),
+                _ => panic!("expected an immediate LAST {code}"),
+            }
+        }
+        let b = body(
+            info1::READ,
+            0,
+            &[(field_type::NAMESPACE, b"test"), (field_type::PID_ARRAY, &pids)],
+        );
+        match decode(PROTO_TYPE_MSG, &b, "test") {
+            Decoded::Scan(spec, parts) => {
+                assert_eq!(parts.len(), 1);
+                assert_eq!(parts[0].pid.0, 1);
+                assert!(spec.set.is_empty() && spec.bins.is_none() && spec.max_records == 0);
+            }
+            _ => panic!("a scan"),
+        }
+    }
+
+    #[test]
+    fn batch_rows_keep_their_index_and_their_own_errors() {
+        let mut rows = 2u32.to_be_bytes().to_vec();
+        rows.push(0x0d);
+        for (i, ns) in [(4u32, &b"test"[..]), (9, &b"other"[..])] {
+            rows.extend_from_slice(&i.to_be_bytes());
+            rows.extend_from_slice(&[i as u8; 20]);
+            rows.extend_from_slice(&[0x0a, info1::READ | info1::GET_ALL, 0, 0, 0, 0, 0, 0]);
+            rows.extend_from_slice(&[0, 2, 0, 0]);
+            W::write_field(&mut rows, field_type::NAMESPACE, ns);
+            W::write_field(&mut rows, field_type::SET, b"s");
+        }
+        let filter = [0x93u8, 0x01, 0x01, 0x01]; // any bytes: kept, compiled per row later
+        let b = body(
+            info1::BATCH,
+            0,
+            &[(field_type::FILTER_EXP, &filter), (field_type::BATCH_INDEX, &rows)],
+        );
+        let Decoded::Batch(items) = decode(PROTO_TYPE_MSG, &b, "test") else {
+            panic!("a batch")
+        };
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].index, 4);
+        let cmd = items[0].cmd.as_ref().expect("runs");
+        assert_eq!(cmd.digest.0, [4u8; 20]);
+        assert_eq!(cmd.set_name, b"s");
+        assert_eq!(
+            cmd.filter_exp, filter,
+            "the batch's filter applies to rows without their own"
+        );
+        assert_eq!(items[1].index, 9);
+        assert_eq!(items[1].cmd.as_ref().err(), Some(&rc::NAMESPACE_NOT_FOUND));
+    }
 }
