@@ -6,9 +6,10 @@ Usage:
   streams.py batch PORT
   streams.py scan PORT
   streams.py truncate-sets PORT       writes, truncates sets, checks (fresh node)
-  streams.py truncate-ns PORT         truncates the namespace, checks (after truncate-sets)
-  streams.py verify-sets PORT         checks the state truncate-sets left (after restarts)
-  streams.py verify-ns PORT           checks the state truncate-ns left (after restarts)
+  streams.py truncate-ns PORT ROUND   truncates the namespace, checks (after truncate-sets)
+  streams.py verify-sets PORT ROUND   checks the state truncate-sets left (after restarts)
+  streams.py verify-ns PORT ROUND     checks the state truncate-ns left (after restarts)
+ROUND counts the verify rounds before this one (each writes one record after the truncates).
 """
 import sys
 import time
@@ -178,6 +179,39 @@ def run_batch():
     check(client.get(key(st, 8))[2]["s"] == "v8", "generation-mismatch row changed nothing")
     check(client.exists(key(st, "nope2"))[1] is None, "update-only row created nothing")
 
+    # more write rows: replace, touch with a TTL, a delete op, a type error; keys in other sets
+    # and without a set in the same batch (no REPEAT rows); send-key rows
+    client.put(key("b2", 1), {"i": 1001})
+    client.put((NS, None, "noset"), {"i": 1002})
+    out = client.batch_write(br.BatchRecords([
+        br.Write(key(st, 20), [op.write("z", 1)], policy={"exists": aerospike.POLICY_EXISTS_REPLACE}),
+        br.Write(key(st, 21), [op.touch()], meta={"ttl": 500}),
+        br.Write(key(st, 22), [op.delete()]),
+        br.Write(key(st, 23), [op.increment("s", 1)]),
+        br.Read(key("b2", 1), [op.read("i")]),
+        br.Read((NS, None, "noset"), None, read_all_bins=True),
+        br.Write(key("sk", "k1"), [op.write("a", 1)], policy={"key": aerospike.POLICY_KEY_SEND}),
+        br.Remove(key(st, 24), policy={"gen": aerospike.POLICY_GEN_EQ, "generation": 7}),
+    ]))
+    rows = out.batch_records
+    codes = [r.result for r in rows]
+    check(codes == [0, 0, 0, 12, 0, 0, 0, 3], f"more write rows: {codes}")
+    check(client.get(key(st, 20))[2] == {"z": 1}, "replace row")
+    check(0 < client.exists(key(st, 21))[1]["ttl"] <= 500, "touch row sets the TTL")
+    check(client.exists(key(st, 22))[1] is None, "delete-op row")
+    check(client.get(key(st, 23))[2]["s"] == "v23", "type-error row changed nothing")
+    check(rows[4].record[2] == {"i": 1001} and rows[5].record[2] == {"i": 1002}, "other-set rows")
+    check(client.exists(key(st, 24))[1] is not None, "generation-mismatch remove kept 24")
+    recs = client.query(NS, "sk").results()
+    check([r[0][2] for r in recs] == ["k1"], f"send-key row stored its key: {[r[0] for r in recs]}")
+    # per-row read policy with a filter
+    out = client.batch_write(br.BatchRecords([
+        br.Read(key(st, i), [op.read("i")], policy={"expressions": exp.GT(exp.IntBin("i"), 5).compile()})
+        for i in range(4, 8)
+    ]))
+    codes = [r.result for r in out.batch_records]
+    check(codes == [27, 27, 0, 2], f"per-row filter (7 was removed above): {codes}")
+
     # batch_operate: the same ops on many keys (some missing: an increment creates them)
     op_keys = [key(st, i) for i in range(100, 160)]
     out = client.batch_operate(op_keys, [op.increment("i", 1000), op.read("i")])
@@ -267,6 +301,15 @@ def run_scan():
     recs = q.results()
     exactly(recs, all_q, "query select")
     check(all(set(b) == {"s", "i"} and b["s"] == f"v{b['i']}" for _, _, b in recs), "query select bins")
+
+    # read ops as the projection; a short query
+    q = client.query(NS, st)
+    q.add_ops([op.read("s")])
+    recs = q.results()
+    check(sorted(b["s"] for _, _, b in recs) == sorted(f"v{i}" for i in all_q) and all(len(b) == 1 for _, _, b in recs),
+          "query with read ops")
+    recs = client.query(NS, st).results({"expected_duration": aerospike.QUERY_DURATION_SHORT})
+    exactly(recs, all_q, "short query", st)
 
     # the Scan API
     recs = client.scan(NS, st).results()
@@ -404,6 +447,7 @@ SETS_WANT = {
     "b": list(range(100)),               # untouched
     "c": list(range(1050, 1100)),        # truncated with a lut between the old and new halves
     "d": [],                             # truncated, nothing after
+    "f": [99],                           # truncated; a later truncate with an older lut keeps 99
 }
 
 
@@ -411,9 +455,14 @@ def count_set(st):
     return sorted(ids(client.query(NS, st).results()))
 
 
-def verify_sets():
+def verify_sets(round_no):
+    """Checks the state after the set truncates; then writes one record into the truncated set d
+    (round `round_no`'s), which must be visible at once and in later rounds: a write after a
+    restart is newer than every truncate before it."""
+    want_d = list(range(900, 900 + round_no))
     for st, want in SETS_WANT.items():
-        exactly(client.query(NS, st).results(), want, f"set {st} after set truncates", st)
+        want = want_d if st == "d" else want
+        exactly(client.query(NS, st).results(), want, f"set {st} after set truncates (round {round_no})", st)
     for i in range(0, 100, 9):
         check(client.exists(key("a", i))[1] is None, f"truncated a/{i} is gone")
         try:
@@ -424,6 +473,9 @@ def verify_sets():
     res = client.batch_read([key("a", 1), key("a", 500), key("b", 1), key("d", 1)])
     codes = [r.result for r in res.batch_records]
     check(codes == [2, 0, 0, 2], f"batch read after truncate: {codes}")
+    client.put(key("d", 900 + round_no), {"i": 900 + round_no})
+    check(client.get(key("d", 900 + round_no))[2] == {"i": 900 + round_no}, "a write into a truncated set")
+    check(count_set("d") == want_d + [900 + round_no], f"set d after round {round_no}: {count_set('d')}")
 
 
 def run_truncate_sets():
@@ -459,26 +511,64 @@ def run_truncate_sets():
     check(client.truncate(NS, "c", cut) == 0, "truncate c with lut")
     check(count_set("c") == list(range(1050, 1100)), f"lut truncate kept only newer: {len(count_set('c'))}")
 
+    # a truncate whose lut is older than the set's last one removes nothing newer
+    before = time.time_ns()
+    time.sleep(0.05)
+    for i in range(10):
+        client.put(key("f", i), {"i": i})
+    time.sleep(0.05)
+    check(client.truncate(NS, "f", 0) == 0, "truncate f")
+    client.put(key("f", 99), {"i": 99})
+    time.sleep(0.05)
+    check(client.truncate(NS, "f", before) == 0, "truncate f with an older lut")
+    check(count_set("f") == [99], f"older lut keeps the newer record: {count_set('f')}")
+
+    # a lut in the future is refused and removes nothing; an unknown namespace is refused
+    try:
+        client.truncate(NS, "b", time.time_ns() + 3600 * 10**9)
+        check(False, "a truncate lut in the future must be refused")
+    except ex.AerospikeError:
+        check(count_set("b") == list(range(100)), "a refused truncate removes nothing")
+    try:
+        client.truncate("nosuchns", "b", 0)
+        check(False, "truncate of an unknown namespace must fail")
+    except ex.NamespaceNotFound:
+        check(True, "")
+
     # truncate of a set that has no records, then of d
     check(client.truncate(NS, "nosuchset", 0) == 0, "truncate of an empty set")
     check(client.truncate(NS, "d", 0) == 0, "truncate d")
-    verify_sets()
+    verify_sets(0)
 
 
-def run_truncate_ns():
-    verify_sets()
+def run_truncate_ns(round_no):
+    verify_sets(round_no)
+    # a namespace truncate with a lut: every set loses what is older, keeps what is newer
+    for i in range(5):
+        client.put(key("g", i), {"i": i})
+    time.sleep(0.05)
+    cut = time.time_ns()
+    time.sleep(0.05)
+    for i in range(5, 10):
+        client.put(key("g", i), {"i": i})
+    check(client.truncate(NS, None, cut) == 0, "truncate namespace with a lut")
+    exactly(client.scan(NS).results(), list(range(5, 10)), "namespace truncate with a lut", "g")
     check(client.truncate(NS, None, 0) == 0, "truncate namespace")
     for st in SETS_WANT:
         check(count_set(st) == [], f"set {st} empty after namespace truncate")
     check(client.scan(NS).results() == [], "namespace empty after truncate")
     for i in range(30):
         client.put(key("e", i), {"i": i})
-    verify_ns()
+    verify_ns(0)
 
 
-def verify_ns():
-    exactly(client.scan(NS).results(), list(range(30)), "namespace after its truncate", "e")
+def verify_ns(round_no):
+    """The namespace holds set e's 30 records and one more per earlier round; writes one more."""
+    want = list(range(30)) + list(range(950, 950 + round_no))
+    exactly(client.scan(NS).results(), want, f"namespace after its truncate (round {round_no})", "e")
     check(client.exists(key("b", 1))[1] is None, "b/1 gone after namespace truncate")
+    client.put(key("e", 950 + round_no), {"i": 950 + round_no})
+    check(count_set("e") == want + [950 + round_no], f"a write after the namespace truncate, round {round_no}")
 
 
 modes = {
@@ -489,6 +579,9 @@ modes = {
     "verify-sets": verify_sets,
     "verify-ns": verify_ns,
 }
-modes[mode]()
+if mode in ("batch", "scan", "truncate-sets"):
+    modes[mode]()
+else:
+    modes[mode](int(sys.argv[3]))
 client.close()
 print(f"{mode}: {checks} checks passed")

@@ -12,9 +12,11 @@ const TMP: &str = env!("CARGO_TARGET_TMPDIR");
 /// Runs one mode of streams.py against `node`; panics with the script's output and the node log
 /// if any check fails.
 fn run(python: &Path, node: &Node, mode: &str) {
+    let mut args: Vec<String> = mode.split(' ').map(str::to_string).collect();
+    args.insert(1, node.port.to_string());
     let out = Command::new(python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/streams.py"))
-        .args([mode, &node.port.to_string()])
+        .args(&args)
         .output()
         .expect("run python");
     assert!(
@@ -43,29 +45,30 @@ fn python_client_scan_and_query() {
     node.stop_and_log();
 }
 
-/// Set truncates and a namespace truncate, each checked live, after a clean restart and after
-/// kill -9. `commit_to_device` so that the records written after a truncate (which must survive)
-/// are durable when acknowledged.
+/// Set truncates and a namespace truncate, each checked live, then after kill -9 right after
+/// the truncate (cold start), then after a clean restart (fast restart); every round also writes
+/// into the truncated set, which must stay. `commit_to_device` so that the records written after
+/// a truncate are durable when acknowledged.
 #[test]
 fn python_client_truncate_survives_restarts() {
     let python = python_client();
     let cfg: &[&str] = &["[storage]", "commit_to_device = true"];
     let node = Node::start(TMP, cfg);
     run(&python, &node, "truncate-sets");
-
+    let node = Node::start_in(TMP, node.kill9(), cfg);
+    run(&python, &node, "verify-sets 1");
     let (dir, log) = node.stop();
     assert!(log.contains("shard stopped cleanly"), "{log}");
     let node = Node::start_in(TMP, dir, cfg);
-    run(&python, &node, "verify-sets");
-    let node = Node::start_in(TMP, node.kill9(), cfg);
-    run(&python, &node, "verify-sets");
+    assert!(node.log().contains("FastRestart"), "{}", node.log());
+    run(&python, &node, "verify-sets 2");
 
-    run(&python, &node, "truncate-ns");
+    run(&python, &node, "truncate-ns 3");
+    let node = Node::start_in(TMP, node.kill9(), cfg);
+    run(&python, &node, "verify-ns 1");
     let (dir, log) = node.stop();
     assert!(log.contains("shard stopped cleanly"), "{log}");
     let node = Node::start_in(TMP, dir, cfg);
-    run(&python, &node, "verify-ns");
-    let node = Node::start_in(TMP, node.kill9(), cfg);
-    run(&python, &node, "verify-ns");
+    run(&python, &node, "verify-ns 2");
     node.stop_and_log();
 }

@@ -530,6 +530,22 @@ async fn scan_and_query(port: u16) {
         "selected bins only"
     );
 
+    // read operations as the projection
+    let mut stmt = Statement::new(NS, set, Bins::All);
+    stmt.set_operations([operations::get_bin("s")]);
+    let (recs, _) = scan(&client, &qp, PartitionFilter::all(), stmt).await;
+    let mut got: Vec<String> = recs
+        .iter()
+        .map(|r| match r.bins.get("s") {
+            Some(Value::String(s)) if r.bins.len() == 1 => s.clone(),
+            _ => panic!("projection record {r:?}"),
+        })
+        .collect();
+    got.sort_unstable();
+    let mut want: Vec<String> = all.iter().map(|i| format!("v{i}")).collect();
+    want.sort_unstable();
+    check!(got == want, "query with read operations: {} records", got.len());
+
     // whole namespace vs a set; a set with nothing in it
     let recs = scan_all(&client, &qp, PartitionFilter::all(), "", Bins::All).await;
     let mut everything = all.clone();
@@ -561,30 +577,39 @@ async fn scan_and_query(port: u16) {
         let recs = scan_all(&client, &qp, PartitionFilter::by_range(begin, count), set, Bins::All).await;
         exactly(&recs, &want, &format!("range {begin}+{count}"), Some(set));
     }
-    // after the key's digest in its partition
-    let k = key(set, by_pid[&busiest][0]);
-    let recs = scan_all(&client, &qp, PartitionFilter::by_key(&k), set, Bins::All).await;
-    let after: Vec<i64> = by_pid[&busiest]
-        .iter()
-        .copied()
-        .filter(|&i| key(set, i).digest() > k.digest())
-        .collect();
-    check!(
-        recs.iter()
-            .all(|r| r.key.as_ref().is_some_and(|rk| rk.partition_id() == busiest)),
-        "by_key stays in its partition"
+    // after the key's digest in its partition: the server's order within the partition comes
+    // from a one-record-per-round pagination; by_key(k) returns exactly what follows k in it
+    let one = QueryPolicy {
+        max_records: 1,
+        ..QueryPolicy::default()
+    };
+    let mut pf = PartitionFilter::by_id(busiest);
+    let mut order: Vec<i64> = Vec::new();
+    while !pf.done() {
+        let (recs, next) = scan(&client, &one, pf, Statement::new(NS, set, Bins::All)).await;
+        check!(recs.len() <= 1, "max_records 1 page of {}", recs.len());
+        order.extend(recs.iter().map(|r| int(r, "i")));
+        pf = next;
+        check!(
+            order.len() <= by_pid[&busiest].len(),
+            "paging partition {busiest}: {order:?}"
+        );
+    }
+    exactly(
+        &scan_all(&client, &qp, PartitionFilter::by_id(busiest), set, Bins::All).await,
+        &order,
+        "paged partition",
+        Some(set),
     );
-    // the order within a partition is the server's (a stable digest order per the spec): the
-    // records returned are some of the partition's, never the cursor's own
-    let first_i = by_pid[&busiest][0];
-    check!(
-        recs.iter()
-            .all(|r| int(r, "i") != first_i && by_pid[&busiest].contains(&int(r, "i"))),
-        "by_key returns other records of its partition: {} of {} ({} after it in byte order)",
-        recs.len(),
-        by_pid[&busiest].len(),
-        after.len()
-    );
+    for (at, &i) in order.iter().enumerate() {
+        let recs = scan_all(&client, &qp, PartitionFilter::by_key(&key(set, i)), set, Bins::All).await;
+        exactly(
+            &recs,
+            &order[at + 1..],
+            &format!("after key {i} in partition {busiest} ({order:?})"),
+            Some(set),
+        );
+    }
 
     // max_records pagination: rounds until the cursor is done; the union is every record once
     for (page, range) in [
@@ -677,40 +702,41 @@ fn rust_client_truncate_survives_restarts() {
     let cfg: &[&str] = &["[storage]", "commit_to_device = true"];
     let rt = runtime();
     // Runs one phase against `node`; on a failed check prints the node log and re-panics.
-    let phase = |node: &Node, what: &str| {
+    let phase = |node: &Node, what: &str, round: i64| {
         let port = node.port;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             rt.block_on(async {
                 let client = connect(port).await;
                 match what {
                     "truncate-sets" => truncate_sets(&client).await,
-                    "verify-sets" => verify_sets(&client).await,
-                    "truncate-ns" => truncate_ns(&client).await,
-                    _ => verify_ns(&client).await,
+                    "verify-sets" => verify_sets(&client, round).await,
+                    "truncate-ns" => truncate_ns(&client, round).await,
+                    _ => verify_ns(&client, round).await,
                 }
                 client.close().await.expect("close");
             });
         }));
         if let Err(panic) = outcome {
-            eprintln!("phase {what}; node log:\n{}", node.log());
+            eprintln!("phase {what} {round}; node log:\n{}", node.log());
             std::panic::resume_unwind(panic);
         }
     };
+    // A clean restart right after the truncates, then kill -9 (the Python test does the reverse).
     let node = Node::start(TMP, cfg);
-    phase(&node, "truncate-sets");
+    phase(&node, "truncate-sets", 0);
     let (dir, log) = node.stop();
     assert!(log.contains("shard stopped cleanly"), "{log}");
     let node = Node::start_in(TMP, dir, cfg);
-    phase(&node, "verify-sets");
+    phase(&node, "verify-sets", 1);
     let node = Node::start_in(TMP, node.kill9(), cfg);
-    phase(&node, "verify-sets");
-    phase(&node, "truncate-ns");
+    phase(&node, "verify-sets", 2);
+    phase(&node, "truncate-ns", 3);
     let (dir, log) = node.stop();
     assert!(log.contains("shard stopped cleanly"), "{log}");
     let node = Node::start_in(TMP, dir, cfg);
-    phase(&node, "verify-ns");
+    phase(&node, "verify-ns", 1);
     let node = Node::start_in(TMP, node.kill9(), cfg);
-    phase(&node, "verify-ns");
+    phase(&node, "verify-ns", 2);
     node.stop_and_log();
     eprintln!("rust client: {} checks passed", CHECKS.with(Cell::get));
 }
@@ -779,10 +805,23 @@ async fn truncate_sets(client: &Client) {
         "lut truncate keeps the newer half"
     );
     client.truncate(&ap, NS, "td", 0).await.expect("truncate td");
-    verify_sets(client).await;
+
+    // a cut-off in the future is refused and removes nothing
+    let future = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos() as i64 + 3_600_000_000_000;
+    let err = client
+        .truncate(&ap, NS, "tb", future)
+        .await
+        .expect_err("a truncate lut in the future must be refused");
+    check!(
+        count(client, "tb").await.len() == 100,
+        "a refused truncate removes nothing: {err:?}"
+    );
+    verify_sets(client, 0).await;
 }
 
-async fn verify_sets(client: &Client) {
+/// The state after the set truncates, with one record per earlier round written into the
+/// truncated set `td`; then writes this round's, which must be visible at once and stay.
+async fn verify_sets(client: &Client, round: i64) {
     check!(
         count(client, "ta").await == (500..510).collect::<Vec<_>>(),
         "ta after truncate"
@@ -795,7 +834,8 @@ async fn verify_sets(client: &Client) {
         count(client, "tc").await == (50..100).collect::<Vec<_>>(),
         "tc after truncate"
     );
-    check!(count(client, "td").await.is_empty(), "td after truncate");
+    let mut want_td: Vec<i64> = (900..900 + round).collect();
+    check!(count(client, "td").await == want_td, "td after truncate, round {round}");
     let brp = BatchReadPolicy::default();
     let mut ops = vec![
         BatchOperation::read(&brp, key("ta", 1), Bins::All),
@@ -818,10 +858,52 @@ async fn verify_sets(client: &Client) {
         err.server_result_code() == Some(NF),
         "get of a truncated record: {err:?}"
     );
+    client
+        .put(
+            &WritePolicy::default(),
+            &key("td", 900 + round),
+            &[as_bin!("i", 900 + round)],
+        )
+        .await
+        .expect("put td");
+    want_td.push(900 + round);
+    check!(
+        count(client, "td").await == want_td,
+        "a write into the truncated set, round {round}"
+    );
 }
 
-/// The whole namespace, then set `te` written after it.
-async fn truncate_ns(client: &Client) {
+/// Checks the set truncates once more, truncates the whole namespace, writes set `te` after it.
+async fn truncate_ns(client: &Client, round: i64) {
+    verify_sets(client, round).await;
+    // a namespace truncate with a cut-off: every set loses what is older, keeps what is newer
+    let wp = WritePolicy::default();
+    for i in 0..5_i64 {
+        client
+            .put(&wp, &key("tg", i), &[as_bin!("i", i)])
+            .await
+            .expect("put tg");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cut = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos() as i64;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 5..10_i64 {
+        client
+            .put(&wp, &key("tg", i), &[as_bin!("i", i)])
+            .await
+            .expect("put tg");
+    }
+    client
+        .truncate(&AdminPolicy::default(), NS, "", cut)
+        .await
+        .expect("truncate namespace before a cut-off");
+    let recs = scan_all(client, &QueryPolicy::default(), PartitionFilter::all(), "", Bins::All).await;
+    exactly(
+        &recs,
+        &(5..10).collect::<Vec<_>>(),
+        "namespace truncate with a cut-off",
+        Some("tg"),
+    );
     client
         .truncate(&AdminPolicy::default(), NS, "", 0)
         .await
@@ -833,15 +915,17 @@ async fn truncate_ns(client: &Client) {
             .await
             .expect("put te");
     }
-    verify_ns(client).await;
+    verify_ns(client, 0).await;
 }
 
-async fn verify_ns(client: &Client) {
+/// Set `te`'s 20 records and one more per earlier round, nothing else; then writes this round's.
+async fn verify_ns(client: &Client, round: i64) {
     let recs = scan_all(client, &QueryPolicy::default(), PartitionFilter::all(), "", Bins::All).await;
+    let mut want: Vec<i64> = (0..20).chain(950..950 + round).collect();
     exactly(
         &recs,
-        &(0..20).collect::<Vec<_>>(),
-        "namespace after its truncate",
+        &want,
+        &format!("namespace after its truncate, round {round}"),
         Some("te"),
     );
     check!(
@@ -850,5 +934,18 @@ async fn verify_ns(client: &Client) {
             .await
             .expect("exists"),
         "tb/1 gone after the namespace truncate"
+    );
+    client
+        .put(
+            &WritePolicy::default(),
+            &key("te", 950 + round),
+            &[as_bin!("i", 950 + round)],
+        )
+        .await
+        .expect("put te");
+    want.push(950 + round);
+    check!(
+        count(client, "te").await == want,
+        "a write after the namespace truncate, round {round}"
     );
 }
