@@ -21,7 +21,14 @@ from aerospike_helpers.batch import records as br
 from aerospike_helpers.operations import operations as op
 
 mode, port = sys.argv[1], int(sys.argv[2])
-client = aerospike.client({"hosts": [("127.0.0.1", port)]}).connect()
+# Generous timeouts: a busy machine (CI, parallel tests) can take longer than the default 1 s.
+slow = {"total_timeout": 20000}
+client = aerospike.client({
+    "hosts": [("127.0.0.1", port)],
+    "policies": {"write": slow, "read": slow, "batch": slow, "query": slow, "scan": slow,
+                 "operate": slow, "remove": slow, "info": {"timeout": 20000}},
+}).connect()
+INFO = {"timeout": 20000}  # truncate's info policy
 NS = "test"
 checks = 0
 
@@ -448,6 +455,7 @@ SETS_WANT = {
     "c": list(range(1050, 1100)),        # truncated with a lut between the old and new halves
     "d": [],                             # truncated, nothing after
     "f": [99],                           # truncated; a later truncate with an older lut keeps 99
+    "x": [],                             # TTL 1: expired, and stays so over restarts
 }
 
 
@@ -479,6 +487,9 @@ def verify_sets(round_no):
 
 
 def run_truncate_sets():
+    for i in range(20):
+        client.put(key("x", i), {"i": i}, policy={"ttl": 1})
+    time.sleep(2.1)  # void times are whole seconds
     for i in range(100):
         client.put(key("a", i), {"i": i})
         client.put(key("b", i), {"i": i})
@@ -488,7 +499,7 @@ def run_truncate_sets():
     check(len(count_set("a")) == 100, "set a written")
 
     # set truncate, lut 0 = now
-    check(client.truncate(NS, "a", 0) == 0, "truncate a")
+    check(client.truncate(NS, "a", 0, INFO) == 0, "truncate a")
     check(count_set("a") == [], f"set a empty after truncate: {count_set('a')}")
     check(count_set("b") == list(range(100)), "set b survives truncate of a")
     check(client.exists(key("a", 5))[1] is None, "a/5 gone")
@@ -508,7 +519,7 @@ def run_truncate_sets():
     for i in range(1050, 1100):
         client.put(key("c", i), {"i": i})
     check(len(count_set("c")) == 100, "set c has 100")
-    check(client.truncate(NS, "c", cut) == 0, "truncate c with lut")
+    check(client.truncate(NS, "c", cut, INFO) == 0, "truncate c with lut")
     check(count_set("c") == list(range(1050, 1100)), f"lut truncate kept only newer: {len(count_set('c'))}")
 
     # a truncate whose lut is older than the set's last one removes nothing newer
@@ -517,27 +528,27 @@ def run_truncate_sets():
     for i in range(10):
         client.put(key("f", i), {"i": i})
     time.sleep(0.05)
-    check(client.truncate(NS, "f", 0) == 0, "truncate f")
+    check(client.truncate(NS, "f", 0, INFO) == 0, "truncate f")
     client.put(key("f", 99), {"i": 99})
     time.sleep(0.05)
-    check(client.truncate(NS, "f", before) == 0, "truncate f with an older lut")
+    check(client.truncate(NS, "f", before, INFO) == 0, "truncate f with an older lut")
     check(count_set("f") == [99], f"older lut keeps the newer record: {count_set('f')}")
 
     # a lut in the future is refused and removes nothing; an unknown namespace is refused
     try:
-        client.truncate(NS, "b", time.time_ns() + 3600 * 10**9)
+        client.truncate(NS, "b", time.time_ns() + 3600 * 10**9, INFO)
         check(False, "a truncate lut in the future must be refused")
     except ex.AerospikeError:
         check(count_set("b") == list(range(100)), "a refused truncate removes nothing")
     try:
-        client.truncate("nosuchns", "b", 0)
+        client.truncate("nosuchns", "b", 0, INFO)
         check(False, "truncate of an unknown namespace must fail")
     except ex.NamespaceNotFound:
         check(True, "")
 
     # truncate of a set that has no records, then of d
-    check(client.truncate(NS, "nosuchset", 0) == 0, "truncate of an empty set")
-    check(client.truncate(NS, "d", 0) == 0, "truncate d")
+    check(client.truncate(NS, "nosuchset", 0, INFO) == 0, "truncate of an empty set")
+    check(client.truncate(NS, "d", 0, INFO) == 0, "truncate d")
     verify_sets(0)
 
 
@@ -551,9 +562,9 @@ def run_truncate_ns(round_no):
     time.sleep(0.05)
     for i in range(5, 10):
         client.put(key("g", i), {"i": i})
-    check(client.truncate(NS, None, cut) == 0, "truncate namespace with a lut")
+    check(client.truncate(NS, None, cut, INFO) == 0, "truncate namespace with a lut")
     exactly(client.scan(NS).results(), list(range(5, 10)), "namespace truncate with a lut", "g")
-    check(client.truncate(NS, None, 0) == 0, "truncate namespace")
+    check(client.truncate(NS, None, 0, INFO) == 0, "truncate namespace")
     for st in SETS_WANT:
         check(count_set(st) == [], f"set {st} empty after namespace truncate")
     check(client.scan(NS).results() == [], "namespace empty after truncate")

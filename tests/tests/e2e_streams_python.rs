@@ -47,8 +47,9 @@ fn python_client_scan_and_query() {
 
 /// Set truncates and a namespace truncate, each checked live, then after kill -9 right after
 /// the truncate (cold start), then after a clean restart (fast restart); every round also writes
-/// into the truncated set, which must stay. `commit_to_device` so that the records written after
-/// a truncate are durable when acknowledged.
+/// into the truncated set, which must stay. `commit_to_device`, so that the records written after
+/// a truncate are durable when acknowledged (streams.py gives its calls 20 s: on a machine busy
+/// with other I/O such an acknowledgement was seen to take seconds).
 #[test]
 fn python_client_truncate_survives_restarts() {
     let python = python_client();

@@ -699,6 +699,7 @@ async fn scan_and_query(port: u16) {
 
 #[test]
 fn rust_client_truncate_survives_restarts() {
+    // commit_to_device: the records written after a truncate are durable when acknowledged.
     let cfg: &[&str] = &["[storage]", "commit_to_device = true"];
     let rt = runtime();
     // Runs one phase against `node`; on a failed check prints the node log and re-panics.
@@ -751,8 +752,8 @@ async fn count(client: &Client, set: &str) -> Vec<i64> {
 /// Set `ta`: truncated, then 10 written. Set `tb`: untouched. Set `tc`: truncated with a cut-off
 /// between its old and new halves. Set `td`: truncated.
 async fn truncate_sets(client: &Client) {
-    let wp = WritePolicy::default();
-    let ap = AdminPolicy::default();
+    let wp = durable_wp();
+    let ap = AdminPolicy { timeout: 20_000 };
     for i in 0..100_i64 {
         for set in ["ta", "tb", "td"] {
             client.put(&wp, &key(set, i), &[as_bin!("i", i)]).await.expect("put");
@@ -859,11 +860,7 @@ async fn verify_sets(client: &Client, round: i64) {
         "get of a truncated record: {err:?}"
     );
     client
-        .put(
-            &WritePolicy::default(),
-            &key("td", 900 + round),
-            &[as_bin!("i", 900 + round)],
-        )
+        .put(&durable_wp(), &key("td", 900 + round), &[as_bin!("i", 900 + round)])
         .await
         .expect("put td");
     want_td.push(900 + round);
@@ -877,7 +874,7 @@ async fn verify_sets(client: &Client, round: i64) {
 async fn truncate_ns(client: &Client, round: i64) {
     verify_sets(client, round).await;
     // a namespace truncate with a cut-off: every set loses what is older, keeps what is newer
-    let wp = WritePolicy::default();
+    let wp = durable_wp();
     for i in 0..5_i64 {
         client
             .put(&wp, &key("tg", i), &[as_bin!("i", i)])
@@ -894,7 +891,7 @@ async fn truncate_ns(client: &Client, round: i64) {
             .expect("put tg");
     }
     client
-        .truncate(&AdminPolicy::default(), NS, "", cut)
+        .truncate(&AdminPolicy { timeout: 20_000 }, NS, "", cut)
         .await
         .expect("truncate namespace before a cut-off");
     let recs = scan_all(client, &QueryPolicy::default(), PartitionFilter::all(), "", Bins::All).await;
@@ -905,13 +902,13 @@ async fn truncate_ns(client: &Client, round: i64) {
         Some("tg"),
     );
     client
-        .truncate(&AdminPolicy::default(), NS, "", 0)
+        .truncate(&AdminPolicy { timeout: 20_000 }, NS, "", 0)
         .await
         .expect("truncate namespace");
     check!(count(client, "").await.is_empty(), "namespace empty after its truncate");
     for i in 0..20_i64 {
         client
-            .put(&WritePolicy::default(), &key("te", i), &[as_bin!("i", i)])
+            .put(&durable_wp(), &key("te", i), &[as_bin!("i", i)])
             .await
             .expect("put te");
     }
@@ -936,11 +933,7 @@ async fn verify_ns(client: &Client, round: i64) {
         "tb/1 gone after the namespace truncate"
     );
     client
-        .put(
-            &WritePolicy::default(),
-            &key("te", 950 + round),
-            &[as_bin!("i", 950 + round)],
-        )
+        .put(&durable_wp(), &key("te", 950 + round), &[as_bin!("i", 950 + round)])
         .await
         .expect("put te");
     want.push(950 + round);
@@ -948,4 +941,13 @@ async fn verify_ns(client: &Client, round: i64) {
         count(client, "te").await == want,
         "a write after the namespace truncate, round {round}"
     );
+}
+
+/// Generous timeouts for the truncate test's writes: with `commit_to_device` a write is
+/// acknowledged after its device write, which on a machine busy with other I/O was seen to take
+/// seconds (the default is 1 s).
+fn durable_wp() -> WritePolicy {
+    let mut wp = WritePolicy::default();
+    wp.base_policy.total_timeout = 20_000;
+    wp
 }
