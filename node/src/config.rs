@@ -14,7 +14,7 @@ pub struct ConfigError {
 
 /// Storage settings. `Default` gives the documented defaults. In TOML every key is optional
 /// and an unknown key is an error.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Write-block size, bytes: a power of two from 128 KiB to 8 MiB. Default 1 MiB.

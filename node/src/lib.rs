@@ -12,6 +12,7 @@ pub mod config;
 pub mod digest;
 pub mod index;
 pub mod particle;
+pub mod profile;
 pub mod proto;
 pub mod record;
 pub mod server;

@@ -8,6 +8,7 @@
 use bolide_drivers::uring::{UringDevice, UringOptions};
 use bolide_node::clock::SystemClock;
 use bolide_node::config::StorageConfig;
+use bolide_node::profile::HardwareProfile;
 use bolide_node::server::{Server, ServerConfig};
 use bolide_node::shard::{Region, Shard};
 use bolide_node::truncate::TruncateTable;
@@ -15,6 +16,7 @@ use bolide_node::truncate::TruncateTable;
 /// The truncate table, in the data directory (docs/DISK_FORMAT.md, "Truncate table").
 const TRUNCATE_FILE: &str = "truncate.toml";
 use clap::{Parser, Subcommand};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,13 +38,21 @@ struct Cli {
 enum Cmd {
     /// Run the node (the default command).
     Serve(ServeArgs),
+    /// `backup` and `restore` (asbackup / asrestore flags) run the `bolide-backup` binary that is
+    /// built next to this one.
+    #[command(external_subcommand)]
+    External(Vec<OsString>),
 }
 
 #[derive(clap::Args, Debug, Default)]
 struct ServeArgs {
-    /// TOML config file; see docs/OPERATIONS.md.
+    /// TOML config file; see docs/OPERATIONS.md. Its keys override the profile's.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Hardware profile (hw-profiles/*.toml; see docs/HARDWARE.md): cores, devices, storage
+    /// tuning. Without it: one worker per core, one file per shard under `data_dir`.
+    #[arg(long)]
+    profile: Option<PathBuf>,
 }
 
 /// The node's config file. Every key is optional.
@@ -84,14 +94,37 @@ impl Default for NodeConfig {
     }
 }
 
-fn load_config(path: Option<&Path>) -> Result<NodeConfig, String> {
-    let cfg: NodeConfig = match path {
-        None => NodeConfig::default(),
+/// Keys a config file may not set when a profile places the data.
+const PROFILE_OWNED_KEYS: [&str; 4] = ["data_dir", "shard_file_bytes", "queue_depth", "workers"];
+
+/// The embedded default, then the profile's storage tuning, then the config file's keys.
+fn load_config(path: Option<&Path>, profile: Option<&HardwareProfile>) -> Result<NodeConfig, String> {
+    let mut table = match path {
+        None => toml::Table::new(),
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
-            toml::from_str(&text).map_err(|e| format!("config {}: {e}", p.display()))?
+            text.parse::<toml::Table>()
+                .map_err(|e| format!("config {}: {e}", p.display()))?
         }
     };
+    if let Some(prof) = profile {
+        if let Some(key) = PROFILE_OWNED_KEYS.iter().find(|k| table.contains_key(**k)) {
+            return Err(format!(
+                "config key `{key}`: devices and cores come from the profile {:?} (--profile); remove the key",
+                prof.name
+            ));
+        }
+        // The profile's storage section, under the config file's [storage] keys.
+        let mut storage = toml::Table::try_from(&prof.storage).map_err(|e| format!("profile [storage]: {e}"))?;
+        if let Some(toml::Value::Table(over)) = table.remove("storage") {
+            storage.extend(over);
+        }
+        table.insert("storage".into(), toml::Value::Table(storage));
+    }
+    let cfg: NodeConfig = table.try_into().map_err(|e| match path {
+        Some(p) => format!("config {}: {e}", p.display()),
+        None => format!("config: {e}"),
+    })?;
     cfg.storage.validate().map_err(|e| format!("config [storage]: {e}"))?;
     if cfg.shard_file_bytes < 4 * cfg.storage.wblock_size_bytes as u64 {
         return Err(format!(
@@ -127,12 +160,42 @@ fn main() {
     let cli = Cli::parse();
     let args = match cli.cmd {
         Some(Cmd::Serve(a)) => a,
+        Some(Cmd::External(argv)) => {
+            let e = run_tool(&argv);
+            tracing::error!("{e}");
+            std::process::exit(2);
+        }
         None => ServeArgs::default(),
     };
     if let Err(e) = serve(&args) {
         tracing::error!("{e}");
         std::process::exit(2);
     }
+}
+
+/// Runs `bolide-backup <backup|restore> ARGS...` from this executable's directory in place of
+/// this process (like `git <tool>`); returns only on failure.
+fn run_tool(argv: &[OsString]) -> String {
+    use std::os::unix::process::CommandExt;
+    let sub = argv
+        .first()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if sub != "backup" && sub != "restore" {
+        return format!("unknown command `{sub}`: try `bolide --help`");
+    }
+    let exe = match std::env::current_exe() {
+        Ok(p) => p.with_file_name("bolide-backup"),
+        Err(e) => return format!("cannot locate this executable: {e}"),
+    };
+    if !exe.exists() {
+        return format!(
+            "`bolide {sub}` runs {}, which is not built: cargo build --release -p bolide-backup",
+            exe.display()
+        );
+    }
+    let e = std::process::Command::new(&exe).args(argv).exec();
+    format!("cannot run {}: {e}", exe.display())
 }
 
 /// A node name that stays the same across restarts of the same data directory and address:
@@ -145,16 +208,86 @@ fn node_name(cfg: &NodeConfig) -> String {
     format!("{:X}", v.max(1))
 }
 
-fn serve(args: &ServeArgs) -> Result<(), String> {
-    let cfg = load_config(args.config.as_deref())?;
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let workers = if cfg.workers == 0 {
-        cores.len().max(1)
-    } else {
-        cfg.workers
+fn load_profile(path: &Path) -> Result<HardwareProfile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read profile {}: {e}", path.display()))?;
+    let p = HardwareProfile::from_toml(&text).map_err(|e| format!("profile {}: {e}", path.display()))?;
+    p.check_supported()
+        .map_err(|e| format!("profile {}: {e}", path.display()))?;
+    Ok(p)
+}
+
+/// Where one shard lives.
+struct Placement {
+    path: PathBuf,
+    /// Create the file sparse at this size when missing (a shard file in a directory).
+    create_size_bytes: Option<u64>,
+    /// This shard's slot and the number of shards sharing the file or block device.
+    slot: (u64, u64),
+    queue_depth: u32,
+}
+
+/// Shard `w` of `workers` on device `w % devices`: a file of its own in a directory, else an
+/// equal region of a shared file or block device.
+fn placements(cfg: &NodeConfig, profile: Option<&HardwareProfile>, workers: usize) -> Result<Vec<Placement>, String> {
+    let Some(p) = profile else {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| format!("cannot create data directory {}: {e}", cfg.data_dir.display()))?;
+        return Ok((0..workers)
+            .map(|w| Placement {
+                path: cfg.data_dir.join(format!("shard-{w}.dat")),
+                create_size_bytes: Some(cfg.shard_file_bytes),
+                slot: (0, 1),
+                queue_depth: cfg.queue_depth,
+            })
+            .collect());
     };
-    std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|e| format!("cannot create data directory {}: {e}", cfg.data_dir.display()))?;
+    let n = p.devices.len();
+    (0..workers)
+        .map(|w| {
+            let d = &p.devices[w % n];
+            let path = d.path.clone().expect("validated: uring devices have a path");
+            let sharing = ((workers - 1 - w % n) / n + 1) as u64;
+            let is_dir = path.is_dir() || !path.exists();
+            if is_dir {
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| format!("cannot create device directory {}: {e}", path.display()))?;
+                Ok(Placement {
+                    path: path.join(format!("shard-{w}.dat")),
+                    create_size_bytes: Some(d.shard_file_bytes),
+                    slot: (0, 1),
+                    queue_depth: d.queue_depth,
+                })
+            } else {
+                Ok(Placement {
+                    path,
+                    create_size_bytes: None,
+                    slot: ((w / n) as u64, sharing),
+                    queue_depth: d.queue_depth,
+                })
+            }
+        })
+        .collect()
+}
+
+fn serve(args: &ServeArgs) -> Result<(), String> {
+    let profile = args.profile.as_deref().map(load_profile).transpose()?;
+    let cfg = load_config(args.config.as_deref(), profile.as_ref())?;
+    let machine_cores = core_affinity::get_core_ids().unwrap_or_default();
+    let cores: Vec<core_affinity::CoreId> = match profile.as_ref().map(|p| &p.cpu.cores) {
+        Some(ids) if !ids.is_empty() => {
+            if let Some(bad) = ids.iter().find(|&&c| !machine_cores.iter().any(|m| m.id == c)) {
+                return Err(format!("profile key `cpu.cores`: core {bad} is not on this machine"));
+            }
+            ids.iter().map(|&id| core_affinity::CoreId { id }).collect()
+        }
+        _ => machine_cores,
+    };
+    let workers = match (&profile, cfg.workers) {
+        (Some(p), _) => p.workers().unwrap_or(cores.len().max(1)),
+        (None, 0) => cores.len().max(1),
+        (None, w) => w,
+    };
+    let places = placements(&cfg, profile.as_ref(), workers)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -162,10 +295,12 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     }
     // Open every shard (cold starts run in parallel).
     let opened: Vec<Result<Shard<UringDevice, SystemClock>, String>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..workers)
-            .map(|w| {
+        let hs: Vec<_> = places
+            .iter()
+            .enumerate()
+            .map(|(w, place)| {
                 let cfg = &cfg;
-                s.spawn(move || open_shard(w, cfg))
+                s.spawn(move || open_shard(w, place, cfg))
             })
             .collect();
         hs.into_iter()
@@ -222,29 +357,28 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     first_err.map_or(Ok(()), Err)
 }
 
-fn open_shard(w: usize, cfg: &NodeConfig) -> Result<Shard<UringDevice, SystemClock>, String> {
-    let path = cfg.data_dir.join(format!("shard-{w}.dat"));
+fn open_shard(w: usize, place: &Placement, cfg: &NodeConfig) -> Result<Shard<UringDevice, SystemClock>, String> {
+    let path = &place.path;
     // With commit_to_device a completed write must be durable, not just in the device's cache:
     // open O_DSYNC so every write completion means "on stable media".
     let opts = UringOptions {
-        queue_depth: cfg.queue_depth,
-        create_size_bytes: Some(cfg.shard_file_bytes),
+        queue_depth: place.queue_depth,
+        create_size_bytes: place.create_size_bytes,
         dsync: cfg.storage.commit_to_device,
         ..UringOptions::default()
     };
-    let dev = UringDevice::open(&path, &opts).map_err(|e| format!("worker {w}: {e}"))?;
+    let dev = UringDevice::open(path, &opts).map_err(|e| format!("worker {w}: {e}"))?;
     let cap = bolide_drivers::BlockDevice::info(&dev).capacity_bytes;
-    let (shard, report) = Shard::open(
-        dev,
-        SystemClock::new(),
-        cfg.storage.clone(),
-        w as u32,
-        Region {
-            offset_bytes: 0,
-            len_bytes: cap,
-        },
-    )
-    .map_err(|e| format!("worker {w}: {}: {e}", path.display()))?;
-    tracing::info!(worker = w, path = %path.display(), mode = ?report.mode, records = report.index_entries, ms = report.elapsed_ms, "shard ready");
+    // Shards sharing a file or block device get equal regions, whole wblocks each.
+    let (slot, sharing) = place.slot;
+    let ws = u64::from(cfg.storage.wblock_size_bytes);
+    let len_bytes = if sharing == 1 { cap } else { cap / sharing / ws * ws };
+    let region = Region {
+        offset_bytes: slot * len_bytes,
+        len_bytes,
+    };
+    let (shard, report) = Shard::open(dev, SystemClock::new(), cfg.storage.clone(), w as u32, region)
+        .map_err(|e| format!("worker {w}: {}: {e}", path.display()))?;
+    tracing::info!(worker = w, path = %path.display(), offset = region.offset_bytes, mode = ?report.mode, records = report.index_entries, ms = report.elapsed_ms, "shard ready");
     Ok(shard)
 }

@@ -418,7 +418,7 @@ impl info::InfoSource for Source<'_> {
         truncate(self.0, set.map(str::as_bytes), lut_nanos, self.1)
     }
     fn latencies(&self) -> Vec<info::LatencyHist> {
-        Vec::new()
+        self.0.latencies.hists(&self.0.namespace)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod exec;
 pub mod ring;
 pub mod scan;
+pub mod stats;
 pub mod worker;
 
 use crate::clock::Clock;
@@ -58,6 +59,8 @@ pub struct NodeShared {
     pub truncate: RwLock<Arc<TruncateTable>>,
     pub truncate_version: AtomicU64,
     pub truncate_path: Option<PathBuf>,
+    /// Transaction latency histograms (`latencies:`).
+    pub latencies: stats::Latencies,
 }
 
 impl NodeShared {
@@ -104,6 +107,7 @@ impl<D: BlockDevice + 'static, C: Clock + 'static> Server<D, C> {
             truncate: RwLock::new(Arc::new(cfg.truncate.clone())),
             truncate_version: AtomicU64::new(0),
             truncate_path: cfg.truncate_path.clone(),
+            latencies: stats::Latencies::new(n),
         });
         let mut polls = Vec::with_capacity(n);
         let mut wakers = Vec::with_capacity(n);

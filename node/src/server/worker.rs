@@ -19,6 +19,7 @@ use super::codec::{self, BatchItem, Decoded, ScanSpec};
 use super::exec::{self, Action, Command, Existing, Reply};
 use super::ring::Rings;
 use super::scan::ScanTask;
+use super::stats::Hist;
 use super::NodeShared;
 use crate::clock::Clock;
 use crate::digest::Digest;
@@ -36,7 +37,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub(crate) const LISTENER: Token = Token(0);
 pub(crate) const WAKER: Token = Token(1);
@@ -150,6 +151,8 @@ struct Conn {
     closing: bool,
     /// The batch or scan being answered.
     job: Option<Stream>,
+    /// When the request being served was taken off the socket, and its histogram.
+    started: Option<(Instant, Hist)>,
 }
 
 pub struct Worker<D: BlockDevice, C: Clock> {
@@ -262,6 +265,9 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             self.sweep_truncated();
             self.flush_outbox();
             self.publish();
+            if self.id == 0 {
+                self.shared.latencies.tick(Instant::now());
+            }
         }
         for (_, mut c) in self.conns.drain() {
             let _ = self.poll.registry().deregister(&mut c.stream);
@@ -299,6 +305,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
                             busy: false,
                             closing: false,
                             job: None,
+                            started: None,
                         },
                     );
                 }
@@ -410,9 +417,15 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             if c.rbuf.len() < total {
                 break;
             }
-            let frame: Vec<u8> = c.rbuf.drain(..total).collect();
+            // Decode straight from the connection's buffer: take it out while the request is
+            // handled (a reply delivered meanwhile finds it empty and serves nothing), then drop
+            // the request's bytes and put it back.
+            let mut rbuf = std::mem::take(&mut c.rbuf);
             c.busy = true;
-            self.handle_frame(id, hdr, &frame[PROTO_HEADER_BYTES..]);
+            self.handle_frame(id, hdr, &rbuf[PROTO_HEADER_BYTES..total]);
+            let Some(c) = self.conns.get_mut(&id) else { return };
+            rbuf.drain(..total);
+            c.rbuf = rbuf;
         }
         let Some(c) = self.conns.get(&id) else { return };
         if c.closing && (c.wbuf.is_empty() || !c.busy) {
@@ -445,7 +458,18 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             conn,
             row: None,
         };
-        match codec::decode(hdr.ptype, body, &self.shared.namespace) {
+        let decoded = codec::decode(hdr.ptype, body, &self.shared.namespace);
+        let hist = match &decoded {
+            Decoded::Single(cmd) if cmd.is_write() || cmd.is_delete() => Some(Hist::Write),
+            Decoded::Single(_) => Some(Hist::Read),
+            Decoded::Batch(_) => Some(Hist::Batch),
+            Decoded::Scan(..) => Some(Hist::Query),
+            _ => None,
+        };
+        if let (Some(h), Some(c)) = (hist, self.conns.get_mut(&conn)) {
+            c.started = Some((Instant::now(), h));
+        }
+        match decoded {
             Decoded::Reply(bytes) => self.deliver(local, bytes),
             Decoded::Info => {
                 let bytes = codec::info_reply(body, &self.shared, self.shard.clock().now_cl_ms());
@@ -463,6 +487,13 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             }
             Decoded::Batch(items) => self.start_batch(conn, items),
             Decoded::Scan(spec, parts) => self.start_scan(conn, spec, parts),
+        }
+    }
+
+    /// The request on `conn` has been answered in full: count its latency.
+    fn answered(&mut self, conn: usize) {
+        if let Some((at, hist)) = self.conns.get_mut(&conn).and_then(|c| c.started.take()) {
+            self.shared.latencies.record(self.id, hist, at.elapsed());
         }
     }
 
@@ -520,6 +551,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         if run.remaining == 0 {
             W::last_proto(&mut c.wbuf, proto::result_code::OK);
             c.busy = false;
+            self.answered(conn);
             self.write_out(conn);
             return;
         }
@@ -577,6 +609,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             W::last_proto(&mut c.wbuf, proto::result_code::OK);
             c.job = None;
             c.busy = false;
+            self.answered(conn);
             self.write_out(conn);
             self.serve(conn);
         } else if c.wbuf.len() - c.wpos >= STREAM_HIGH_WATER_BYTES {
@@ -653,7 +686,8 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             s.owners.retain(|&o| o != from);
         }
         let mut credit = false;
-        if error != 0 || capped || s.owners.is_empty() {
+        let c_done = error != 0 || capped || s.owners.is_empty();
+        if c_done {
             let cancel = std::mem::take(&mut s.owners);
             W::last_proto(&mut c.wbuf, error);
             c.job = None;
@@ -674,6 +708,9 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             } else {
                 s.owed.push(from);
             }
+        }
+        if c_done {
+            self.answered(conn);
         }
         if credit {
             self.post(
@@ -844,6 +881,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.wbuf.extend_from_slice(&bytes);
         c.busy = false;
+        self.answered(conn);
         self.write_out(conn);
         self.serve(conn);
     }
