@@ -12,6 +12,7 @@ Usage:
 ROUND counts the verify rounds before this one (each writes one record after the truncates).
 """
 import sys
+import threading
 import time
 
 import aerospike
@@ -432,6 +433,30 @@ def run_scan():
         union += q.results(pol)
         check(len(union) <= N_Q, "filtered pagination does not end")
     exactly(union, [i for i in all_q if i % 100 > 50 and pid(st, i) < 2048], "filtered paginated range", st)
+
+    # scans while another client keeps updating the same records: each record still once
+    stop = threading.Event()
+    updates = [0]
+
+    def writer():
+        w = aerospike.client({"hosts": [("127.0.0.1", port)], "policies": {"write": slow}}).connect()
+        k = 0
+        while not stop.is_set():
+            w.put(key(st, k % N_Q), {"w": k})
+            k += 1
+        updates[0] = k
+        w.close()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for r in range(3):
+            exactly(client.query(NS, st).results(), all_q, f"scan {r} during updates", st)
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join()
+    check(updates[0] > 0, "the writer ran")
 
     # deleted records are not scanned
     for i in range(0, N_Q, 3):
