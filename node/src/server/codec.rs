@@ -55,6 +55,8 @@ pub struct ScanSpec {
     pub filter: Option<exp::Expr>,
     /// Record cap for this node this round (MAX_RECORDS); 0 = none.
     pub max_records: u64,
+    /// RECORDS_PER_SECOND for this node; 0 = unlimited.
+    pub records_per_second: u32,
 }
 
 fn code_reply(code: u8, last: bool) -> Vec<u8> {
@@ -246,6 +248,7 @@ fn decode_scan(msg: &Msg<'_>, namespace: &str) -> Decoded {
         no_bin_data: req.no_bin_data,
         filter,
         max_records: req.max_records,
+        records_per_second: req.records_per_second,
     };
     Decoded::Scan(Arc::new(spec), req.partitions)
 }

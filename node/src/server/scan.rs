@@ -347,6 +347,7 @@ mod tests {
             no_bin_data: false,
             filter: None,
             max_records,
+            records_per_second: 0,
         })
     }
 

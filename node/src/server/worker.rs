@@ -115,8 +115,20 @@ struct ScanRun {
     /// Record messages forwarded so far, and the cap (0 = none).
     sent: u64,
     max_records: u64,
-    /// Workers whose chunk was forwarded but who got no new credit yet (the socket is behind).
+    /// Workers whose chunk was forwarded but who got no new credit yet (the socket is behind,
+    /// or the scan is ahead of its rate).
     owed: Vec<usize>,
+    /// RECORDS_PER_SECOND (0 = unlimited) and when the scan started.
+    records_per_second: u32,
+    started: Instant,
+}
+
+impl ScanRun {
+    /// Whether more records were sent than the rate allows by `now`.
+    fn ahead_of_rate(&self, now: Instant) -> bool {
+        self.records_per_second > 0
+            && self.sent as f64 > f64::from(self.records_per_second) * now.duration_since(self.started).as_secs_f64()
+    }
 }
 
 enum Stream {
@@ -179,6 +191,8 @@ pub struct Worker<D: BlockDevice, C: Clock> {
     next_scan_id: u64,
     /// Stream messages to this worker from itself, handled with the rings.
     local: VecDeque<CoreMsg>,
+    /// Connections whose scan is held back by its RECORDS_PER_SECOND.
+    throttled: Vec<usize>,
     /// This worker's copy of the truncate table, the version it was copied at, and the
     /// namespace cut-off still being swept from the index (with the next partition to sweep).
     truncate: Arc<TruncateTable>,
@@ -227,6 +241,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             scans: HashMap::new(),
             next_scan_id: 0,
             local: VecDeque::new(),
+            throttled: Vec::new(),
             truncate,
             truncate_version: 0,
             truncate_sweep: None,
@@ -261,6 +276,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             self.drive_shard();
             self.pump_batches();
             self.refresh_truncate();
+            self.release_throttled();
             self.run_scans();
             self.sweep_truncated();
             self.flush_outbox();
@@ -375,22 +391,42 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             c.wpos = 0;
         }
         // The socket caught up: scan parts waiting for credit may go on.
-        if c.wbuf.len() - c.wpos < STREAM_HIGH_WATER_BYTES {
-            if let Some(Stream::Scan(s)) = &mut c.job {
-                if !s.owed.is_empty() {
-                    let (scan_id, owed) = (s.id, std::mem::take(&mut s.owed));
-                    for o in owed {
-                        self.post(
-                            o,
-                            CoreMsg::ScanCredit {
-                                from: self.id,
-                                conn: id,
-                                scan_id,
-                            },
-                        );
-                    }
-                }
+        self.grant_owed(id);
+    }
+
+    /// Gives the scan parts of `conn` that wait for credit their next chunk, unless the socket
+    /// is still behind or the scan is ahead of its RECORDS_PER_SECOND (then it stays throttled
+    /// and is retried every turn).
+    fn grant_owed(&mut self, conn: usize) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let pending = c.wbuf.len() - c.wpos;
+        let Some(Stream::Scan(s)) = &mut c.job else { return };
+        if s.owed.is_empty() || pending >= STREAM_HIGH_WATER_BYTES {
+            return;
+        }
+        if s.ahead_of_rate(Instant::now()) {
+            if !self.throttled.contains(&conn) {
+                self.throttled.push(conn);
             }
+            return;
+        }
+        let (scan_id, owed) = (s.id, std::mem::take(&mut s.owed));
+        for o in owed {
+            self.post(
+                o,
+                CoreMsg::ScanCredit {
+                    from: self.id,
+                    conn,
+                    scan_id,
+                },
+            );
+        }
+    }
+
+    /// Retries the scans held back by their rate.
+    fn release_throttled(&mut self) {
+        for conn in std::mem::take(&mut self.throttled) {
+            self.grant_owed(conn);
         }
     }
 
@@ -635,6 +671,8 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             sent: 0,
             max_records: spec.max_records,
             owed: Vec::new(),
+            records_per_second: spec.records_per_second,
+            started: Instant::now(),
         }));
         for w in owners {
             let parts = std::mem::take(&mut shares[w]);
@@ -703,24 +741,14 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
                 );
             }
         } else if !done {
-            if c.wbuf.len() - c.wpos < STREAM_HIGH_WATER_BYTES {
-                credit = true;
-            } else {
-                s.owed.push(from);
-            }
+            s.owed.push(from);
+            credit = true;
         }
         if c_done {
             self.answered(conn);
         }
         if credit {
-            self.post(
-                from,
-                CoreMsg::ScanCredit {
-                    from: self.id,
-                    conn,
-                    scan_id,
-                },
-            );
+            self.grant_owed(conn);
         }
         self.write_out(conn);
         self.serve(conn);
