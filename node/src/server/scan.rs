@@ -56,6 +56,8 @@ pub struct ScanTask {
     produced: u64,
     /// The coordinator will take one more chunk.
     pub credit: bool,
+    /// Records per chunk for a rate-limited scan (`u64::MAX`: only [`CHUNK_BYTES`] bounds it).
+    pub budget: u64,
     /// A result code that ends the scan (a record that could not be read).
     pub error: u8,
 }
@@ -110,6 +112,7 @@ impl ScanTask {
             ends: Vec::new(),
             produced: 0,
             credit: true,
+            budget: u64::MAX,
             error: 0,
         }
     }
@@ -136,7 +139,7 @@ impl ScanTask {
 
     /// Whether the next chunk is due: full, or the task is finished.
     pub fn chunk_due(&self) -> bool {
-        self.chunk.len() >= CHUNK_BYTES || self.finished()
+        self.chunk.len() >= CHUNK_BYTES || self.ends.len() as u64 >= self.budget || self.finished()
     }
 
     /// Issues reads for the next live index entries until the window is full. Returns whether

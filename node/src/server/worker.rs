@@ -72,6 +72,8 @@ pub enum CoreMsg {
         scan_id: u64,
         spec: Arc<ScanSpec>,
         parts: Vec<ScanPartition>,
+        /// Records in the first chunk (as [`CoreMsg::ScanCredit`]).
+        budget: u64,
     },
     /// Record messages of scan `scan_id` (no proto header), the end offset of each, and
     /// whether worker `from`'s part is over (`error` ≠ 0: failed with that result code).
@@ -84,8 +86,14 @@ pub enum CoreMsg {
         done: bool,
         error: u8,
     },
-    /// Send the next chunk of scan `scan_id` of `from`'s connection `conn`.
-    ScanCredit { from: usize, conn: usize, scan_id: u64 },
+    /// Send the next chunk of scan `scan_id` of `from`'s connection `conn`, of at most
+    /// `budget` records (a rate-limited scan) or [`super::scan::CHUNK_BYTES`].
+    ScanCredit {
+        from: usize,
+        conn: usize,
+        scan_id: u64,
+        budget: u64,
+    },
     /// Drop your part of scan `scan_id` of `from`'s connection `conn`.
     ScanCancel { from: usize, conn: usize, scan_id: u64 },
 }
@@ -124,6 +132,14 @@ struct ScanRun {
 }
 
 impl ScanRun {
+    /// Records per chunk: a tenth of a second of the rate, shared by the parts still running.
+    fn budget(&self) -> u64 {
+        if self.records_per_second == 0 {
+            return u64::MAX;
+        }
+        (u64::from(self.records_per_second) / 10 / self.owners.len().max(1) as u64).max(1)
+    }
+
     /// Whether more records were sent than the rate allows by `now`.
     fn ahead_of_rate(&self, now: Instant) -> bool {
         self.records_per_second > 0
@@ -410,7 +426,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             }
             return;
         }
-        let (scan_id, owed) = (s.id, std::mem::take(&mut s.owed));
+        let (scan_id, budget, owed) = (s.id, s.budget(), std::mem::take(&mut s.owed));
         for o in owed {
             self.post(
                 o,
@@ -418,6 +434,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
                     from: self.id,
                     conn,
                     scan_id,
+                    budget,
                 },
             );
         }
@@ -665,7 +682,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         let scan_id = self.next_scan_id;
         let owners: Vec<usize> = (0..n).filter(|&w| !shares[w].is_empty()).collect();
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        c.job = Some(Stream::Scan(ScanRun {
+        let run = ScanRun {
             id: scan_id,
             owners: owners.clone(),
             sent: 0,
@@ -673,7 +690,9 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             owed: Vec::new(),
             records_per_second: spec.records_per_second,
             started: Instant::now(),
-        }));
+        };
+        let budget = run.budget();
+        c.job = Some(Stream::Scan(run));
         for w in owners {
             let parts = std::mem::take(&mut shares[w]);
             self.post(
@@ -684,6 +703,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
                     scan_id,
                     spec: Arc::clone(&spec),
                     parts,
+                    budget,
                 },
             );
         }
@@ -863,8 +883,10 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
                 scan_id,
                 spec,
                 parts,
+                budget,
             } => {
-                let task = ScanTask::new(from, conn, scan_id, spec, parts);
+                let mut task = ScanTask::new(from, conn, scan_id, spec, parts);
+                task.budget = budget;
                 self.scans.insert((from, scan_id), task);
             }
             CoreMsg::ScanChunk {
@@ -876,9 +898,12 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
                 done,
                 error,
             } => self.scan_chunk(from, conn, scan_id, &bytes, &ends, done, error),
-            CoreMsg::ScanCredit { from, scan_id, .. } => {
+            CoreMsg::ScanCredit {
+                from, scan_id, budget, ..
+            } => {
                 if let Some(t) = self.scans.get_mut(&(from, scan_id)) {
                     t.credit = true;
+                    t.budget = budget;
                 }
             }
             CoreMsg::ScanCancel { from, scan_id, .. } => {
