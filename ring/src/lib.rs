@@ -25,6 +25,19 @@
 //!   thread. They are deliberately not `Sync`: an `&Producer` shared between threads would be
 //!   sound today (only `&mut` touches the slots), but nothing needs it, and not promising it keeps
 //!   `&self` methods free to use unsynchronised state later.
+//!
+//!   ```compile_fail,E0599
+//!   let (tx, _rx) = bolide_ring::channel::<u8>(1);
+//!   let _second_producer = tx.clone(); // neither end is Clone
+//!   ```
+//!   ```compile_fail,E0277
+//!   fn shared_between_threads<S: Sync>(_: &S) {}
+//!   let (tx, _rx) = bolide_ring::channel::<u8>(1);
+//!   shared_between_threads(&tx); // not Sync
+//!   ```
+//!   ```compile_fail,E0277
+//!   let _ = bolide_ring::channel::<std::rc::Rc<u8>>(1); // items must be Send
+//!   ```
 //! - **No leak, no double drop.** Items still in the ring when both ends have been dropped are
 //!   dropped then, once each. (If one of those drops panics, the items after it are leaked, never
 //!   dropped twice.)

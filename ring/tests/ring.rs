@@ -350,7 +350,12 @@ fn op() -> impl Strategy<Value = Op> {
 proptest! {
     // Regressions would be written beside a lib.rs, which an integration test has not: a failure
     // prints its minimal case instead; add it as a plain test.
-    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+    // Miri runs a few cases only: it is ~1000x slower.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        cases: if cfg!(miri) { 4 } else { 256 },
+        ..ProptestConfig::default()
+    })]
 
     /// Any sequence of pushes and pops behaves as a `VecDeque` bounded at `capacity`.
     #[test]
