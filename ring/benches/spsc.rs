@@ -5,6 +5,9 @@
 //!   them; time per item.
 //! - `ping_pong`: a message goes to an echo thread and back over two 1-item rings; time per round
 //!   trip (two one-way hand-offs).
+//! - `one_thread`: 512 pushes then 512 pops on one thread, time per item: the instruction path
+//!   alone, without cache-line transfers or the scheduler (the figure that stays meaningful on a
+//!   loaded machine).
 //!
 //! `cargo bench -p bolide-ring --bench spsc`. Under `cargo test --benches` each runs once.
 //! A failed push or pop spins, and yields every 64 failures so a loaded machine still progresses;
@@ -128,6 +131,37 @@ fn ping_pong<Q: Queue>(n: u64) -> Duration {
     elapsed
 }
 
+/// `n` items pushed and popped on this thread, 512 at a time through a 512-item ring.
+fn one_thread<Q: Queue>(n: u64) -> Duration {
+    const BATCH: u64 = 512;
+    let (mut tx, mut rx) = Q::make(BATCH as usize);
+    let start = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let batch = BATCH.min(n - done);
+        for v in 0..batch {
+            assert!(Q::push(&mut tx, std::hint::black_box(v)).is_ok());
+        }
+        for _ in 0..batch {
+            std::hint::black_box(Q::pop(&mut rx));
+        }
+        done += batch;
+    }
+    start.elapsed()
+}
+
+fn single_thread(c: &mut Criterion) {
+    let mut g = c.benchmark_group("spsc/one_thread");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(BenchmarkId::from_parameter(BolideRing::NAME), |b| {
+        b.iter_custom(one_thread::<BolideRing>)
+    });
+    g.bench_function(BenchmarkId::from_parameter(CrossbeamArrayQueue::NAME), |b| {
+        b.iter_custom(one_thread::<CrossbeamArrayQueue>)
+    });
+    g.finish();
+}
+
 fn throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("spsc/throughput");
     g.throughput(Throughput::Elements(1));
@@ -157,6 +191,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = throughput, round_trip
+    targets = single_thread, throughput, round_trip
 }
 criterion_main!(benches);
