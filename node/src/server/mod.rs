@@ -118,10 +118,12 @@ impl<D: BlockDevice + 'static, C: Clock + 'static> Server<D, C> {
             polls.push(poll);
             listeners.push(listen_socket(cfg.listen)?);
         }
-        let rings = Arc::new(ring::Rings::new(&wakers, cfg.ring_capacity));
+        let rings = ring::mesh(&wakers, cfg.ring_capacity);
         let mut handles = Vec::with_capacity(n);
-        for (i, ((shard, poll), listener)) in shards.into_iter().zip(polls).zip(listeners).enumerate() {
-            let w = worker::Worker::new(i, poll, listener, shard, Arc::clone(&rings), Arc::clone(&shared))?;
+        for (i, (((shard, poll), listener), rings)) in
+            shards.into_iter().zip(polls).zip(listeners).zip(rings).enumerate()
+        {
+            let w = worker::Worker::new(i, poll, listener, shard, rings, Arc::clone(&shared))?;
             let core = cores.get(i).copied().flatten();
             let h = std::thread::Builder::new()
                 .name(format!("bolide-w{i}"))

@@ -17,7 +17,7 @@
 
 use super::codec::{self, BatchItem, Decoded, ScanSpec};
 use super::exec::{self, Action, Command, Existing, Reply};
-use super::ring::Rings;
+use super::ring::WorkerRings;
 use super::scan::ScanTask;
 use super::stats::Hist;
 use super::NodeShared;
@@ -188,7 +188,7 @@ pub struct Worker<D: BlockDevice, C: Clock> {
     poll: Poll,
     listener: TcpListener,
     shard: Shard<D, C>,
-    rings: Arc<Rings<CoreMsg>>,
+    rings: WorkerRings<CoreMsg>,
     shared: Arc<NodeShared>,
     conns: HashMap<usize, Conn>,
     next_conn: usize,
@@ -222,7 +222,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         poll: Poll,
         listener: std::net::TcpListener,
         shard: Shard<D, C>,
-        rings: Arc<Rings<CoreMsg>>,
+        rings: WorkerRings<CoreMsg>,
         shared: Arc<NodeShared>,
     ) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
@@ -826,14 +826,14 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             self.outbox.push_back((to, msg));
             return;
         }
-        if let Err(msg) = self.rings.get(self.id, to).push(msg) {
+        if let Err(msg) = self.rings.push(to, msg) {
             self.outbox.push_back((to, msg));
         }
     }
 
     fn flush_outbox(&mut self) {
         while let Some((to, msg)) = self.outbox.pop_front() {
-            if let Err(msg) = self.rings.get(self.id, to).push(msg) {
+            if let Err(msg) = self.rings.push(to, msg) {
                 self.outbox.push_front((to, msg));
                 return;
             }
@@ -845,7 +845,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             if from == self.id {
                 continue;
             }
-            while let Some(msg) = self.rings.get(from, self.id).pop() {
+            while let Some(msg) = self.rings.pop(from) {
                 self.handle_msg(msg);
             }
         }
