@@ -1,0 +1,381 @@
+//! Driving a cluster through the official client: the load phase (insert every key once) and
+//! the run phase (the mix, closed loop or open loop), with one progress line a second on stderr.
+//!
+//! Each worker is a tokio task with one request in flight at a time, so `in_flight` workers keep
+//! up to `in_flight` requests (and connections: the Aerospike protocol has one request per
+//! connection at a time) outstanding.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aerospike::{Bins, Client, Key, ReadPolicy, Value, WritePolicy};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::keys::KeyChooser;
+use super::report::{cpu_seconds, PhaseResult, SeriesPoint};
+use super::schedule::{send_time_ns, OpTimes, OpenLoopSchedule};
+use super::stats::{new_histogram, Recorder};
+use super::workload::{FixedValues, ObjectSpec, OpKind, OpMix};
+
+/// What every operation needs: where records go and what they hold.
+pub struct Target {
+    /// The client, connected.
+    pub client: Client,
+    /// Namespace.
+    pub namespace: String,
+    /// Set name.
+    pub set: String,
+    /// Bin names, one per bin of `spec`.
+    pub bin_names: Vec<String>,
+    /// Record layout.
+    pub spec: ObjectSpec,
+    /// Values reused for every write unless `random_values`.
+    pub fixed: FixedValues,
+    /// asbench `-R`: new random values for every write.
+    pub random_values: bool,
+    /// Policy of every `get`.
+    pub read_policy: ReadPolicy,
+    /// Policy of every `put`.
+    pub write_policy: WritePolicy,
+}
+
+/// How a phase runs.
+#[derive(Clone, Debug)]
+pub struct PhaseConfig {
+    /// Workers, each with one request in flight.
+    pub in_flight: usize,
+    /// Seed of the workers' random number generators (worker `w` uses `seed + w`).
+    pub seed: u64,
+    /// Print a progress line on stderr each second.
+    pub progress: bool,
+    /// Process whose CPU time to report next to ours (the server, when on this machine).
+    pub server_pid: Option<u32>,
+}
+
+/// The run phase's workload.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// Operation mix.
+    pub mix: OpMix,
+    /// Key distribution over the existing keys.
+    pub keys: KeyChooser,
+    /// First key.
+    pub start_key: u64,
+    /// Keys that exist when the run starts (`start_key .. start_key + loaded_keys`).
+    pub loaded_keys: u64,
+    /// Seconds at the start whose operations are left out of the totals.
+    pub warmup_s: f64,
+    /// Seconds measured after the warm-up.
+    pub duration_s: f64,
+    /// Open loop at this rate; `None`: closed loop, as fast as answers come.
+    pub schedule: Option<OpenLoopSchedule>,
+    /// YCSB E: longest scan, in records.
+    pub max_scan_records: u64,
+}
+
+/// Shared by a phase's workers and its reporter.
+struct Shared {
+    target: Arc<Target>,
+    recorder: Recorder,
+    start: Instant,
+    /// Load: next key index to insert. Run: next open-loop operation index.
+    next_index: AtomicU64,
+    /// Run: next key to insert.
+    next_insert_key: AtomicU64,
+    /// Run: one past the highest inserted key acknowledged (keys below it exist, give or take
+    /// the inserts still in flight below it).
+    end_key: AtomicU64,
+    done: AtomicBool,
+}
+
+fn elapsed_ns(start: Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
+}
+
+/// Waits until `at`: the tokio timer (1 ms granularity) for the bulk, then yields until due, so
+/// that open-loop sends are not up to a millisecond late.
+async fn wait_until(at: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= at {
+            return;
+        }
+        if at - now > Duration::from_millis(2) {
+            tokio::time::sleep_until((at - Duration::from_millis(1)).into()).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+impl Target {
+    fn key(&self, k: u64) -> Key {
+        Key::new(self.namespace.as_str(), self.set.as_str(), Value::Int(k as i64)).expect("integer keys are valid")
+    }
+
+    async fn get(&self, k: u64) -> Result<(), i32> {
+        self.client
+            .get(&self.read_policy, &self.key(k), Bins::All)
+            .await
+            .map(drop)
+            .map_err(|e| e.result_code())
+    }
+
+    async fn put(&self, k: u64, rng: &mut ChaCha8Rng) -> Result<(), i32> {
+        let bins = self
+            .spec
+            .make_bins(&self.bin_names, &self.fixed, self.random_values, rng);
+        self.client
+            .put(&self.write_policy, &self.key(k), &bins)
+            .await
+            .map_err(|e| e.result_code())
+    }
+}
+
+/// Inserts keys `start_key .. start_key + count` once each, closed loop, at full speed.
+pub async fn load_phase(target: Arc<Target>, cfg: &PhaseConfig, start_key: u64, count: u64) -> PhaseResult {
+    let shared = Arc::new(Shared {
+        target,
+        recorder: Recorder::new(cfg.in_flight.clamp(1, 8), false),
+        start: Instant::now(),
+        next_index: AtomicU64::new(0),
+        next_insert_key: AtomicU64::new(0),
+        end_key: AtomicU64::new(0),
+        done: AtomicBool::new(false),
+    });
+    let workers: Vec<_> = (0..cfg.in_flight)
+        .map(|w| {
+            let sh = shared.clone();
+            let seed = cfg.seed + w as u64;
+            tokio::spawn(async move {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                loop {
+                    let i = sh.next_index.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    let sent_ns = elapsed_ns(sh.start);
+                    let result = sh.target.put(start_key + i, &mut rng).await;
+                    let t = OpTimes {
+                        intended_ns: sent_ns,
+                        sent_ns,
+                        done_ns: elapsed_ns(sh.start),
+                    };
+                    sh.recorder.record(w, OpKind::Insert, t, result, true);
+                }
+            })
+        })
+        .collect();
+    let (series, cpu) = report_until_done(&shared, workers, "load", 0.0, cfg).await;
+    let wall_s = shared.start.elapsed().as_secs_f64();
+    PhaseResult {
+        name: "load".into(),
+        measured_s: wall_s,
+        warmup_s: 0.0,
+        wall_s,
+        target_rate_per_s: None,
+        in_flight: cfg.in_flight,
+        totals: shared.recorder.totals(),
+        series,
+        client_cpu_s: cpu.0,
+        server_cpu_s: cpu.1,
+    }
+}
+
+/// The timed run phase: `warmup_s + duration_s` seconds of the mix.
+pub async fn run_phase(target: Arc<Target>, cfg: &PhaseConfig, spec: &RunSpec) -> PhaseResult {
+    let first_new = spec.start_key + spec.loaded_keys;
+    let shared = Arc::new(Shared {
+        target,
+        recorder: Recorder::new(cfg.in_flight.clamp(1, 8), spec.schedule.is_some()),
+        start: Instant::now(),
+        next_index: AtomicU64::new(0),
+        next_insert_key: AtomicU64::new(first_new),
+        end_key: AtomicU64::new(first_new),
+        done: AtomicBool::new(false),
+    });
+    let warmup_ns = (spec.warmup_s * 1e9) as u64;
+    let end_ns = warmup_ns + (spec.duration_s * 1e9) as u64;
+    let workers: Vec<_> = (0..cfg.in_flight)
+        .map(|w| {
+            let sh = shared.clone();
+            let spec = spec.clone();
+            let seed = cfg.seed + w as u64;
+            tokio::spawn(async move {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                loop {
+                    let now = elapsed_ns(sh.start);
+                    let (intended_ns, sent_ns) = match &spec.schedule {
+                        Some(s) => {
+                            let i = sh.next_index.fetch_add(1, Ordering::Relaxed);
+                            let (intended, send) = send_time_ns(s, i, now);
+                            if intended >= end_ns {
+                                break;
+                            }
+                            if send > now {
+                                wait_until(sh.start + Duration::from_nanos(send)).await;
+                            }
+                            (intended, elapsed_ns(sh.start))
+                        }
+                        None if now >= end_ns => break,
+                        None => (now, now),
+                    };
+                    let kind = spec.mix.pick(rng.gen::<f64>() * 100.0);
+                    let result = one_op(&sh, &spec, kind, &mut rng).await;
+                    let t = OpTimes {
+                        intended_ns,
+                        sent_ns,
+                        done_ns: elapsed_ns(sh.start),
+                    };
+                    sh.recorder.record(w, kind, t, result, intended_ns >= warmup_ns);
+                }
+            })
+        })
+        .collect();
+    let (series, cpu) = report_until_done(&shared, workers, "run", spec.warmup_s, cfg).await;
+    PhaseResult {
+        name: "run".into(),
+        measured_s: spec.duration_s,
+        warmup_s: spec.warmup_s,
+        wall_s: shared.start.elapsed().as_secs_f64(),
+        target_rate_per_s: spec.schedule.map(|s| s.rate_per_s()),
+        in_flight: cfg.in_flight,
+        totals: shared.recorder.totals(),
+        series,
+        client_cpu_s: cpu.0,
+        server_cpu_s: cpu.1,
+    }
+}
+
+async fn one_op(sh: &Shared, spec: &RunSpec, kind: OpKind, rng: &mut ChaCha8Rng) -> Result<(), i32> {
+    let t = &sh.target;
+    let existing_end = || sh.end_key.load(Ordering::Relaxed);
+    match kind {
+        OpKind::Read => t.get(spec.keys.next_key(rng, existing_end())).await,
+        OpKind::Update => t.put(spec.keys.next_key(rng, existing_end()), rng).await,
+        OpKind::Insert => {
+            let k = sh.next_insert_key.fetch_add(1, Ordering::Relaxed);
+            let r = t.put(k, rng).await;
+            if r.is_ok() {
+                sh.end_key.fetch_max(k + 1, Ordering::Relaxed);
+            }
+            r
+        }
+        OpKind::ReadModifyWrite => {
+            let k = spec.keys.next_key(rng, existing_end());
+            t.get(k).await?;
+            t.put(k, rng).await
+        }
+        OpKind::Scan => {
+            // YCSB E: a uniform length in 1..=max, consecutive keys from a chosen start.
+            let end = existing_end();
+            let first = spec.keys.next_key(rng, end);
+            let len = rng.gen_range(1..=spec.max_scan_records);
+            for k in first..(first + len).min(end) {
+                t.get(k).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Prints a progress line each second until the workers end; returns the series and the CPU
+/// seconds of this process and of the server process over the phase.
+async fn report_until_done(
+    shared: &Arc<Shared>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    phase: &'static str,
+    warmup_s: f64,
+    cfg: &PhaseConfig,
+) -> (Vec<SeriesPoint>, (f64, Option<f64>)) {
+    let server_pid = cfg.server_pid.map(|p| p.to_string());
+    let server_cpu = || server_pid.as_deref().and_then(cpu_seconds);
+    let (cpu0, server0) = (cpu_seconds("self").unwrap_or(0.0), server_cpu());
+    let sh = shared.clone();
+    let progress = cfg.progress;
+    let reporter = tokio::spawn(async move {
+        let mut series = Vec::new();
+        let mut last_t = 0.0;
+        let mut last_cpu = cpu0;
+        let mut tick = 1u64;
+        loop {
+            let finished = sh.done.load(Ordering::Acquire);
+            if !finished {
+                let at = sh.start + Duration::from_secs(tick);
+                // Wake early if the phase ends between ticks.
+                while Instant::now() < at && !sh.done.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(20).min(at.saturating_duration_since(Instant::now())))
+                        .await;
+                }
+            }
+            let t_s = sh.start.elapsed().as_secs_f64();
+            let interval = sh.recorder.take_interval();
+            let cpu = cpu_seconds("self").unwrap_or(last_cpu);
+            let dt = (t_s - last_t).max(1e-9);
+            let mut all = new_histogram();
+            for h in interval.latency.iter().flatten() {
+                all.add(h).expect("same bounds");
+            }
+            let q = |x| {
+                if all.is_empty() {
+                    0.0
+                } else {
+                    (all.value_at_quantile(x) as f64 / 10.0).round() / 100.0
+                }
+            };
+            let point = SeriesPoint {
+                t_s,
+                interval_s: dt,
+                ok_per_s: std::array::from_fn(|i| interval.ok(OpKind::ALL[i]) as f64 / dt),
+                failed: interval.failed,
+                p50_us: q(0.5),
+                p99_us: q(0.99),
+                client_cpu_cores: (cpu - last_cpu) / dt,
+                measured: last_t >= warmup_s,
+            };
+            if progress && (point.ok_per_s.iter().sum::<f64>() > 0.0 || point.failed > 0 || !finished) {
+                eprintln!("{}", progress_line(phase, &point));
+            }
+            series.push(point);
+            last_t = t_s;
+            last_cpu = cpu;
+            tick += 1;
+            if finished {
+                return series;
+            }
+        }
+    });
+    for w in workers {
+        w.await.expect("worker panicked");
+    }
+    shared.done.store(true, Ordering::Release);
+    let series = reporter.await.expect("reporter panicked");
+    let cpu = cpu_seconds("self").unwrap_or(cpu0) - cpu0;
+    let server = match (server0, server_cpu()) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    (series, (cpu, server))
+}
+
+/// One progress line: phase, time, throughput per kind, interval p50/p99, failures, client CPU.
+pub fn progress_line(phase: &str, p: &SeriesPoint) -> String {
+    let per: Vec<String> = OpKind::ALL
+        .iter()
+        .filter(|k| p.ok_per_s[k.index()] > 0.0)
+        .map(|k| format!("{} {:.0}", k.name(), p.ok_per_s[k.index()]))
+        .collect();
+    format!(
+        "{phase} {:>6.1}s{} {:>9.0} ops/s ({}) p50 {:.3} ms p99 {:.3} ms failed {} client cpu {:.2} cores",
+        p.t_s,
+        if p.measured { "" } else { " warm-up" },
+        p.ok_per_s.iter().sum::<f64>(),
+        per.join(", "),
+        p.p50_us / 1000.0,
+        p.p99_us / 1000.0,
+        p.failed,
+        p.client_cpu_cores
+    )
+}
