@@ -11,6 +11,7 @@ use std::sync::Arc;
 use aerospike::{Client, ClientPolicy, ReadPolicy, WritePolicy};
 use bolide_bench::loadgen::keys::{KeyChooser, YCSB_ZIPFIAN_THETA};
 use bolide_bench::loadgen::report::{machine_json, phase_json, phase_text, PhaseResult};
+use bolide_bench::loadgen::responder;
 use bolide_bench::loadgen::run::{load_phase, run_phase, PhaseConfig, RunSpec, Target};
 use bolide_bench::loadgen::schedule::OpenLoopSchedule;
 use bolide_bench::loadgen::workload::{bin_names, parse_workload, FixedValues, KeyDist, ObjectSpec, Workload};
@@ -99,12 +100,20 @@ struct Args {
     /// Total timeout of each command, ms; 0 = none.
     #[arg(short = 'T', long, default_value_t = 0)]
     timeout: u32,
+    /// Timeout of the client's info (tend) commands and connection set-up, ms (client policy
+    /// `timeout`; the client's default is 1000).
+    #[arg(long, default_value_t = 5000)]
+    info_timeout: u32,
     /// Socket idle timeout, ms.
     #[arg(long, default_value_t = 30_000)]
     socket_timeout: u32,
     /// Retries of a failed command (default 0, so that every failure is counted).
     #[arg(long, default_value_t = 0)]
     max_retries: usize,
+    /// Measure the client's ceiling: ignore --hosts and run against a trivial in-process
+    /// responder (canned answers, no storage) on this process's runtime.
+    #[arg(long)]
+    responder: bool,
     /// Also report this process's CPU time (the server's, when it runs on this machine).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -195,6 +204,7 @@ fn plan(a: &Args) -> Result<Plan, String> {
 }
 
 fn main() {
+    let loadavg_at_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let args = Args::parse();
     let plan = match plan(&args) {
         Ok(p) => p,
@@ -211,21 +221,34 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = rt.block_on(run(args, plan, threads));
+    let code = rt.block_on(run(args, plan, threads, loadavg_at_start.trim()));
     std::process::exit(code);
 }
 
-async fn run(args: Args, plan: Plan, threads: usize) -> i32 {
+async fn run(args: Args, plan: Plan, threads: usize, loadavg_at_start: &str) -> i32 {
     let in_flight = args.async_max_commands;
     let policy = ClientPolicy {
         max_conns_per_node: args.max_conns_per_node.unwrap_or(in_flight + 16),
         conn_pools_per_node: args.conn_pools_per_node,
+        timeout: args.info_timeout,
         ..ClientPolicy::default()
     };
-    let client = match Client::new(&policy, &plan.hosts).await {
+    let bins = bin_names(&args.bin, plan.spec.bins.len());
+    let hosts = if args.responder {
+        match responder::start(responder::Replies::new(&args.namespace, &plan.spec, &bins)).await {
+            Ok(addr) => addr.to_string(),
+            Err(e) => {
+                eprintln!("bolide-bench: --responder: cannot listen on 127.0.0.1: {e}");
+                return 1;
+            }
+        }
+    } else {
+        plan.hosts.clone()
+    };
+    let client = match Client::new(&policy, &hosts).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("bolide-bench: cannot connect to {}: {e}", plan.hosts);
+            eprintln!("bolide-bench: cannot connect to {hosts}: {e}");
             return 1;
         }
     };
@@ -241,7 +264,7 @@ async fn run(args: Args, plan: Plan, threads: usize) -> i32 {
         client,
         namespace: args.namespace.clone(),
         set: args.set.clone(),
-        bin_names: bin_names(&args.bin, plan.spec.bins.len()),
+        bin_names: bins,
         fixed: FixedValues::new(&plan.spec, &mut rng),
         spec: plan.spec.clone(),
         random_values: args.random,
@@ -283,11 +306,13 @@ async fn run(args: Args, plan: Plan, threads: usize) -> i32 {
     let failed: u64 = phases.iter().flat_map(|p| p.totals.values()).map(|k| k.failed()).sum();
     if let Some(path) = &args.output_json {
         let (value_min, value_max) = plan.spec.value_bytes_range();
+        let mut machine = machine_json();
+        machine["loadavg_at_start"] = json!(loadavg_at_start);
         let out = json!({
             "bench": "bolide-bench",
             "command": std::env::args().collect::<Vec<_>>().join(" "),
             "params": {
-                "hosts": plan.hosts, "namespace": args.namespace, "set": args.set,
+                "hosts": hosts, "target": if args.responder { "in-process responder (client ceiling)" } else { "hosts" }, "namespace": args.namespace, "set": args.set,
                 "start_key": args.start_key, "keys": args.keys,
                 "object_spec": args.object_spec, "record_value_bytes_min": value_min, "record_value_bytes_max": value_max,
                 "random_values": args.random,
@@ -298,11 +323,11 @@ async fn run(args: Args, plan: Plan, threads: usize) -> i32 {
                 "in_flight": in_flight, "client_threads": threads,
                 "max_conns_per_node": args.max_conns_per_node.unwrap_or(in_flight + 16),
                 "conn_pools_per_node": args.conn_pools_per_node,
-                "total_timeout_ms": args.timeout, "socket_timeout_ms": args.socket_timeout,
+                "total_timeout_ms": args.timeout, "info_timeout_ms": args.info_timeout, "socket_timeout_ms": args.socket_timeout,
                 "max_retries": args.max_retries, "seed": args.seed, "server_pid": args.server_pid,
                 "client": "aerospike (Rust) 3.0.0, async on tokio",
             },
-            "machine": machine_json(),
+            "machine": machine,
             "phases": phases.iter().map(phase_json).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&out).expect("json") + "\n";

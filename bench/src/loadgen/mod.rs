@@ -7,10 +7,12 @@
 //! - [`schedule`]: open-loop pacing and latency from the intended send time;
 //! - [`stats`]: HdrHistograms per operation kind, errors by result code, per-second intervals;
 //! - [`run`]: the load and run phases against a cluster;
-//! - [`report`]: text and JSON output, CPU time, machine description.
+//! - [`report`]: text and JSON output, CPU time, machine description;
+//! - [`responder`]: a trivial in-process server, to measure the client's own ceiling.
 
 pub mod keys;
 pub mod report;
+pub mod responder;
 pub mod run;
 pub mod schedule;
 pub mod stats;

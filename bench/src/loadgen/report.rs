@@ -43,6 +43,12 @@ pub struct SeriesPoint {
     pub p99_us: f64,
     /// This process's CPU over the interval, in cores (1.0 = one core busy).
     pub client_cpu_cores: f64,
+    /// Time this process's threads waited for a CPU, seconds per second of the interval.
+    pub client_runqueue_wait: f64,
+    /// The server process's CPU over the interval, in cores (with `--server-pid`).
+    pub server_cpu_cores: Option<f64>,
+    /// Time the server's threads waited for a CPU, seconds per second (with `--server-pid`).
+    pub server_runqueue_wait: Option<f64>,
     /// False while warming up.
     pub measured: bool,
 }
@@ -68,8 +74,12 @@ pub struct PhaseResult {
     pub series: Vec<SeriesPoint>,
     /// This process's user + system CPU over the whole phase, seconds.
     pub client_cpu_s: f64,
+    /// Time this process's threads waited for a CPU over the whole phase, seconds.
+    pub client_runqueue_wait_s: f64,
     /// The server process's user + system CPU over the whole phase, seconds (with `--server-pid`).
     pub server_cpu_s: Option<f64>,
+    /// Time the server's threads waited for a CPU over the whole phase, seconds (with `--server-pid`).
+    pub server_runqueue_wait_s: Option<f64>,
 }
 
 impl PhaseResult {
@@ -180,7 +190,9 @@ pub fn phase_json(p: &PhaseResult) -> Value {
                 "t_s": round3(s.t_s), "interval_s": round3(s.interval_s),
                 "ok_per_s": per, "ok_per_s_total": s.ok_per_s.iter().sum::<f64>().round(),
                 "failed": s.failed, "p50_us": s.p50_us, "p99_us": s.p99_us,
-                "client_cpu_cores": round3(s.client_cpu_cores), "measured": s.measured,
+                "client_cpu_cores": round3(s.client_cpu_cores), "client_runqueue_wait": round3(s.client_runqueue_wait),
+                "server_cpu_cores": s.server_cpu_cores.map(round3), "server_runqueue_wait": s.server_runqueue_wait.map(round3),
+                "measured": s.measured,
             })
         })
         .collect();
@@ -204,6 +216,9 @@ pub fn phase_json(p: &PhaseResult) -> Value {
             "server_cpu_cores": p.server_cpu_s.map(|s| round3(s / p.wall_s.max(1e-9))),
             "server_cpu_us_per_op": p.server_cpu_s.filter(|_| ops_whole > 0).map(|s| round3(s * 1e6 / ops_whole as f64)),
             "ops_whole_phase": ops_whole,
+            "client_runqueue_wait_s": round3(p.client_runqueue_wait_s),
+            "server_runqueue_wait_s": p.server_runqueue_wait_s.map(round3),
+            "note": "runqueue_wait: time the process's threads were runnable but had no CPU (/proc/<pid>/task/*/schedstat), i.e. other load on the machine",
         },
         "series": series,
     })
@@ -304,6 +319,10 @@ pub fn phase_text(p: &PhaseResult) -> String {
             sc * 1e6 / ops_whole
         );
     }
+    let _ = write!(s, "; waited for a CPU: client {:.2} s", p.client_runqueue_wait_s);
+    if let Some(w) = p.server_runqueue_wait_s {
+        let _ = write!(s, ", server {w:.2} s");
+    }
     s.push('\n');
     s
 }
@@ -317,6 +336,38 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i - 3).and_then(|s| s.parse::<u64>().ok());
     Some((ticks(14)? + ticks(15)?) as f64 / clock_ticks_per_s())
+}
+
+/// Seconds the threads of process `pid` ("self" for this one) have spent runnable but waiting
+/// for a CPU, summed over its live threads (`/proc/<pid>/task/*/schedstat`, second field, ns);
+/// `None` when unreadable.
+pub fn runqueue_wait_seconds(pid: &str) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    Some(ns as f64 / 1e9)
+}
+
+/// CPU and run-queue wait of one process at one moment, seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcSample {
+    /// User + system CPU so far.
+    pub cpu_s: f64,
+    /// Runnable but not running so far.
+    pub runqueue_wait_s: f64,
+}
+
+impl ProcSample {
+    /// A sample of process `pid` ("self" for this one), `None` when it cannot be read.
+    pub fn of(pid: &str) -> Option<ProcSample> {
+        Some(ProcSample {
+            cpu_s: cpu_seconds(pid)?,
+            runqueue_wait_s: runqueue_wait_seconds(pid)?,
+        })
+    }
 }
 
 fn clock_ticks_per_s() -> f64 {
@@ -342,7 +393,7 @@ fn command_line(cmd: &str, args: &[&str]) -> Option<String> {
 }
 
 /// The machine and build a result came from: CPU model, cores, memory, kernel, OS, rustc,
-/// git commit, load average, whether debug assertions were on.
+/// git commit, load average now (`loadavg_at_end`), whether debug assertions were on.
 pub fn machine_json() -> Value {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let field = |text: &str, key: &str| {
@@ -365,7 +416,7 @@ pub fn machine_json() -> Value {
         "os": field(&read("/etc/os-release"), "PRETTY_NAME"),
         "rustc": command_line("rustc", &["--version"]),
         "git_commit": command_line("git", &["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"]),
-        "loadavg": read("/proc/loadavg").trim(),
+        "loadavg_at_end": read("/proc/loadavg").trim(),
         "debug_assertions": cfg!(debug_assertions),
     })
 }
@@ -419,10 +470,15 @@ mod tests {
                 p50_us: 100.0,
                 p99_us: 900.0,
                 client_cpu_cores: 0.5,
+                client_runqueue_wait: 0.0,
+                server_cpu_cores: None,
+                server_runqueue_wait: None,
                 measured: false,
             }],
             client_cpu_s: 0.3,
+            client_runqueue_wait_s: 0.01,
             server_cpu_s: Some(0.6),
+            server_runqueue_wait_s: Some(0.02),
         }
     }
 
@@ -482,5 +538,7 @@ mod tests {
     fn own_cpu_time_is_readable() {
         assert!(cpu_seconds("self").is_some());
         assert!(cpu_seconds("999999999").is_none());
+        assert!(ProcSample::of("self").is_some());
+        assert!(runqueue_wait_seconds("999999999").is_none());
     }
 }

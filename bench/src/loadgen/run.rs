@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::keys::KeyChooser;
-use super::report::{cpu_seconds, PhaseResult, SeriesPoint};
+use super::report::{PhaseResult, ProcSample, SeriesPoint};
 use super::schedule::{send_time_ns, OpTimes, OpenLoopSchedule};
 use super::stats::{new_histogram, Recorder};
 use super::workload::{FixedValues, ObjectSpec, OpKind, OpMix};
@@ -84,9 +84,9 @@ struct Shared {
     next_index: AtomicU64,
     /// Run: next key to insert.
     next_insert_key: AtomicU64,
-    /// Run: one past the highest inserted key acknowledged (keys below it exist, give or take
-    /// the inserts still in flight below it).
-    end_key: AtomicU64,
+    /// Run: per worker, a lower bound of the key it is inserting (`u64::MAX`: none). Keys below
+    /// both `next_insert_key` and every slot have been acknowledged (YCSB's acknowledged counter).
+    insert_slots: Vec<AtomicU64>,
     done: AtomicBool,
 }
 
@@ -142,7 +142,7 @@ pub async fn load_phase(target: Arc<Target>, cfg: &PhaseConfig, start_key: u64, 
         start: Instant::now(),
         next_index: AtomicU64::new(0),
         next_insert_key: AtomicU64::new(0),
-        end_key: AtomicU64::new(0),
+        insert_slots: Vec::new(),
         done: AtomicBool::new(false),
     });
     let workers: Vec<_> = (0..cfg.in_flight)
@@ -168,7 +168,7 @@ pub async fn load_phase(target: Arc<Target>, cfg: &PhaseConfig, start_key: u64, 
             })
         })
         .collect();
-    let (series, cpu) = report_until_done(&shared, workers, "load", 0.0, cfg).await;
+    let (series, usage) = report_until_done(&shared, workers, "load", 0.0, cfg).await;
     let wall_s = shared.start.elapsed().as_secs_f64();
     PhaseResult {
         name: "load".into(),
@@ -179,8 +179,10 @@ pub async fn load_phase(target: Arc<Target>, cfg: &PhaseConfig, start_key: u64, 
         in_flight: cfg.in_flight,
         totals: shared.recorder.totals(),
         series,
-        client_cpu_s: cpu.0,
-        server_cpu_s: cpu.1,
+        client_cpu_s: usage.client.cpu_s,
+        client_runqueue_wait_s: usage.client.runqueue_wait_s,
+        server_cpu_s: usage.server.map(|u| u.cpu_s),
+        server_runqueue_wait_s: usage.server.map(|u| u.runqueue_wait_s),
     }
 }
 
@@ -193,7 +195,9 @@ pub async fn run_phase(target: Arc<Target>, cfg: &PhaseConfig, spec: &RunSpec) -
         start: Instant::now(),
         next_index: AtomicU64::new(0),
         next_insert_key: AtomicU64::new(first_new),
-        end_key: AtomicU64::new(first_new),
+        insert_slots: (0..if spec.mix.inserts() { cfg.in_flight } else { 0 })
+            .map(|_| AtomicU64::new(u64::MAX))
+            .collect(),
         done: AtomicBool::new(false),
     });
     let warmup_ns = (spec.warmup_s * 1e9) as u64;
@@ -223,7 +227,7 @@ pub async fn run_phase(target: Arc<Target>, cfg: &PhaseConfig, spec: &RunSpec) -
                         None => (now, now),
                     };
                     let kind = spec.mix.pick(rng.gen::<f64>() * 100.0);
-                    let result = one_op(&sh, &spec, kind, &mut rng).await;
+                    let result = one_op(&sh, &spec, kind, w, &mut rng).await;
                     let t = OpTimes {
                         intended_ns,
                         sent_ns,
@@ -234,7 +238,7 @@ pub async fn run_phase(target: Arc<Target>, cfg: &PhaseConfig, spec: &RunSpec) -
             })
         })
         .collect();
-    let (series, cpu) = report_until_done(&shared, workers, "run", spec.warmup_s, cfg).await;
+    let (series, usage) = report_until_done(&shared, workers, "run", spec.warmup_s, cfg).await;
     PhaseResult {
         name: "run".into(),
         measured_s: spec.duration_s,
@@ -244,23 +248,40 @@ pub async fn run_phase(target: Arc<Target>, cfg: &PhaseConfig, spec: &RunSpec) -
         in_flight: cfg.in_flight,
         totals: shared.recorder.totals(),
         series,
-        client_cpu_s: cpu.0,
-        server_cpu_s: cpu.1,
+        client_cpu_s: usage.client.cpu_s,
+        client_runqueue_wait_s: usage.client.runqueue_wait_s,
+        server_cpu_s: usage.server.map(|u| u.cpu_s),
+        server_runqueue_wait_s: usage.server.map(|u| u.runqueue_wait_s),
     }
 }
 
-async fn one_op(sh: &Shared, spec: &RunSpec, kind: OpKind, rng: &mut ChaCha8Rng) -> Result<(), i32> {
+impl Shared {
+    /// One past the highest key known to exist: every key below it was loaded or its insert
+    /// acknowledged.
+    fn existing_end(&self) -> u64 {
+        let next = self.next_insert_key.load(Ordering::SeqCst);
+        self.insert_slots
+            .iter()
+            .map(|s| s.load(Ordering::SeqCst))
+            .fold(next, u64::min)
+    }
+}
+
+async fn one_op(sh: &Shared, spec: &RunSpec, kind: OpKind, worker: usize, rng: &mut ChaCha8Rng) -> Result<(), i32> {
     let t = &sh.target;
-    let existing_end = || sh.end_key.load(Ordering::Relaxed);
+    let existing_end = || sh.existing_end();
     match kind {
         OpKind::Read => t.get(spec.keys.next_key(rng, existing_end())).await,
         OpKind::Update => t.put(spec.keys.next_key(rng, existing_end()), rng).await,
         OpKind::Insert => {
-            let k = sh.next_insert_key.fetch_add(1, Ordering::Relaxed);
+            // Publish a lower bound before claiming, so no reader sees the claimed key as existing.
+            let slot = &sh.insert_slots[worker];
+            slot.store(sh.next_insert_key.load(Ordering::SeqCst), Ordering::SeqCst);
+            let k = sh.next_insert_key.fetch_add(1, Ordering::SeqCst);
+            slot.store(k, Ordering::SeqCst);
             let r = t.put(k, rng).await;
-            if r.is_ok() {
-                sh.end_key.fetch_max(k + 1, Ordering::Relaxed);
-            }
+            // A failed insert leaves a hole that reads may hit (counted as their errors).
+            slot.store(u64::MAX, Ordering::SeqCst);
             r
         }
         OpKind::ReadModifyWrite => {
@@ -281,24 +302,44 @@ async fn one_op(sh: &Shared, spec: &RunSpec, kind: OpKind, rng: &mut ChaCha8Rng)
     }
 }
 
-/// Prints a progress line each second until the workers end; returns the series and the CPU
-/// seconds of this process and of the server process over the phase.
+/// CPU and run-queue wait over a phase: this process's, and the server's with `--server-pid`.
+struct Usage {
+    client: ProcSample,
+    server: Option<ProcSample>,
+}
+
+fn delta(a: ProcSample, b: ProcSample) -> ProcSample {
+    ProcSample {
+        cpu_s: b.cpu_s - a.cpu_s,
+        runqueue_wait_s: b.runqueue_wait_s - a.runqueue_wait_s,
+    }
+}
+
+/// Prints a progress line each second until the workers end; returns the series and the CPU use
+/// over the phase.
 async fn report_until_done(
     shared: &Arc<Shared>,
     workers: Vec<tokio::task::JoinHandle<()>>,
     phase: &'static str,
     warmup_s: f64,
     cfg: &PhaseConfig,
-) -> (Vec<SeriesPoint>, (f64, Option<f64>)) {
+) -> (Vec<SeriesPoint>, Usage) {
     let server_pid = cfg.server_pid.map(|p| p.to_string());
-    let server_cpu = || server_pid.as_deref().and_then(cpu_seconds);
-    let (cpu0, server0) = (cpu_seconds("self").unwrap_or(0.0), server_cpu());
+    let sample = move || {
+        (
+            ProcSample::of("self").unwrap_or_default(),
+            server_pid.as_deref().and_then(ProcSample::of),
+        )
+    };
+    let first = sample();
     let sh = shared.clone();
     let progress = cfg.progress;
+    let sample_in_reporter = sample.clone();
     let reporter = tokio::spawn(async move {
+        let sample = sample_in_reporter;
         let mut series = Vec::new();
         let mut last_t = 0.0;
-        let mut last_cpu = cpu0;
+        let mut last = first;
         let mut tick = 1u64;
         loop {
             let finished = sh.done.load(Ordering::Acquire);
@@ -312,7 +353,7 @@ async fn report_until_done(
             }
             let t_s = sh.start.elapsed().as_secs_f64();
             let interval = sh.recorder.take_interval();
-            let cpu = cpu_seconds("self").unwrap_or(last_cpu);
+            let now = sample();
             let dt = (t_s - last_t).max(1e-9);
             let mut all = new_histogram();
             for h in interval.latency.iter().flatten() {
@@ -325,6 +366,8 @@ async fn report_until_done(
                     (all.value_at_quantile(x) as f64 / 10.0).round() / 100.0
                 }
             };
+            let client = delta(last.0, now.0);
+            let server = last.1.zip(now.1).map(|(a, b)| delta(a, b));
             let point = SeriesPoint {
                 t_s,
                 interval_s: dt,
@@ -332,7 +375,10 @@ async fn report_until_done(
                 failed: interval.failed,
                 p50_us: q(0.5),
                 p99_us: q(0.99),
-                client_cpu_cores: (cpu - last_cpu) / dt,
+                client_cpu_cores: client.cpu_s / dt,
+                client_runqueue_wait: client.runqueue_wait_s / dt,
+                server_cpu_cores: server.map(|s| s.cpu_s / dt),
+                server_runqueue_wait: server.map(|s| s.runqueue_wait_s / dt),
                 measured: last_t >= warmup_s,
             };
             if progress && (point.ok_per_s.iter().sum::<f64>() > 0.0 || point.failed > 0 || !finished) {
@@ -340,7 +386,7 @@ async fn report_until_done(
             }
             series.push(point);
             last_t = t_s;
-            last_cpu = cpu;
+            last = now;
             tick += 1;
             if finished {
                 return series;
@@ -352,12 +398,12 @@ async fn report_until_done(
     }
     shared.done.store(true, Ordering::Release);
     let series = reporter.await.expect("reporter panicked");
-    let cpu = cpu_seconds("self").unwrap_or(cpu0) - cpu0;
-    let server = match (server0, server_cpu()) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
+    let end = sample();
+    let usage = Usage {
+        client: delta(first.0, end.0),
+        server: first.1.zip(end.1).map(|(a, b)| delta(a, b)),
     };
-    (series, (cpu, server))
+    (series, usage)
 }
 
 /// One progress line: phase, time, throughput per kind, interval p50/p99, failures, client CPU.
@@ -368,7 +414,7 @@ pub fn progress_line(phase: &str, p: &SeriesPoint) -> String {
         .map(|k| format!("{} {:.0}", k.name(), p.ok_per_s[k.index()]))
         .collect();
     format!(
-        "{phase} {:>6.1}s{} {:>9.0} ops/s ({}) p50 {:.3} ms p99 {:.3} ms failed {} client cpu {:.2} cores",
+        "{phase} {:>6.1}s{} {:>9.0} ops/s ({}) p50 {:.3} ms p99 {:.3} ms failed {} cpu client {:.2}{} cores, cpu wait client {:.2}{}",
         p.t_s,
         if p.measured { "" } else { " warm-up" },
         p.ok_per_s.iter().sum::<f64>(),
@@ -376,6 +422,9 @@ pub fn progress_line(phase: &str, p: &SeriesPoint) -> String {
         p.p50_us / 1000.0,
         p.p99_us / 1000.0,
         p.failed,
-        p.client_cpu_cores
+        p.client_cpu_cores,
+        p.server_cpu_cores.map_or(String::new(), |c| format!(" server {c:.2}")),
+        p.client_runqueue_wait,
+        p.server_runqueue_wait.map_or(String::new(), |c| format!(" server {c:.2}")),
     )
 }
