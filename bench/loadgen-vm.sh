@@ -9,7 +9,8 @@
 #
 # Environment: CARGO_TARGET_DIR, OUT, PORT (3137), KEYS (100000), DURATION (30 s measured),
 # WARMUP (5 s), IN_FLIGHT (16), DATA_PARENT (/var/tmp: the node's data files go to a new
-# directory under it, removed at the end), WORKLOADS (space-separated name=workload[:key-dist]).
+# directory under it, removed at the end), WORKLOADS (space-separated name=workload[:key-dist]),
+# CEILING (name:workload of the client-ceiling run against --responder, "" for none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,7 @@ DURATION=${DURATION:-30}
 WARMUP=${WARMUP:-5}
 IN_FLIGHT=${IN_FLIGHT:-16}
 DATA_PARENT=${DATA_PARENT:-/var/tmp}
+CEILING=${CEILING-ru50:RU,50}
 WORKLOADS=${WORKLOADS:-"loadgen-ru50-uniform-1k=RU,50:uniform loadgen-ru95-uniform-1k=RU,95:uniform loadgen-ycsb-a-1k=YCSB-A loadgen-ycsb-b-1k=YCSB-B"}
 
 cargo build --release --locked -p bolide-node --bin bolide -p bolide-bench --bin bolide-bench
@@ -63,7 +65,18 @@ for entry in $WORKLOADS; do
        --load -t "$DURATION" --warmup "$WARMUP" -c "$IN_FLIGHT" --server-pid "$node_pid"
        --output-json "$OUT/$name.json")
   echo "== $name: ${cmd[*]}" | tee "$OUT/$name.txt"
-  "${cmd[@]}" 2>&1 | tee -a "$OUT/$name.txt"
+  # Exit code 3: the run completed with failed operations (they are in the report).
+  "${cmd[@]}" 2>&1 | tee -a "$OUT/$name.txt" || echo "bolide-bench exit code $?" | tee -a "$OUT/$name.txt"
   grep -iE "warn|error" "$data_dir/node.log" | head -20 | sed 's/^/node log: /' | tee -a "$OUT/$name.txt" || true
   stop_node
 done
+
+# The client's ceiling: the same load against bolide-bench's in-process responder (no node).
+if [[ -n "$CEILING" ]]; then
+  name=loadgen-ceiling-${CEILING%%:*}-1k
+  workload=${CEILING#*:}
+  cmd=("$BENCH" --responder -k "$KEYS" -o B1024 -w "$workload" --key-dist uniform --load -t "$DURATION"
+       --warmup "$WARMUP" -c "$IN_FLIGHT" --output-json "$OUT/$name.json")
+  echo "== $name: ${cmd[*]}" | tee "$OUT/$name.txt"
+  "${cmd[@]}" 2>&1 | tee -a "$OUT/$name.txt" || echo "bolide-bench exit code $?" | tee -a "$OUT/$name.txt"
+fi

@@ -12,7 +12,7 @@ use aerospike::{Client, ClientPolicy, ReadPolicy, WritePolicy};
 use bolide_bench::loadgen::keys::{KeyChooser, YCSB_ZIPFIAN_THETA};
 use bolide_bench::loadgen::report::{machine_json, phase_json, phase_text, PhaseResult};
 use bolide_bench::loadgen::responder;
-use bolide_bench::loadgen::run::{load_phase, run_phase, PhaseConfig, RunSpec, Target};
+use bolide_bench::loadgen::run::{error_examples, load_phase, run_phase, PhaseConfig, RunSpec, Target};
 use bolide_bench::loadgen::schedule::OpenLoopSchedule;
 use bolide_bench::loadgen::workload::{bin_names, parse_workload, FixedValues, KeyDist, ObjectSpec, Workload};
 use clap::Parser;
@@ -303,6 +303,9 @@ async fn run(args: Args, plan: Plan, threads: usize, loadavg_at_start: &str) -> 
     for p in &phases {
         print!("{}", phase_text(p));
     }
+    for (code, message) in error_examples() {
+        println!("first error with code {code}: {message}");
+    }
     let failed: u64 = phases.iter().flat_map(|p| p.totals.values()).map(|k| k.failed()).sum();
     if let Some(path) = &args.output_json {
         let (value_min, value_max) = plan.spec.value_bytes_range();
@@ -329,6 +332,10 @@ async fn run(args: Args, plan: Plan, threads: usize, loadavg_at_start: &str) -> 
             },
             "machine": machine,
             "phases": phases.iter().map(phase_json).collect::<Vec<_>>(),
+            "error_examples": error_examples()
+                .into_iter()
+                .map(|(c, m)| (c.to_string(), json!(m)))
+                .collect::<serde_json::Map<_, _>>(),
         });
         let text = serde_json::to_string_pretty(&out).expect("json") + "\n";
         if let Err(e) = std::fs::write(path, text) {

@@ -5,6 +5,7 @@
 //! up to `in_flight` requests (and connections: the Aerospike protocol has one request per
 //! connection at a time) outstanding.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,6 +111,23 @@ async fn wait_until(at: Instant) {
     }
 }
 
+/// The first message seen for each result code, for the report (a code alone, such as the
+/// client's "max retries exceeded", does not say what went wrong underneath).
+static ERROR_EXAMPLES: std::sync::Mutex<BTreeMap<i32, String>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn error_code(e: &aerospike::Error) -> i32 {
+    let code = e.result_code();
+    let mut ex = ERROR_EXAMPLES.lock().expect("error examples poisoned");
+    ex.entry(code)
+        .or_insert_with(|| format!("{e:?}").chars().take(600).collect());
+    code
+}
+
+/// One message per result code seen so far (its `Debug` form, at most 600 characters).
+pub fn error_examples() -> BTreeMap<i32, String> {
+    ERROR_EXAMPLES.lock().expect("error examples poisoned").clone()
+}
+
 impl Target {
     fn key(&self, k: u64) -> Key {
         Key::new(self.namespace.as_str(), self.set.as_str(), Value::Int(k as i64)).expect("integer keys are valid")
@@ -120,7 +138,7 @@ impl Target {
             .get(&self.read_policy, &self.key(k), Bins::All)
             .await
             .map(drop)
-            .map_err(|e| e.result_code())
+            .map_err(|e| error_code(&e))
     }
 
     async fn put(&self, k: u64, rng: &mut ChaCha8Rng) -> Result<(), i32> {
@@ -130,7 +148,7 @@ impl Target {
         self.client
             .put(&self.write_policy, &self.key(k), &bins)
             .await
-            .map_err(|e| e.result_code())
+            .map_err(|e| error_code(&e))
     }
 }
 
