@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::keys::KeyChooser;
 use super::report::{PhaseResult, ProcSample, SeriesPoint};
-use super::schedule::{send_time_ns, OpTimes, OpenLoopSchedule};
+use super::schedule::{OpTimes, OpenLoopSchedule};
 use super::stats::{new_histogram, Recorder};
 use super::workload::{FixedValues, ObjectSpec, OpKind, OpMix};
 
@@ -95,20 +95,42 @@ fn elapsed_ns(start: Instant) -> u64 {
     start.elapsed().as_nanos() as u64
 }
 
-/// Waits until `at`: the tokio timer (1 ms granularity) for the bulk, then yields until due, so
-/// that open-loop sends are not up to a millisecond late.
-async fn wait_until(at: Instant) {
-    loop {
-        let now = Instant::now();
-        if now >= at {
-            return;
-        }
-        if at - now > Duration::from_millis(2) {
-            tokio::time::sleep_until((at - Duration::from_millis(1)).into()).await;
-        } else {
-            tokio::task::yield_now().await;
-        }
-    }
+/// The open-loop pacer: a thread of its own that releases one semaphore permit per operation at
+/// its intended time (the tokio timer ticks in whole milliseconds; `std::thread::sleep` is good
+/// to tens of µs), several at once when it wakes late, until the phase ends; then `in_flight`
+/// more, which the workers take as "stop" (their index is past the last one due).
+fn spawn_pacer(
+    schedule: OpenLoopSchedule,
+    start: Instant,
+    end_ns: u64,
+    in_flight: usize,
+    permits: Arc<tokio::sync::Semaphore>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("bolide-bench-pacer".into())
+        .spawn(move || {
+            let mut released = 0u64;
+            loop {
+                let now = elapsed_ns(start).min(end_ns.saturating_sub(1));
+                let mut due = released;
+                while schedule.intended_ns(due) <= now {
+                    due += 1;
+                }
+                if due > released {
+                    permits.add_permits((due - released) as usize);
+                    released = due;
+                }
+                let next = schedule.intended_ns(released);
+                if next >= end_ns {
+                    break;
+                }
+                let wait = next.saturating_sub(elapsed_ns(start));
+                // At least 20 µs, so that very high rates release in batches rather than spin.
+                std::thread::sleep(Duration::from_nanos(wait.max(20_000)));
+            }
+            permits.add_permits(in_flight);
+        })
+        .expect("spawn the pacer thread")
 }
 
 /// The first message seen for each result code, for the report (a code alone, such as the
@@ -220,10 +242,15 @@ pub async fn run_phase(target: Arc<Target>, cfg: &PhaseConfig, spec: &RunSpec) -
     });
     let warmup_ns = (spec.warmup_s * 1e9) as u64;
     let end_ns = warmup_ns + (spec.duration_s * 1e9) as u64;
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let pacer = spec
+        .schedule
+        .map(|s| spawn_pacer(s, shared.start, end_ns, cfg.in_flight, permits.clone()));
     let workers: Vec<_> = (0..cfg.in_flight)
         .map(|w| {
             let sh = shared.clone();
             let spec = spec.clone();
+            let permits = permits.clone();
             let seed = cfg.seed + w as u64;
             tokio::spawn(async move {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -231,13 +258,13 @@ pub async fn run_phase(target: Arc<Target>, cfg: &PhaseConfig, spec: &RunSpec) -
                     let now = elapsed_ns(sh.start);
                     let (intended_ns, sent_ns) = match &spec.schedule {
                         Some(s) => {
+                            // Every operation due before the end is sent, late ones included:
+                            // in overload the phase runs on until the backlog is drained.
+                            permits.acquire().await.expect("never closed").forget();
                             let i = sh.next_index.fetch_add(1, Ordering::Relaxed);
-                            let (intended, send) = send_time_ns(s, i, now);
+                            let intended = s.intended_ns(i);
                             if intended >= end_ns {
                                 break;
-                            }
-                            if send > now {
-                                wait_until(sh.start + Duration::from_nanos(send)).await;
                             }
                             (intended, elapsed_ns(sh.start))
                         }
@@ -257,11 +284,21 @@ pub async fn run_phase(target: Arc<Target>, cfg: &PhaseConfig, spec: &RunSpec) -
         })
         .collect();
     let (series, usage) = report_until_done(&shared, workers, "run", spec.warmup_s, cfg).await;
+    if let Some(p) = pacer {
+        p.join().expect("pacer panicked");
+    }
+    let wall_s = shared.start.elapsed().as_secs_f64();
     PhaseResult {
         name: "run".into(),
-        measured_s: spec.duration_s,
+        // Open loop in overload drains its backlog after the nominal end: throughput is taken
+        // over the whole time the measured operations took.
+        measured_s: if spec.schedule.is_some() {
+            (wall_s - spec.warmup_s).max(spec.duration_s)
+        } else {
+            spec.duration_s
+        },
         warmup_s: spec.warmup_s,
-        wall_s: shared.start.elapsed().as_secs_f64(),
+        wall_s,
         target_rate_per_s: spec.schedule.map(|s| s.rate_per_s()),
         in_flight: cfg.in_flight,
         totals: shared.recorder.totals(),

@@ -59,8 +59,9 @@ impl OpTimes {
     }
 }
 
-/// A worker's decision for its next operation: claim index `i` (shared counter), then send at
-/// `max(intended, now)`. Pure, so the runner and the tests use the same rule.
+/// The rule the runner follows for operation `i`: the pacer releases it at its intended time and
+/// the first free worker sends it, so it goes out at `max(intended, when a worker is free)`.
+/// Pure, so that [`simulate`] and the tests apply the same rule.
 pub fn send_time_ns(schedule: &OpenLoopSchedule, i: u64, now_ns: u64) -> (u64, u64) {
     let intended = schedule.intended_ns(i);
     (intended, intended.max(now_ns))
