@@ -1,6 +1,8 @@
 //! Bolide benchmarks: criterion micro-benchmarks (`benches/`) and benchmark binaries
 //! (`src/bin/`). Helpers shared by them live here.
 
+pub mod loadgen;
+
 use bolide_node::digest::Digest;
 use bolide_node::index::IndexEntry;
 use rand::RngCore;
