@@ -160,11 +160,13 @@ impl Source {
     }
 }
 
-fn sources(args: &RestoreArgs) -> Result<Vec<Source>, String> {
+/// The sources in order, each tagged with its place in the chain (one directory, or the input
+/// file, is one element).
+fn sources(args: &RestoreArgs) -> Result<Vec<(usize, Source)>, String> {
     let mut dirs: Vec<PathBuf> = args.directory.iter().cloned().collect();
     dirs.extend(args.directory_list.iter().cloned());
     let mut out = Vec::new();
-    for dir in &dirs {
+    for (element, dir) in dirs.iter().enumerate() {
         let mut files = Vec::new();
         for entry in fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {
             let path = entry.map_err(|e| format!("read {}: {e}", dir.display()))?.path();
@@ -176,11 +178,11 @@ fn sources(args: &RestoreArgs) -> Result<Vec<Source>, String> {
             return Err(format!("no .asb files in {}", dir.display()));
         }
         files.sort();
-        out.extend(files.into_iter().map(Source::File));
+        out.extend(files.into_iter().map(|f| (element, Source::File(f))));
     }
     match args.input_file.as_deref() {
-        Some("-") => out.push(Source::Stdin),
-        Some(f) => out.push(Source::File(PathBuf::from(f))),
+        Some("-") => out.push((dirs.len(), Source::Stdin)),
+        Some(f) => out.push((dirs.len(), Source::File(PathBuf::from(f)))),
         None => {}
     }
     if out.is_empty() {
@@ -220,16 +222,32 @@ pub fn expiration_of(void_time: u32, now_unix: i64) -> Option<Expiration> {
 /// The reader: parses every source in order, sends records to the writers. Returns the number
 /// of files read, or the first parse error.
 fn read_all(
-    sources: Vec<Source>,
+    sources: Vec<(usize, Source)>,
     ns_map: Option<(String, String)>,
-    senders: Vec<mpsc::Sender<asb::Record>>,
+    senders: Vec<mpsc::Sender<Msg>>,
     counters: Arc<Counters>,
 ) -> Result<u64, String> {
     let mut files = 0;
-    for src in sources {
+    let mut chain_element = None;
+    for (element, src) in sources {
         if counters.abort.load(Ordering::Relaxed) {
             break;
         }
+        if chain_element.is_some_and(|e| e != element) {
+            let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(senders.len());
+            for tx in &senders {
+                if tx.blocking_send(Msg::Barrier(ack_tx.clone())).is_err() {
+                    return Ok(files);
+                }
+            }
+            drop(ack_tx);
+            for _ in 0..senders.len() {
+                if ack_rx.recv().is_err() {
+                    return Ok(files);
+                }
+            }
+        }
+        chain_element = Some(element);
         let name = src.name();
         let input: Box<dyn BufRead> = match &src {
             Source::File(p) => Box::new(BufReader::with_capacity(
@@ -271,7 +289,7 @@ fn read_all(
             // Same partition → same writer: a chain's versions of a record stay in order.
             let pid = u16::from_le_bytes([rec.digest[0], rec.digest[1]]) as usize % 4096;
             let tx = &senders[pid % senders.len()];
-            if tx.blocking_send(rec).is_err() {
+            if tx.blocking_send(Msg::Record(rec)).is_err() {
                 // The writers stopped (abort).
                 return Ok(files);
             }
@@ -281,6 +299,15 @@ fn read_all(
         }
     }
     Ok(files)
+}
+
+/// What the reader hands a writer.
+enum Msg {
+    Record(asb::Record),
+    /// Finish every outstanding put, then answer: the reader waits for all writers between two
+    /// backups of a chain, so a later backup's version of a record is never written before (or
+    /// concurrently with) an earlier one's.
+    Barrier(std::sync::mpsc::SyncSender<()>),
 }
 
 struct WriterCfg {
@@ -340,12 +367,7 @@ async fn write_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: a
     }
 }
 
-async fn writer(
-    client: Arc<Client>,
-    cfg: Arc<WriterCfg>,
-    counters: Arc<Counters>,
-    mut rx: mpsc::Receiver<asb::Record>,
-) {
+async fn writer(client: Arc<Client>, cfg: Arc<WriterCfg>, counters: Arc<Counters>, mut rx: mpsc::Receiver<Msg>) {
     let mut in_flight = FuturesUnordered::new();
     loop {
         if counters.abort.load(Ordering::Relaxed) {
@@ -356,10 +378,14 @@ async fn writer(
             continue;
         }
         tokio::select! {
-            rec = rx.recv() => match rec {
-                Some(rec) => {
+            msg = rx.recv() => match msg {
+                Some(Msg::Record(rec)) => {
                     let (client, cfg, counters) = (client.clone(), cfg.clone(), counters.clone());
                     in_flight.push(async move { write_one(&client, &cfg, &counters, rec).await });
+                }
+                Some(Msg::Barrier(ack)) => {
+                    while in_flight.next().await.is_some() {}
+                    let _ = ack.send(());
                 }
                 None => break,
             },
@@ -386,7 +412,9 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
     let ns_map = namespace_map(args.namespace.as_deref())?;
     let client = Arc::new(connect(&args.host, args.port).await?);
 
-    let check_generation = !args.no_generation;
+    // Create-only needs no generation check (and the real server's order of the two checks
+    // would decide between "existed" and "fresher").
+    let check_generation = !args.no_generation && !args.unique;
     let base = WritePolicy {
         record_exists_action: if args.unique {
             RecordExistsAction::CreateOnly
