@@ -46,6 +46,10 @@ struct Node {
 
 impl Node {
     fn start() -> Node {
+        Node::start_with_shard_bytes(268_435_456)
+    }
+
+    fn start_with_shard_bytes(shard_bytes: u64) -> Node {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
         let port = TcpListener::bind("127.0.0.1:0")
             .expect("bind")
@@ -56,7 +60,7 @@ impl Node {
         std::fs::write(
             &cfg,
             format!(
-                "listen = \"127.0.0.1:{port}\"\nshard_file_bytes = 268435456\nworkers = 2\ndata_dir = \"{}\"\n",
+                "listen = \"127.0.0.1:{port}\"\nshard_file_bytes = {shard_bytes}\nworkers = 2\ndata_dir = \"{}\"\n",
                 dir.path().join("data").display()
             ),
         )
@@ -133,8 +137,9 @@ fn set_of(i: u32) -> &'static str {
     }
 }
 
-/// Record `i` with every bin type the server stores; a TTL on two in three records.
-async fn put_record(client: &Client, i: u32, version: u32) {
+/// Record `i` with every bin type the server stores (a TTL on two in three records), plus a
+/// `pad` blob bin of `pad` bytes when `pad > 0`.
+async fn put_record_padded(client: &Client, i: u32, version: u32, pad: usize) {
     let key = Key::new(NS, set_of(i), Value::from(format!("k{i}"))).expect("key");
     let mut map = HashMap::new();
     map.insert(Value::from("a"), Value::from(i64::from(i)));
@@ -163,6 +168,13 @@ async fn put_record(client: &Client, i: u32, version: u32) {
         ),
         as_bin!("version", i64::from(version)),
     ];
+    let mut bins = bins;
+    if pad > 0 {
+        bins.push(as_bin!(
+            "pad",
+            (0..pad).map(|j| (j as u32 ^ i) as u8).collect::<Vec<u8>>()
+        ));
+    }
     let wp = WritePolicy {
         send_key: i.is_multiple_of(2),
         expiration: match i % 3 {
@@ -179,16 +191,20 @@ async fn put_record(client: &Client, i: u32, version: u32) {
 }
 
 async fn put_records(port: u16, range: std::ops::Range<u32>, version: u32) {
+    put_records_padded(port, range, version, 0).await;
+}
+
+async fn put_records_padded(port: u16, range: std::ops::Range<u32>, version: u32, pad: usize) {
     let client = std::sync::Arc::new(connect(port).await);
     let mut tasks = Vec::new();
-    let workers = 16u32;
+    let workers = 64u32;
     for w in 0..workers {
         let client = client.clone();
         let range = range.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = range.start + w;
             while i < range.end {
-                put_record(&client, i, version).await;
+                put_record_padded(&client, i, version, pad).await;
                 i += workers;
             }
         }));
@@ -297,6 +313,29 @@ fn backup_restore_round_trip_every_bin_type() {
     // --unique: all existed.
     let msg = tool_ok(&["restore", "-p", &dport, "-d", bdir, "--unique"]);
     assert!(msg.contains(&format!("{n} existed")), "{msg}");
+
+    // Change one record on the target: the default policy keeps the newer target version;
+    // --replace --no-generation puts the backup's version back whole (the extra bin goes).
+    let k0 = Key::new(NS, set_of(0), Value::from("k0")).expect("key");
+    rt.block_on(async {
+        let c = connect(dst.port).await;
+        c.put(&WritePolicy::default(), &k0, &[as_bin!("int", -1), as_bin!("extra", 1)])
+            .await
+            .expect("put");
+    });
+    tool_ok(&["restore", "-p", &dport, "-d", bdir]);
+    let get_k0 = || {
+        rt.block_on(async {
+            let c = connect(dst.port).await;
+            c.get(&ReadPolicy::default(), &k0, Bins::All).await.expect("get k0")
+        })
+    };
+    assert_eq!(get_k0().bins.get("extra"), Some(&Value::from(1)));
+    let msg = tool_ok(&["restore", "-p", &dport, "-d", bdir, "--replace", "--no-generation"]);
+    assert!(msg.contains(&format!("{n} written")), "{msg}");
+    let r = get_k0();
+    assert_eq!(r.bins.get("extra"), None);
+    assert_eq!(r.bins.get("int"), Some(&Value::from(-7)));
     drop((src.log(), dst.log()));
 }
 
@@ -504,4 +543,108 @@ fn now_utc_string() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Streams every record of `src` and reads it back from `dst` by digest (32 reads in flight),
+/// comparing bins, stored key and TTL (within `ttl_slack` s); returns the number compared.
+async fn verify_streaming(src: u16, dst: u16, ttl_slack: u64) -> u64 {
+    use futures::stream::FuturesUnordered;
+    let a = connect(src).await;
+    let b = std::sync::Arc::new(connect(dst).await);
+    let rs = a
+        .query(
+            &QueryPolicy::new(),
+            PartitionFilter::all(),
+            Statement::new(NS, "", Bins::All),
+        )
+        .await
+        .expect("scan");
+    let mut stream = rs.into_stream();
+    let mut pending = FuturesUnordered::new();
+    let mut n = 0u64;
+    loop {
+        if pending.len() >= 32 {
+            pending.next().await;
+            continue;
+        }
+        let Some(r) = stream.next().await else { break };
+        let w = r.expect("scan record");
+        let b = b.clone();
+        pending.push(async move {
+            let wk = w.key.clone().expect("key");
+            let key = Key::with_digest(NS, wk.set_name(), None, wk.digest());
+            let g = b
+                .get(&ReadPolicy::default(), &key, Bins::All)
+                .await
+                .unwrap_or_else(|e| panic!("get {wk:?}: {e}"));
+            assert_eq!(g.bins, w.bins, "bins of {wk:?}");
+            match (ttl(&w), ttl(&g)) {
+                (None, None) => {}
+                (Some(x), Some(y)) => assert!(x.abs_diff(y) <= ttl_slack, "ttl {x} vs {y} for {wk:?}"),
+                (x, y) => panic!("ttl {x:?} vs {y:?} for {wk:?}"),
+            }
+        });
+        n += 1;
+    }
+    while pending.next().await.is_some() {}
+    n
+}
+
+/// The 1 M x 1 KiB round trip (run by hand with release builds; see backup/README.md):
+/// `BACKUP_BENCH_RECORDS` (default 1 000 000) records of every bin type plus a 1 KiB blob, backup
+/// with --parallel 4 to a directory, restore with 16 writers into a fresh node, every record
+/// compared bin by bin. Prints the tools' summary lines (records/s, MiB/s).
+#[test]
+#[ignore = "long: run by hand with --release"]
+fn round_trip_1m_records_1kib() {
+    let n: u32 = std::env::var("BACKUP_BENCH_RECORDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let shard_bytes = 4u64 << 30;
+    let src = Node::start_with_shard_bytes(shard_bytes);
+    let dst = Node::start_with_shard_bytes(shard_bytes);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
+    let bdir = dir.path().join("full");
+    let rt = runtime();
+    let t = Instant::now();
+    rt.block_on(put_records_padded(src.port, 0..n, 1, 1024));
+    eprintln!("loaded {n} records in {:.1} s", t.elapsed().as_secs_f64());
+
+    let port = src.port.to_string();
+    let b = bdir.to_str().expect("utf8");
+    let msg = tool_ok(&[
+        "backup",
+        "-p",
+        &port,
+        "-n",
+        NS,
+        "-d",
+        b,
+        "--parallel",
+        "4",
+        "--progress-secs",
+        "30",
+    ]);
+    assert!(msg.contains(&format!("backup done: {n} records")), "{msg}");
+    let dport = dst.port.to_string();
+    let msg = tool_ok(&[
+        "restore",
+        "-p",
+        &dport,
+        "-d",
+        b,
+        "--threads",
+        "16",
+        "--progress-secs",
+        "30",
+    ]);
+    assert!(msg.contains(&format!("{n} written")), "{msg}");
+    let t = Instant::now();
+    let compared = rt.block_on(verify_streaming(src.port, dst.port, 30));
+    assert_eq!(compared, u64::from(n));
+    eprintln!(
+        "compared {compared} records bin by bin in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 }
