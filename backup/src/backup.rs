@@ -21,6 +21,12 @@ use futures::StreamExt;
 
 use crate::asb::{self, BytesForm};
 use crate::convert;
+use crate::state::{self, State, Unit};
+
+/// A job in directory mode checkpoints its place at least every this many records.
+const CHECKPOINT_RECORDS: u64 = 5000;
+/// The resume state is written to disk at most this often.
+const STATE_SAVE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Number of partitions (wire spec §4).
 pub const PARTITIONS: usize = 4096;
@@ -180,12 +186,35 @@ pub enum Job {
 }
 
 impl Job {
-    fn filter(&self, namespace: &str) -> PartitionFilter {
+    fn units(&self) -> Vec<Unit> {
         match self {
-            Job::Range { begin, count } => PartitionFilter::by_range(*begin, *count),
-            Job::AfterDigest(d) => PartitionFilter::by_key(&Key::with_digest(namespace, "", None, *d)),
+            Job::Range { begin, count } => (*begin..begin + count).map(Unit::Pid).collect(),
+            Job::AfterDigest(d) => vec![Unit::After(state::pid_of(d), *d)],
         }
     }
+}
+
+fn filter_of(unit: &Unit, namespace: &str) -> PartitionFilter {
+    match unit {
+        Unit::Pid(p) => PartitionFilter::by_id(*p),
+        Unit::After(_, d) => PartitionFilter::by_key(&Key::with_digest(namespace, "", None, *d)),
+    }
+}
+
+/// Splits units into at most `parts` contiguous, non-empty groups.
+fn split_units(units: Vec<Unit>, parts: usize) -> Vec<Vec<Unit>> {
+    let parts = parts.clamp(1, units.len().max(1));
+    let n = units.len();
+    let mut out = Vec::with_capacity(parts);
+    let mut it = units.into_iter();
+    for i in 0..parts {
+        let take = n * (i + 1) / parts - n * i / parts;
+        let group: Vec<Unit> = it.by_ref().take(take).collect();
+        if !group.is_empty() {
+            out.push(group);
+        }
+    }
+    out
 }
 
 /// Parses `--partition-list`.
@@ -278,6 +307,14 @@ struct Shared {
     bytes: AtomicU64,
     files: AtomicU64,
     failed: AtomicBool,
+    /// Directory mode: where the resume state lives, the state, and when it was last saved.
+    state: Option<(PathBuf, Mutex<(State, Instant)>)>,
+}
+
+/// What a checkpoint says about the job's current partition.
+enum Mark {
+    Done(usize),
+    Partial(usize, [u8; 20]),
 }
 
 /// The current file of one job in directory mode.
@@ -315,6 +352,55 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Flushes the job's file and records it, with `mark`, in the resume state.
+    fn checkpoint(&self, file: Option<&mut DirFile>, mark: Mark) -> Result<(), String> {
+        let Some((path, st)) = &self.state else { return Ok(()) };
+        let mut entry = None;
+        if let Some(f) = file {
+            f.writer
+                .flush()
+                .map_err(|e| format!("write {}: {e}", f.path.display()))?;
+            let name = f
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            entry = Some((name, f.written));
+        }
+        let mut guard = st.lock().map_err(|_| "state lock poisoned".to_string())?;
+        let (st, last_save) = &mut *guard;
+        if let Some((name, len)) = entry {
+            st.files.insert(name, len);
+        }
+        match mark {
+            Mark::Done(pid) => {
+                st.partial.remove(&pid);
+                st.done.insert(pid);
+            }
+            Mark::Partial(pid, d) => {
+                st.partial.insert(pid, d);
+            }
+        }
+        // The state in memory only ever holds flushed lengths with the marks they cover, so
+        // any save is consistent; saving at most every STATE_SAVE_INTERVAL keeps 4096
+        // partition checkpoints cheap (a resume redoes at most that much work).
+        if last_save.elapsed() >= STATE_SAVE_INTERVAL {
+            st.save(path)?;
+            *last_save = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Saves the state now (after a failure).
+    fn save_state(&self) -> Result<(), String> {
+        let Some((path, st)) = &self.state else { return Ok(()) };
+        let guard = st.lock().map_err(|_| "state lock poisoned".to_string())?;
+        guard.0.save(path)
+    }
+}
+
 fn finish_file(f: DirFile) -> Result<(), String> {
     let DirFile { writer, path, .. } = f;
     let file = writer
@@ -323,89 +409,124 @@ fn finish_file(f: DirFile) -> Result<(), String> {
     file.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))
 }
 
-/// Runs one job's scan to its end; returns the records it wrote.
-async fn run_job(shared: Arc<Shared>, job: Job) -> Result<u64, String> {
-    let stmt = Statement::new(shared.namespace.clone(), shared.set.clone(), shared.bins.clone());
-    let rs = shared
-        .client
-        .query(&shared.policy, job.filter(&shared.namespace), stmt)
-        .await
-        .map_err(|e| format!("scan {job:?}: {e}"))?;
-    let mut stream = rs.into_stream();
+/// Runs one job's scans (its units, one after the other) to their end; returns the records it
+/// wrote.
+async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
     let mut chunk = Vec::with_capacity(CHUNK_BYTES + 4096);
     let mut file: Option<DirFile> = None;
     let mut n = 0u64;
     let mut result = Ok(());
-    while let Some(item) = stream.next().await {
+    'units: for unit in units {
         if shared.failed.load(Ordering::Relaxed) {
             break;
         }
-        let rec = match item {
-            Ok(rec) => rec,
+        let pid = unit.pid();
+        let stmt = Statement::new(shared.namespace.clone(), shared.set.clone(), shared.bins.clone());
+        let rs = match shared
+            .client
+            .query(&shared.policy, filter_of(&unit, &shared.namespace), stmt)
+            .await
+        {
+            Ok(rs) => rs,
             Err(e) => {
-                result = Err(format!("scan {job:?}: {e}"));
+                result = Err(format!("scan {unit:?}: {e}"));
                 break;
             }
         };
-        if let Some(max) = shared.max_records {
-            if shared.taken.fetch_add(1, Ordering::Relaxed) >= max {
-                break;
+        let mut stream = rs.into_stream();
+        let mut since_checkpoint = 0u64;
+        let mut last_digest = None;
+        while let Some(item) = stream.next().await {
+            if shared.failed.load(Ordering::Relaxed) {
+                break 'units;
             }
-        }
-        let rec = match convert::record_of(&shared.namespace, &rec) {
-            Ok(r) => r,
-            Err(e) => {
-                result = Err(format!(
-                    "record {}: {e}",
-                    B64.encode(rec.key.map(|k| k.digest()).unwrap_or_default())
-                ));
-                break;
-            }
-        };
-        let before = chunk.len();
-        asb::encode_record(&mut chunk, &rec, shared.form);
-        let rec_bytes = (chunk.len() - before) as u64;
-        n += 1;
-        shared.records.fetch_add(1, Ordering::Relaxed);
-        shared.bytes.fetch_add(rec_bytes, Ordering::Relaxed);
-        match &shared.output {
-            Output::Dir { dir, limit_bytes, .. } => {
-                // Rotate before a record that would start past the limit.
-                if file.as_ref().is_some_and(|f| f.written >= *limit_bytes) {
-                    if let Err(e) = finish_file(file.take().expect("checked")) {
-                        result = Err(e);
-                        break;
-                    }
+            let rec = match item {
+                Ok(rec) => rec,
+                Err(e) => {
+                    result = Err(format!("scan {unit:?}: {e}"));
+                    break 'units;
                 }
-                if file.is_none() {
-                    match shared.open_next_file(dir) {
-                        Ok(f) => file = Some(f),
-                        Err(e) => {
+            };
+            if let Some(max) = shared.max_records {
+                if shared.taken.fetch_add(1, Ordering::Relaxed) >= max {
+                    break 'units;
+                }
+            }
+            let rec = match convert::record_of(&shared.namespace, &rec) {
+                Ok(r) => r,
+                Err(e) => {
+                    result = Err(format!(
+                        "record {}: {e}",
+                        B64.encode(rec.key.map(|k| k.digest()).unwrap_or_default())
+                    ));
+                    break 'units;
+                }
+            };
+            let before = chunk.len();
+            asb::encode_record(&mut chunk, &rec, shared.form);
+            let rec_bytes = (chunk.len() - before) as u64;
+            n += 1;
+            shared.records.fetch_add(1, Ordering::Relaxed);
+            shared.bytes.fetch_add(rec_bytes, Ordering::Relaxed);
+            match &shared.output {
+                Output::Dir { dir, limit_bytes, .. } => {
+                    // Rotate before a record that would start past the limit; the old file's
+                    // final length goes into the state first.
+                    if file.as_ref().is_some_and(|f| f.written >= *limit_bytes) {
+                        let mut old = file.take().expect("checked");
+                        // With no record of this unit in it, the old file's length is already
+                        // in the state (the previous unit's Done checkpoint).
+                        let r = match last_digest {
+                            Some(d) => shared.checkpoint(Some(&mut old), Mark::Partial(pid, d)),
+                            None => Ok(()),
+                        };
+                        if let Err(e) = r.and_then(|()| finish_file(old)) {
                             result = Err(e);
-                            break;
+                            break 'units;
+                        }
+                    }
+                    if file.is_none() {
+                        match shared.open_next_file(dir) {
+                            Ok(f) => file = Some(f),
+                            Err(e) => {
+                                result = Err(e);
+                                break 'units;
+                            }
+                        }
+                    }
+                    let f = file.as_mut().expect("opened above");
+                    if let Err(e) = f.writer.write_all(&chunk) {
+                        result = Err(format!("write {}: {e}", f.path.display()));
+                        break 'units;
+                    }
+                    f.written += chunk.len() as u64;
+                    chunk.clear();
+                    last_digest = Some(rec.digest);
+                    since_checkpoint += 1;
+                    if since_checkpoint >= CHECKPOINT_RECORDS {
+                        since_checkpoint = 0;
+                        if let Err(e) = shared.checkpoint(file.as_mut(), Mark::Partial(pid, rec.digest)) {
+                            result = Err(e);
+                            break 'units;
                         }
                     }
                 }
-                let f = file.as_mut().expect("opened above");
-                if let Err(e) = f.writer.write_all(&chunk) {
-                    result = Err(format!("write {}: {e}", f.path.display()));
-                    break;
-                }
-                f.written += chunk.len() as u64;
-                chunk.clear();
-            }
-            Output::Shared(out) => {
-                if chunk.len() >= CHUNK_BYTES {
-                    if let Err(e) = write_shared(out, &chunk) {
-                        result = Err(e);
-                        break;
+                Output::Shared(out) => {
+                    if chunk.len() >= CHUNK_BYTES {
+                        if let Err(e) = write_shared(out, &chunk) {
+                            result = Err(e);
+                            break 'units;
+                        }
+                        chunk.clear();
                     }
-                    chunk.clear();
                 }
             }
         }
+        if let Err(e) = shared.checkpoint(file.as_mut(), Mark::Done(pid)) {
+            result = Err(e);
+            break;
+        }
     }
-    drop(stream);
     if result.is_ok() {
         if let Output::Shared(out) = &shared.output {
             result = write_shared(out, &chunk);
@@ -433,9 +554,6 @@ fn write_shared(out: &Mutex<Box<dyn Write + Send>>, chunk: &[u8]) -> Result<(), 
 
 fn unsupported(args: &BackupArgs) -> Result<(), String> {
     let mut missing = Vec::new();
-    if args.continue_state.is_some() {
-        missing.push("--continue");
-    }
     if args
         .compress
         .as_deref()
@@ -490,24 +608,36 @@ pub async fn connect(host: &str, port: u16) -> Result<Client, String> {
 pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     unsupported(&args)?;
     let start = Instant::now();
-    let jobs = match &args.partition_list {
-        None => split_range(0, PARTITIONS, args.parallel as usize),
-        Some(list) => {
-            let jobs = parse_partition_list(list)?;
-            match jobs.as_slice() {
-                [Job::Range { begin, count }] => split_range(*begin, *count, args.parallel as usize),
-                _ => jobs,
+    let resumed = match &args.continue_state {
+        Some(path) => {
+            if args.directory.is_none() {
+                return Err("--continue needs the backup's --directory".into());
             }
+            let text = fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+            Some(State::parse(&text, &path.display().to_string())?)
         }
+        None => None,
     };
+    let units: Vec<Unit> = match (&resumed, &args.partition_list) {
+        (Some(st), _) => st.remaining(),
+        (None, None) => (0..PARTITIONS).map(Unit::Pid).collect(),
+        (None, Some(list)) => parse_partition_list(list)?.iter().flat_map(Job::units).collect(),
+    };
+    let jobs = split_units(units.clone(), args.parallel as usize);
 
     let output = match (&args.directory, &args.output_file) {
         (Some(dir), _) => {
-            prepare_dir(dir, args.remove_files)?;
+            let next = match &resumed {
+                Some(st) => state::rewind_dir(dir, st, &args.namespace)?,
+                None => {
+                    prepare_dir(dir, args.remove_files)?;
+                    0
+                }
+            };
             Output::Dir {
                 dir: dir.clone(),
                 limit_bytes: args.file_limit.max(1) << 20,
-                next_index: AtomicU64::new(0),
+                next_index: AtomicU64::new(next),
             }
         }
         (None, Some(path)) => {
@@ -551,6 +681,24 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
         Bins::Some(args.bin_list.clone())
     };
 
+    // Directory backups keep a resume state (not with --max-records: a capped backup is a sample).
+    let state = match (&args.directory, args.max_records) {
+        (Some(dir), None) => {
+            let path = args
+                .continue_state
+                .clone()
+                .unwrap_or_else(|| dir.join(format!("{}.asb.state", args.namespace)));
+            let st = resumed.clone().unwrap_or(State {
+                units,
+                ..State::default()
+            });
+            st.save(&path)?;
+            Some((path, Mutex::new((st, Instant::now()))))
+        }
+        _ => None,
+    };
+    let files_before = resumed.as_ref().map_or(0, |st| st.files.len() as u64);
+
     let client = connect(&args.host, args.port).await?;
     let shared = Arc::new(Shared {
         client,
@@ -568,8 +716,9 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
         taken: AtomicU64::new(0),
         records: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
-        files: AtomicU64::new(0),
+        files: AtomicU64::new(files_before),
         failed: AtomicBool::new(false),
+        state,
     });
 
     let progress = (args.progress_secs > 0).then(|| {
@@ -626,7 +775,13 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
         }
     }
     if let Some(e) = first_err {
-        return Err(e);
+        if let Err(save) = shared.save_state() {
+            return Err(format!("{e}\n{save}"));
+        }
+        return Err(match &shared.state {
+            Some((path, _)) => format!("{e}\nresume with --continue {}", path.display()),
+            None => e,
+        });
     }
     match &shared.output {
         Output::Dir { dir, .. } => {
@@ -639,6 +794,9 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
             let mut w = out.lock().map_err(|_| "output lock poisoned".to_string())?;
             w.flush().map_err(|e| format!("flush output: {e}"))?;
         }
+    }
+    if let Some((path, _)) = &shared.state {
+        fs::remove_file(path).map_err(|e| format!("remove {}: {e}", path.display()))?;
     }
     let _ = shared.client.close().await;
     Ok(BackupSummary {

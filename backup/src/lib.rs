@@ -8,3 +8,4 @@ pub mod asb;
 pub mod backup;
 pub mod convert;
 pub mod restore;
+pub mod state;
