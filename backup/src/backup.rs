@@ -1,0 +1,854 @@
+//! `backup`: partition scans of one namespace written as .asb files.
+//!
+//! The 4096 partitions (or the `--partition-list` filters) are split into jobs; at most
+//! `--parallel` jobs scan at once, each over its own disjoint partition range. In directory mode
+//! every job writes its own files, rotated at `--file-limit` MiB; with `--output-file` all jobs
+//! append whole records to one shared file (or stdout).
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aerospike::expressions::{and, ge, int_val, last_update, lt};
+use aerospike::query::PartitionFilter;
+use aerospike::{Bins, Client, ClientPolicy, Key, QueryPolicy, Statement};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use futures::StreamExt;
+
+use crate::asb::{self, BytesForm};
+use crate::convert;
+use crate::state::{self, State, Unit};
+
+/// A job in directory mode checkpoints its place at least every this many records.
+const CHECKPOINT_RECORDS: u64 = 5000;
+/// The resume state is written to disk at most this often.
+const STATE_SAVE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Number of partitions (wire spec §4).
+pub const PARTITIONS: usize = 4096;
+/// Encoded records are handed to a shared output in chunks of about this size.
+const CHUNK_BYTES: usize = 256 << 10;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    /// The host to connect to (host or host:port).
+    #[arg(short = 'h', long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The port to connect to.
+    #[arg(short = 'p', long, default_value_t = 3000)]
+    pub port: u16,
+    /// The namespace to back up.
+    #[arg(short = 'n', long)]
+    pub namespace: String,
+    /// Only back up this set.
+    #[arg(short = 's', long)]
+    pub set: Option<String>,
+    /// The directory that holds the backup files (created if missing; must hold no .asb files
+    /// unless --remove-files).
+    #[arg(
+        short = 'd',
+        long,
+        conflicts_with = "output_file",
+        required_unless_present = "output_file"
+    )]
+    pub directory: Option<PathBuf>,
+    /// Back up to a single file; `-` for stdout.
+    #[arg(short = 'o', long)]
+    pub output_file: Option<String>,
+    /// Remove existing .asb files in --directory (or an existing --output-file) first.
+    #[arg(short = 'r', long)]
+    pub remove_files: bool,
+    /// Maximum number of scans to run in parallel (1-1024); the partition range is divided
+    /// evenly among them.
+    #[arg(short = 'w', long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub parallel: u16,
+    /// Rotate backup files when they grow past this many MiB (directory mode).
+    #[arg(short = 'F', long, default_value_t = 250)]
+    pub file_limit: u64,
+    /// Only include these bins (comma-separated).
+    #[arg(short = 'B', long, value_delimiter = ',')]
+    pub bin_list: Vec<String>,
+    /// Do not include bin data (record metadata only).
+    #[arg(short = 'x', long)]
+    pub no_bins: bool,
+    /// Partition filters: `<begin>[-<count>]` or a base64 digest (resume after it in its
+    /// partition), comma-separated. Default: 0-4096.
+    #[arg(short = 'X', long)]
+    pub partition_list: Option<String>,
+    /// Back up at most this many records.
+    #[arg(short = 'M', long)]
+    pub max_records: Option<u64>,
+    /// Limit the scan to this many records per second in total.
+    #[arg(short = 'L', long)]
+    pub records_per_second: Option<u32>,
+    /// Only records last updated at or after this time: YYYY-MM-DD_HH:MM:SS, YYYY-MM-DD or
+    /// HH:MM:SS (today), UTC.
+    #[arg(short = 'a', long, value_parser = parse_timestamp)]
+    pub modified_after: Option<i64>,
+    /// Only records last updated before this time (same formats).
+    #[arg(short = 'b', long, value_parser = parse_timestamp)]
+    pub modified_before: Option<i64>,
+    /// Write blobs, lists and maps as raw bytes (`- B!`) instead of base64.
+    #[arg(short = 'C', long)]
+    pub compact: bool,
+    /// Seconds between progress lines on stderr (0: none).
+    #[arg(long, default_value_t = 5)]
+    pub progress_secs: u64,
+    /// Not implemented yet: resume from a state file.
+    #[arg(short = 'c', long = "continue")]
+    pub continue_state: Option<PathBuf>,
+    /// Not implemented yet: zstd compression.
+    #[arg(short = 'z', long)]
+    pub compress: Option<String>,
+    /// Not implemented yet: aes128/aes256 encryption.
+    #[arg(long)]
+    pub encrypt: Option<String>,
+    /// Not implemented yet (goes with --encrypt).
+    #[arg(long)]
+    pub encryption_key_file: Option<PathBuf>,
+    /// Not implemented yet: estimate the backup size from a sample.
+    #[arg(short = 'e', long)]
+    pub estimate: bool,
+}
+
+/// Parses asbackup's `--modified-after/--modified-before` formats to Unix seconds (UTC).
+pub fn parse_timestamp(s: &str) -> Result<i64, String> {
+    let bad = || format!("bad time {s:?}: want YYYY-MM-DD_HH:MM:SS, YYYY-MM-DD or HH:MM:SS (UTC)");
+    let (date, time) = match s.split_once('_') {
+        Some((d, t)) => (Some(d), Some(t)),
+        None if s.contains(':') => (None, Some(s)),
+        None => (Some(s), None),
+    };
+    let days = match date {
+        Some(d) => {
+            let p: Vec<&str> = d.split('-').collect();
+            if p.len() != 3 {
+                return Err(bad());
+            }
+            let y: i64 = p[0].parse().map_err(|_| bad())?;
+            let m: u32 = p[1].parse().map_err(|_| bad())?;
+            let dd: u32 = p[2].parse().map_err(|_| bad())?;
+            if !(1..=12).contains(&m) || !(1..=31).contains(&dd) {
+                return Err(bad());
+            }
+            days_from_civil(y, m, dd)
+        }
+        None => now_unix_secs().div_euclid(86_400),
+    };
+    let secs = match time {
+        Some(t) => {
+            let p: Vec<&str> = t.split(':').collect();
+            if p.len() != 3 {
+                return Err(bad());
+            }
+            let h: i64 = p[0].parse().map_err(|_| bad())?;
+            let mi: i64 = p[1].parse().map_err(|_| bad())?;
+            let se: i64 = p[2].parse().map_err(|_| bad())?;
+            if !(0..24).contains(&h) || !(0..60).contains(&mi) || !(0..61).contains(&se) {
+                return Err(bad());
+            }
+            h * 3600 + mi * 60 + se
+        }
+        None => 0,
+    };
+    Ok(days * 86_400 + secs)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+pub fn now_unix_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// One scan: a partition range, or the records after a digest in its partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    Range { begin: usize, count: usize },
+    AfterDigest([u8; 20]),
+}
+
+impl Job {
+    fn units(&self) -> Vec<Unit> {
+        match self {
+            Job::Range { begin, count } => (*begin..begin + count).map(Unit::Pid).collect(),
+            Job::AfterDigest(d) => vec![Unit::After(state::pid_of(d), *d)],
+        }
+    }
+}
+
+fn filter_of(unit: &Unit, namespace: &str) -> PartitionFilter {
+    match unit {
+        Unit::Pid(p) => PartitionFilter::by_id(*p),
+        Unit::After(_, d) => PartitionFilter::by_key(&Key::with_digest(namespace, "", None, *d)),
+    }
+}
+
+/// Splits units into at most `parts` contiguous, non-empty groups.
+fn split_units(units: Vec<Unit>, parts: usize) -> Vec<Vec<Unit>> {
+    let parts = parts.clamp(1, units.len().max(1));
+    let n = units.len();
+    let mut out = Vec::with_capacity(parts);
+    let mut it = units.into_iter();
+    for i in 0..parts {
+        let take = n * (i + 1) / parts - n * i / parts;
+        let group: Vec<Unit> = it.by_ref().take(take).collect();
+        if !group.is_empty() {
+            out.push(group);
+        }
+    }
+    out
+}
+
+/// Parses `--partition-list`.
+pub fn parse_partition_list(s: &str) -> Result<Vec<Job>, String> {
+    let mut jobs = Vec::new();
+    for item in s.split(',').filter(|i| !i.is_empty()) {
+        if item.len() == 28 && item.ends_with('=') {
+            let d = B64
+                .decode(item)
+                .ok()
+                .and_then(|v| <[u8; 20]>::try_from(v).ok())
+                .ok_or_else(|| format!("bad digest {item:?} in --partition-list"))?;
+            jobs.push(Job::AfterDigest(d));
+            continue;
+        }
+        let (b, c) = item.split_once('-').unwrap_or((item, "1"));
+        let begin: usize = b.parse().map_err(|_| format!("bad partition {item:?}"))?;
+        let count: usize = c.parse().map_err(|_| format!("bad partition count {item:?}"))?;
+        if begin >= PARTITIONS || count == 0 || begin + count > PARTITIONS {
+            return Err(format!("partition filter {item:?} outside 0..{PARTITIONS}"));
+        }
+        jobs.push(Job::Range { begin, count });
+    }
+    if jobs.is_empty() {
+        return Err("empty --partition-list".into());
+    }
+    Ok(jobs)
+}
+
+/// Splits one range into `parts` contiguous, disjoint, non-empty ranges covering it.
+pub fn split_range(begin: usize, count: usize, parts: usize) -> Vec<Job> {
+    let parts = parts.clamp(1, count);
+    (0..parts)
+        .map(|i| {
+            let b = begin + count * i / parts;
+            let e = begin + count * (i + 1) / parts;
+            Job::Range { begin: b, count: e - b }
+        })
+        .collect()
+}
+
+/// What a finished backup did.
+#[derive(Debug, Clone)]
+pub struct BackupSummary {
+    pub records: u64,
+    pub bytes: u64,
+    pub files: u64,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for BackupSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        write!(
+            f,
+            "backup done: {} records, {} bytes in {} file(s), {:.2} s, {:.0} records/s, {:.2} MiB/s",
+            self.records,
+            self.bytes,
+            self.files,
+            secs,
+            self.records as f64 / secs,
+            self.bytes as f64 / secs / (1024.0 * 1024.0)
+        )
+    }
+}
+
+/// Where encoded records go.
+enum Output {
+    /// One file series per job, rotated at `limit_bytes`.
+    Dir {
+        dir: PathBuf,
+        limit_bytes: u64,
+        next_index: AtomicU64,
+    },
+    /// One shared stream; each chunk holds whole records.
+    Shared(Mutex<Box<dyn Write + Send>>),
+}
+
+struct Shared {
+    client: Client,
+    namespace: String,
+    set: String,
+    bins: Bins,
+    policy: QueryPolicy,
+    form: BytesForm,
+    output: Output,
+    max_records: Option<u64>,
+    taken: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    files: AtomicU64,
+    failed: AtomicBool,
+    /// Directory mode: where the resume state lives, the state, and when it was last saved.
+    state: Option<(PathBuf, Mutex<(State, Instant)>)>,
+}
+
+/// What a checkpoint says about the job's current partition.
+enum Mark {
+    Done(usize),
+    Partial(usize, [u8; 20]),
+}
+
+/// The current file of one job in directory mode.
+struct DirFile {
+    writer: BufWriter<File>,
+    path: PathBuf,
+    written: u64,
+}
+
+impl Shared {
+    fn open_next_file(&self, dir: &Path) -> Result<DirFile, String> {
+        let Output::Dir { next_index, .. } = &self.output else {
+            unreachable!("open_next_file in directory mode only")
+        };
+        let index = next_index.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{}_{index:05}.asb", self.namespace));
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| format!("create {}: {e}", path.display()))?;
+        let mut writer = BufWriter::with_capacity(1 << 20, file);
+        let mut header = Vec::new();
+        asb::encode_header(&mut header, &self.namespace, index == 0);
+        writer
+            .write_all(&header)
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        self.files.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(header.len() as u64, Ordering::Relaxed);
+        Ok(DirFile {
+            writer,
+            path,
+            written: header.len() as u64,
+        })
+    }
+}
+
+impl Shared {
+    /// Flushes the job's file and records it, with `mark`, in the resume state.
+    fn checkpoint(&self, file: Option<&mut DirFile>, mark: Mark) -> Result<(), String> {
+        let Some((path, st)) = &self.state else { return Ok(()) };
+        let mut entry = None;
+        if let Some(f) = file {
+            f.writer
+                .flush()
+                .map_err(|e| format!("write {}: {e}", f.path.display()))?;
+            let name = f
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            entry = Some((name, f.written));
+        }
+        let mut guard = st.lock().map_err(|_| "state lock poisoned".to_string())?;
+        let (st, last_save) = &mut *guard;
+        if let Some((name, len)) = entry {
+            st.files.insert(name, len);
+        }
+        match mark {
+            Mark::Done(pid) => {
+                st.partial.remove(&pid);
+                st.done.insert(pid);
+            }
+            Mark::Partial(pid, d) => {
+                st.partial.insert(pid, d);
+            }
+        }
+        // The state in memory only ever holds flushed lengths with the marks they cover, so
+        // any save is consistent; saving at most every STATE_SAVE_INTERVAL keeps 4096
+        // partition checkpoints cheap (a resume redoes at most that much work).
+        if last_save.elapsed() >= STATE_SAVE_INTERVAL {
+            st.save(path)?;
+            *last_save = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Saves the state now (after a failure).
+    fn save_state(&self) -> Result<(), String> {
+        let Some((path, st)) = &self.state else { return Ok(()) };
+        let guard = st.lock().map_err(|_| "state lock poisoned".to_string())?;
+        guard.0.save(path)
+    }
+}
+
+fn finish_file(f: DirFile) -> Result<(), String> {
+    let DirFile { writer, path, .. } = f;
+    let file = writer
+        .into_inner()
+        .map_err(|e| format!("write {}: {}", path.display(), e.error()))?;
+    file.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))
+}
+
+/// Runs one job's scans (its units, one after the other) to their end; returns the records it
+/// wrote.
+async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
+    let mut chunk = Vec::with_capacity(CHUNK_BYTES + 4096);
+    let mut file: Option<DirFile> = None;
+    let mut n = 0u64;
+    let mut result = Ok(());
+    'units: for unit in units {
+        if shared.failed.load(Ordering::Relaxed) {
+            break;
+        }
+        let pid = unit.pid();
+        let stmt = Statement::new(shared.namespace.clone(), shared.set.clone(), shared.bins.clone());
+        let rs = match shared
+            .client
+            .query(&shared.policy, filter_of(&unit, &shared.namespace), stmt)
+            .await
+        {
+            Ok(rs) => rs,
+            Err(e) => {
+                result = Err(format!("scan {unit:?}: {e}"));
+                break;
+            }
+        };
+        let mut stream = rs.into_stream();
+        let mut since_checkpoint = 0u64;
+        let mut last_digest = None;
+        while let Some(item) = stream.next().await {
+            if shared.failed.load(Ordering::Relaxed) {
+                break 'units;
+            }
+            let rec = match item {
+                Ok(rec) => rec,
+                Err(e) => {
+                    result = Err(format!("scan {unit:?}: {e}"));
+                    break 'units;
+                }
+            };
+            if let Some(max) = shared.max_records {
+                if shared.taken.fetch_add(1, Ordering::Relaxed) >= max {
+                    break 'units;
+                }
+            }
+            let rec = match convert::record_of(&shared.namespace, &rec) {
+                Ok(r) => r,
+                Err(e) => {
+                    result = Err(format!(
+                        "record {}: {e}",
+                        B64.encode(rec.key.map(|k| k.digest()).unwrap_or_default())
+                    ));
+                    break 'units;
+                }
+            };
+            let before = chunk.len();
+            asb::encode_record(&mut chunk, &rec, shared.form);
+            let rec_bytes = (chunk.len() - before) as u64;
+            n += 1;
+            shared.records.fetch_add(1, Ordering::Relaxed);
+            shared.bytes.fetch_add(rec_bytes, Ordering::Relaxed);
+            match &shared.output {
+                Output::Dir { dir, limit_bytes, .. } => {
+                    // Rotate before a record that would start past the limit; the old file's
+                    // final length goes into the state first.
+                    if file.as_ref().is_some_and(|f| f.written >= *limit_bytes) {
+                        let mut old = file.take().expect("checked");
+                        // With no record of this unit in it, the old file's length is already
+                        // in the state (the previous unit's Done checkpoint).
+                        let r = match last_digest {
+                            Some(d) => shared.checkpoint(Some(&mut old), Mark::Partial(pid, d)),
+                            None => Ok(()),
+                        };
+                        if let Err(e) = r.and_then(|()| finish_file(old)) {
+                            result = Err(e);
+                            break 'units;
+                        }
+                    }
+                    if file.is_none() {
+                        match shared.open_next_file(dir) {
+                            Ok(f) => file = Some(f),
+                            Err(e) => {
+                                result = Err(e);
+                                break 'units;
+                            }
+                        }
+                    }
+                    let f = file.as_mut().expect("opened above");
+                    if let Err(e) = f.writer.write_all(&chunk) {
+                        result = Err(format!("write {}: {e}", f.path.display()));
+                        break 'units;
+                    }
+                    f.written += chunk.len() as u64;
+                    chunk.clear();
+                    last_digest = Some(rec.digest);
+                    since_checkpoint += 1;
+                    if since_checkpoint >= CHECKPOINT_RECORDS {
+                        since_checkpoint = 0;
+                        if let Err(e) = shared.checkpoint(file.as_mut(), Mark::Partial(pid, rec.digest)) {
+                            result = Err(e);
+                            break 'units;
+                        }
+                    }
+                }
+                Output::Shared(out) => {
+                    if chunk.len() >= CHUNK_BYTES {
+                        if let Err(e) = write_shared(out, &chunk) {
+                            result = Err(e);
+                            break 'units;
+                        }
+                        chunk.clear();
+                    }
+                }
+            }
+        }
+        if let Err(e) = shared.checkpoint(file.as_mut(), Mark::Done(pid)) {
+            result = Err(e);
+            break;
+        }
+    }
+    if result.is_ok() {
+        if let Output::Shared(out) = &shared.output {
+            result = write_shared(out, &chunk);
+        }
+    }
+    if let Some(f) = file.take() {
+        let closed = finish_file(f);
+        if result.is_ok() {
+            result = closed;
+        }
+    }
+    if result.is_err() {
+        shared.failed.store(true, Ordering::Relaxed);
+    }
+    result.map(|()| n)
+}
+
+fn write_shared(out: &Mutex<Box<dyn Write + Send>>, chunk: &[u8]) -> Result<(), String> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    let mut w = out.lock().map_err(|_| "output lock poisoned".to_string())?;
+    w.write_all(chunk).map_err(|e| format!("write output: {e}"))
+}
+
+fn unsupported(args: &BackupArgs) -> Result<(), String> {
+    let mut missing = Vec::new();
+    if args
+        .compress
+        .as_deref()
+        .is_some_and(|c| !c.eq_ignore_ascii_case("none"))
+    {
+        missing.push("--compress");
+    }
+    if args.encrypt.as_deref().is_some_and(|c| !c.eq_ignore_ascii_case("none")) || args.encryption_key_file.is_some() {
+        missing.push("--encrypt");
+    }
+    if args.estimate {
+        missing.push("--estimate");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("not implemented yet in bolide-backup: {}", missing.join(", ")))
+    }
+}
+
+fn prepare_dir(dir: &Path, remove: bool) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    for entry in fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {
+        let path = entry.map_err(|e| format!("read {}: {e}", dir.display()))?.path();
+        if path.extension().is_some_and(|x| x == "asb") {
+            if remove {
+                fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+            } else {
+                return Err(format!(
+                    "{} already holds backup files ({}); use --remove-files to replace them",
+                    dir.display(),
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Connects to `host` (`host` or `host:port`; `port` when no port is given).
+pub async fn connect(host: &str, port: u16) -> Result<Client, String> {
+    let hosts = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    Client::new(&ClientPolicy::default(), &hosts)
+        .await
+        .map_err(|e| format!("connect to {hosts}: {e}"))
+}
+
+pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
+    unsupported(&args)?;
+    let start = Instant::now();
+    let resumed = match &args.continue_state {
+        Some(path) => {
+            if args.directory.is_none() {
+                return Err("--continue needs the backup's --directory".into());
+            }
+            let text = fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+            Some(State::parse(&text, &path.display().to_string())?)
+        }
+        None => None,
+    };
+    let units: Vec<Unit> = match (&resumed, &args.partition_list) {
+        (Some(st), _) => st.remaining(),
+        (None, None) => (0..PARTITIONS).map(Unit::Pid).collect(),
+        (None, Some(list)) => parse_partition_list(list)?.iter().flat_map(Job::units).collect(),
+    };
+    let jobs = split_units(units.clone(), args.parallel as usize);
+
+    let output = match (&args.directory, &args.output_file) {
+        (Some(dir), _) => {
+            let next = match &resumed {
+                Some(st) => state::rewind_dir(dir, st, &args.namespace)?,
+                None => {
+                    prepare_dir(dir, args.remove_files)?;
+                    0
+                }
+            };
+            Output::Dir {
+                dir: dir.clone(),
+                limit_bytes: args.file_limit.max(1) << 20,
+                next_index: AtomicU64::new(next),
+            }
+        }
+        (None, Some(path)) => {
+            let mut w: Box<dyn Write + Send> = if path == "-" {
+                Box::new(BufWriter::with_capacity(1 << 20, io::stdout()))
+            } else {
+                let p = Path::new(path);
+                if p.exists() && !args.remove_files {
+                    return Err(format!("{path} exists; use --remove-files to replace it"));
+                }
+                Box::new(BufWriter::with_capacity(
+                    1 << 20,
+                    File::create(p).map_err(|e| format!("create {path}: {e}"))?,
+                ))
+            };
+            let mut header = Vec::new();
+            asb::encode_header(&mut header, &args.namespace, true);
+            w.write_all(&header).map_err(|e| format!("write {path}: {e}"))?;
+            Output::Shared(Mutex::new(w))
+        }
+        (None, None) => return Err("give --directory or --output-file".into()),
+    };
+
+    let mut policy = QueryPolicy::new();
+    policy.include_bin_data = !args.no_bins;
+    if let Some(rps) = args.records_per_second {
+        policy.records_per_second = (rps / u32::from(args.parallel).min(jobs.len() as u32)).max(1);
+    }
+    let lut_ns = |secs: i64| int_val(secs.saturating_mul(1_000_000_000));
+    policy.base_policy.filter_expression = match (args.modified_after, args.modified_before) {
+        (Some(a), Some(b)) => Some(and(vec![ge(last_update(), lut_ns(a)), lt(last_update(), lut_ns(b))])),
+        (Some(a), None) => Some(ge(last_update(), lut_ns(a))),
+        (None, Some(b)) => Some(lt(last_update(), lut_ns(b))),
+        (None, None) => None,
+    };
+    let bins = if args.no_bins {
+        Bins::None
+    } else if args.bin_list.is_empty() {
+        Bins::All
+    } else {
+        Bins::Some(args.bin_list.clone())
+    };
+
+    // Directory backups keep a resume state (not with --max-records: a capped backup is a sample).
+    let state = match (&args.directory, args.max_records) {
+        (Some(dir), None) => {
+            let path = args
+                .continue_state
+                .clone()
+                .unwrap_or_else(|| dir.join(format!("{}.asb.state", args.namespace)));
+            let st = resumed.clone().unwrap_or(State {
+                units,
+                ..State::default()
+            });
+            st.save(&path)?;
+            Some((path, Mutex::new((st, Instant::now()))))
+        }
+        _ => None,
+    };
+    let files_before = resumed.as_ref().map_or(0, |st| st.files.len() as u64);
+
+    let client = connect(&args.host, args.port).await?;
+    let shared = Arc::new(Shared {
+        client,
+        namespace: args.namespace.clone(),
+        set: args.set.clone().unwrap_or_default(),
+        bins,
+        policy,
+        form: if args.compact {
+            BytesForm::Compact
+        } else {
+            BytesForm::Base64
+        },
+        output,
+        max_records: args.max_records,
+        taken: AtomicU64::new(0),
+        records: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        files: AtomicU64::new(files_before),
+        failed: AtomicBool::new(false),
+        state,
+    });
+
+    let progress = (args.progress_secs > 0).then(|| {
+        let s = shared.clone();
+        let every = Duration::from_secs(args.progress_secs);
+        tokio::spawn(async move {
+            let terminal = io::stderr().is_terminal();
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let secs = start.elapsed().as_secs_f64();
+                let recs = s.records.load(Ordering::Relaxed);
+                let bytes = s.bytes.load(Ordering::Relaxed);
+                let line = format!(
+                    "backup: {recs} records, {:.1} MiB, {:.0} s, {:.0} records/s",
+                    bytes as f64 / (1024.0 * 1024.0),
+                    secs,
+                    recs as f64 / secs.max(1e-9)
+                );
+                if terminal {
+                    eprint!("\r{line}   ");
+                } else {
+                    eprintln!("{line}");
+                }
+            }
+        })
+    });
+
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.parallel as usize));
+    let mut tasks = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let shared = shared.clone();
+        let permits = permits.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+            if shared.failed.load(Ordering::Relaxed) {
+                return Ok(0);
+            }
+            run_job(shared, job).await
+        }));
+    }
+    let mut first_err = None;
+    for t in tasks {
+        let r = t.await.map_err(|e| format!("scan task: {e}")).and_then(|r| r);
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    if let Some(p) = progress {
+        p.abort();
+        if io::stderr().is_terminal() {
+            eprintln!();
+        }
+    }
+    if let Some(e) = first_err {
+        if let Err(save) = shared.save_state() {
+            return Err(format!("{e}\n{save}"));
+        }
+        return Err(match &shared.state {
+            Some((path, _)) => format!("{e}\nresume with --continue {}", path.display()),
+            None => e,
+        });
+    }
+    match &shared.output {
+        Output::Dir { dir, .. } => {
+            // An empty backup is still a valid one: the first file with just the header.
+            if shared.files.load(Ordering::Relaxed) == 0 {
+                finish_file(shared.open_next_file(dir)?)?;
+            }
+        }
+        Output::Shared(out) => {
+            let mut w = out.lock().map_err(|_| "output lock poisoned".to_string())?;
+            w.flush().map_err(|e| format!("flush output: {e}"))?;
+        }
+    }
+    if let Some((path, _)) = &shared.state {
+        fs::remove_file(path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+    }
+    let _ = shared.client.close().await;
+    Ok(BackupSummary {
+        records: shared.records.load(Ordering::Relaxed),
+        bytes: shared.bytes.load(Ordering::Relaxed),
+        files: shared.files.load(Ordering::Relaxed).max(1),
+        elapsed: start.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_timestamp("1970-01-01_00:00:00"), Ok(0));
+        assert_eq!(parse_timestamp("2010-01-01"), Ok(1_262_304_000));
+        assert_eq!(parse_timestamp("2024-02-29_12:34:56"), Ok(1_709_210_096));
+        assert!(parse_timestamp("2024-13-01").is_err());
+        assert!(parse_timestamp("yesterday").is_err());
+        let t = parse_timestamp("00:00:01").unwrap();
+        assert_eq!(t % 86_400, 1);
+    }
+
+    #[test]
+    fn partition_lists() {
+        assert_eq!(
+            parse_partition_list("0-1000,2222").unwrap(),
+            vec![
+                Job::Range { begin: 0, count: 1000 },
+                Job::Range { begin: 2222, count: 1 }
+            ]
+        );
+        let d = parse_partition_list("EjRWeJq83vEjRRI0VniavN7xI0U=").unwrap();
+        assert!(matches!(d[0], Job::AfterDigest(_)));
+        assert!(parse_partition_list("4095-2").is_err());
+        assert!(parse_partition_list("x").is_err());
+    }
+
+    #[test]
+    fn ranges_split_disjoint_and_cover() {
+        for parts in [1, 3, 7, 4096, 5000] {
+            let jobs = split_range(0, PARTITIONS, parts);
+            let mut next = 0;
+            for j in &jobs {
+                let Job::Range { begin, count } = *j else { panic!() };
+                assert_eq!(begin, next);
+                assert!(count > 0);
+                next = begin + count;
+            }
+            assert_eq!(next, PARTITIONS);
+        }
+    }
+}

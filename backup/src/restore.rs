@@ -1,0 +1,525 @@
+//! `restore`: .asb files written back through the official client.
+//!
+//! One reader thread parses the files in order (a directory's files by name; the directories of
+//! `--directory-list` in the order given, so a chain full + incrementals restores in order) and
+//! hands each record to one of `--threads` writer tasks chosen by the record's partition, so the
+//! versions of one record are written in file order. Each writer keeps up to
+//! [`IN_FLIGHT_PER_THREAD`] puts outstanding.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aerospike::{Bin, Client, Expiration, GenerationPolicy, RecordExistsAction, WritePolicy};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::asb::{self, AsbReader};
+use crate::backup::{connect, now_unix_secs};
+use crate::convert;
+
+/// Seconds between the Unix epoch and the Citrusleaf epoch (2010-01-01, wire spec §10.5).
+pub const CITRUSLEAF_EPOCH_SECS: i64 = 1_262_304_000;
+/// Puts one writer task keeps outstanding.
+const IN_FLIGHT_PER_THREAD: usize = 8;
+/// Records queued per writer task between the reader and the writer.
+const QUEUE_PER_THREAD: usize = 1024;
+
+/// Result codes asrestore's `--ignore-record-error` skips (errors specific to one record).
+const RECORD_ERRORS: [i32; 7] = [
+    13, // RECORD_TOO_BIG
+    19, // KEY_MISMATCH
+    21, // BIN_NAME_TOO_LONG
+    12, // BIN_TYPE_ERROR
+    17, // BIN_NOT_FOUND
+    22, // FAIL_FORBIDDEN
+    4,  // PARAMETER_ERROR (a value the server does not accept)
+];
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    /// The host to connect to (host or host:port).
+    #[arg(short = 'h', long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The port to connect to.
+    #[arg(short = 'p', long, default_value_t = 3000)]
+    pub port: u16,
+    /// Namespace to restore: `NS` (records must be of NS) or `SRC,DST` (records of SRC go to DST).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// A directory of .asb files (restored in file-name order).
+    #[arg(short = 'd', long)]
+    pub directory: Option<PathBuf>,
+    /// Directories restored one after the other (a full backup, then incrementals), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub directory_list: Vec<PathBuf>,
+    /// One .asb file; `-` for stdin.
+    #[arg(short = 'i', long)]
+    pub input_file: Option<String>,
+    /// Number of parallel writers.
+    #[arg(short = 't', long, visible_alias = "parallel", short_alias = 'w', default_value_t = 20,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
+    /// Only create records; existing records are left as they are (counted as existed).
+    #[arg(short = 'u', long, conflicts_with = "replace")]
+    pub unique: bool,
+    /// Replace existing records completely (bins not in the backup are removed).
+    #[arg(short = 'r', long)]
+    pub replace: bool,
+    /// Do not check generations: overwrite whatever the target holds.
+    #[arg(short = 'g', long)]
+    pub no_generation: bool,
+    /// Count record-specific errors (too big, key mismatch, bin name, bin type...) and go on.
+    #[arg(long)]
+    pub ignore_record_error: bool,
+    /// Seconds between progress lines on stderr (0: none).
+    #[arg(long, default_value_t = 5)]
+    pub progress_secs: u64,
+    /// Not implemented yet: zstd-compressed input.
+    #[arg(short = 'z', long)]
+    pub compress: Option<String>,
+    /// Not implemented yet: encrypted input.
+    #[arg(long)]
+    pub encrypt: Option<String>,
+    /// Not implemented yet (goes with --encrypt).
+    #[arg(long)]
+    pub encryption_key_file: Option<PathBuf>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreSummary {
+    /// Records read from the files.
+    pub read: u64,
+    pub written: u64,
+    /// Expired (void time in the past) and not written.
+    pub expired: u64,
+    /// `--unique`: the record already existed.
+    pub existed: u64,
+    /// Generation check: the target already held a newer (or the same) generation.
+    pub fresher: u64,
+    pub failed: u64,
+    /// Failures by server result code (negative: client-side).
+    pub failed_by_code: BTreeMap<i32, u64>,
+    pub files: u64,
+    /// Index and UDF entries found and not restored.
+    pub skipped_global: u64,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for RestoreSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        write!(
+            f,
+            "restore done: {} records read from {} file(s), {} written, {} expired, {} existed, {} fresher, {} failed",
+            self.read, self.files, self.written, self.expired, self.existed, self.fresher, self.failed
+        )?;
+        for (code, n) in &self.failed_by_code {
+            write!(f, " [result code {code}: {n}]")?;
+        }
+        if self.skipped_global > 0 {
+            write!(f, "; {} index/UDF entries not restored", self.skipped_global)?;
+        }
+        write!(f, "; {:.2} s, {:.0} records/s", secs, self.written as f64 / secs)
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    read: AtomicU64,
+    written: AtomicU64,
+    expired: AtomicU64,
+    existed: AtomicU64,
+    fresher: AtomicU64,
+    failed: AtomicU64,
+    failed_by_code: Mutex<BTreeMap<i32, u64>>,
+    skipped_global: AtomicU64,
+    abort: AtomicBool,
+    first_failure: Mutex<Option<String>>,
+}
+
+enum Source {
+    File(PathBuf),
+    Stdin,
+}
+
+impl Source {
+    fn name(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::Stdin => "<stdin>".into(),
+        }
+    }
+}
+
+/// The sources in order, each tagged with its place in the chain (one directory, or the input
+/// file, is one element).
+fn sources(args: &RestoreArgs) -> Result<Vec<(usize, Source)>, String> {
+    let mut dirs: Vec<PathBuf> = args.directory.iter().cloned().collect();
+    dirs.extend(args.directory_list.iter().cloned());
+    let mut out = Vec::new();
+    for (element, dir) in dirs.iter().enumerate() {
+        let mut files = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {
+            let path = entry.map_err(|e| format!("read {}: {e}", dir.display()))?.path();
+            if path.extension().is_some_and(|x| x == "asb") {
+                files.push(path);
+            }
+        }
+        if files.is_empty() {
+            return Err(format!("no .asb files in {}", dir.display()));
+        }
+        files.sort();
+        out.extend(files.into_iter().map(|f| (element, Source::File(f))));
+    }
+    match args.input_file.as_deref() {
+        Some("-") => out.push((dirs.len(), Source::Stdin)),
+        Some(f) => out.push((dirs.len(), Source::File(PathBuf::from(f)))),
+        None => {}
+    }
+    if out.is_empty() {
+        return Err("give --directory, --directory-list or --input-file".into());
+    }
+    Ok(out)
+}
+
+/// `-n NS` / `-n SRC,DST`: (source namespace to accept, target namespace).
+fn namespace_map(arg: Option<&str>) -> Result<Option<(String, String)>, String> {
+    match arg {
+        None => Ok(None),
+        Some(s) => match s.split_once(',') {
+            Some((src, dst)) if !src.is_empty() && !dst.is_empty() && !dst.contains(',') => {
+                Ok(Some((src.to_string(), dst.to_string())))
+            }
+            None if !s.is_empty() => Ok(Some((s.to_string(), s.to_string()))),
+            _ => Err(format!("bad --namespace {s:?}: want NS or SRC,DST")),
+        },
+    }
+}
+
+/// The TTL to write for a file record's void time, as asrestore computes it: 0 → never
+/// expires; a void time not after now → expired (`None`, not written); else the seconds left.
+pub fn expiration_of(void_time: u32, now_unix: i64) -> Option<Expiration> {
+    if void_time == 0 {
+        return Some(Expiration::Never);
+    }
+    let left = CITRUSLEAF_EPOCH_SECS + i64::from(void_time) - now_unix;
+    if left <= 0 {
+        None
+    } else {
+        Some(Expiration::Seconds(left.min(u32::MAX as i64 - 1) as u32))
+    }
+}
+
+/// The reader: parses every source in order, sends records to the writers. Returns the number
+/// of files read, or the first parse error.
+fn read_all(
+    sources: Vec<(usize, Source)>,
+    ns_map: Option<(String, String)>,
+    senders: Vec<mpsc::Sender<Msg>>,
+    counters: Arc<Counters>,
+) -> Result<u64, String> {
+    let mut files = 0;
+    let mut chain_element = None;
+    for (element, src) in sources {
+        if counters.abort.load(Ordering::Relaxed) {
+            break;
+        }
+        if chain_element.is_some_and(|e| e != element) {
+            let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(senders.len());
+            for tx in &senders {
+                if tx.blocking_send(Msg::Barrier(ack_tx.clone())).is_err() {
+                    return Ok(files);
+                }
+            }
+            drop(ack_tx);
+            for _ in 0..senders.len() {
+                if ack_rx.recv().is_err() {
+                    return Ok(files);
+                }
+            }
+        }
+        chain_element = Some(element);
+        let name = src.name();
+        let input: Box<dyn BufRead> = match &src {
+            Source::File(p) => Box::new(BufReader::with_capacity(
+                1 << 20,
+                File::open(p).map_err(|e| format!("open {name}: {e}"))?,
+            )),
+            Source::Stdin => Box::new(BufReader::with_capacity(1 << 20, io::stdin())),
+        };
+        let mut reader = AsbReader::new(input, name.clone());
+        files += 1;
+        loop {
+            let entry = match reader.next_entry() {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(e) => return Err(e.to_string()),
+            };
+            if let (Some((src_ns, _)), Some(file_ns)) = (&ns_map, reader.namespace()) {
+                if file_ns != src_ns {
+                    return Err(format!("{name}: backup of namespace {file_ns:?}, not {src_ns:?}"));
+                }
+            }
+            let rec = match entry {
+                asb::Entry::Record(r) => r,
+                asb::Entry::Index(_) | asb::Entry::Udf { .. } => {
+                    counters.skipped_global.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            if let Some((src_ns, _)) = &ns_map {
+                if &rec.namespace != src_ns {
+                    return Err(format!(
+                        "{name}: record {} is in namespace {:?}, not {src_ns:?}",
+                        reader.records(),
+                        rec.namespace
+                    ));
+                }
+            }
+            counters.read.fetch_add(1, Ordering::Relaxed);
+            // Same partition → same writer: a chain's versions of a record stay in order.
+            let pid = u16::from_le_bytes([rec.digest[0], rec.digest[1]]) as usize % 4096;
+            let tx = &senders[pid % senders.len()];
+            if tx.blocking_send(Msg::Record(rec)).is_err() {
+                // The writers stopped (abort).
+                return Ok(files);
+            }
+            if counters.abort.load(Ordering::Relaxed) {
+                return Ok(files);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// What the reader hands a writer.
+enum Msg {
+    Record(asb::Record),
+    /// Finish every outstanding put, then answer: the reader waits for all writers between two
+    /// backups of a chain, so a later backup's version of a record is never written before (or
+    /// concurrently with) an earlier one's.
+    Barrier(std::sync::mpsc::SyncSender<()>),
+}
+
+struct WriterCfg {
+    target_ns: Option<String>,
+    base: WritePolicy,
+    check_generation: bool,
+    unique: bool,
+    ignore_record_error: bool,
+}
+
+async fn write_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: asb::Record) {
+    let Some(expiration) = expiration_of(rec.expiration, now_unix_secs()) else {
+        counters.expired.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let ns = cfg.target_ns.as_deref().unwrap_or(&rec.namespace);
+    let key = convert::key_of(ns, &rec);
+    let bins: Vec<Bin> = rec
+        .bins
+        .iter()
+        .filter_map(|b| convert::value_of(&b.value).map(|v| Bin::new(b.name.clone(), v)))
+        .collect();
+    let mut policy = cfg.base.clone();
+    policy.expiration = expiration;
+    policy.send_key = rec.key.is_some();
+    if cfg.check_generation {
+        policy.generation = u32::from(rec.generation);
+    }
+    match client.put(&policy, &key, &bins).await {
+        Ok(()) => {
+            counters.written.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            let code = e.result_code();
+            if code == 3 && cfg.check_generation {
+                counters.fresher.fetch_add(1, Ordering::Relaxed);
+            } else if code == 5 && cfg.unique {
+                counters.existed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                *counters
+                    .failed_by_code
+                    .lock()
+                    .expect("counter lock")
+                    .entry(code)
+                    .or_default() += 1;
+                if !(cfg.ignore_record_error && RECORD_ERRORS.contains(&code)) {
+                    counters
+                        .first_failure
+                        .lock()
+                        .expect("failure lock")
+                        .get_or_insert_with(|| format!("record {key}: {e} (result code {code})"));
+                    counters.abort.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+async fn writer(client: Arc<Client>, cfg: Arc<WriterCfg>, counters: Arc<Counters>, mut rx: mpsc::Receiver<Msg>) {
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        if counters.abort.load(Ordering::Relaxed) {
+            break;
+        }
+        if in_flight.len() >= IN_FLIGHT_PER_THREAD {
+            in_flight.next().await;
+            continue;
+        }
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(Msg::Record(rec)) => {
+                    let (client, cfg, counters) = (client.clone(), cfg.clone(), counters.clone());
+                    in_flight.push(async move { write_one(&client, &cfg, &counters, rec).await });
+                }
+                Some(Msg::Barrier(ack)) => {
+                    while in_flight.next().await.is_some() {}
+                    let _ = ack.send(());
+                }
+                None => break,
+            },
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+        }
+    }
+    while in_flight.next().await.is_some() {}
+    // Closing the receiver makes a blocked reader return.
+    rx.close();
+}
+
+pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
+    if args
+        .compress
+        .as_deref()
+        .is_some_and(|c| !c.eq_ignore_ascii_case("none"))
+        || args.encrypt.as_deref().is_some_and(|c| !c.eq_ignore_ascii_case("none"))
+        || args.encryption_key_file.is_some()
+    {
+        return Err("not implemented yet in bolide-backup: --compress / --encrypt on restore".into());
+    }
+    let start = Instant::now();
+    let sources = sources(&args)?;
+    let ns_map = namespace_map(args.namespace.as_deref())?;
+    let client = Arc::new(connect(&args.host, args.port).await?);
+
+    // Create-only needs no generation check (and the real server's order of the two checks
+    // would decide between "existed" and "fresher").
+    let check_generation = !args.no_generation && !args.unique;
+    let base = WritePolicy {
+        record_exists_action: if args.unique {
+            RecordExistsAction::CreateOnly
+        } else if args.replace {
+            RecordExistsAction::Replace
+        } else {
+            RecordExistsAction::Update
+        },
+        generation_policy: if check_generation {
+            GenerationPolicy::ExpectGenGreater
+        } else {
+            GenerationPolicy::None
+        },
+        ..WritePolicy::default()
+    };
+    let cfg = Arc::new(WriterCfg {
+        target_ns: ns_map.as_ref().map(|(_, dst)| dst.clone()),
+        base,
+        check_generation,
+        unique: args.unique,
+        ignore_record_error: args.ignore_record_error,
+    });
+    let counters = Arc::new(Counters::default());
+
+    let mut senders = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..args.threads {
+        let (tx, rx) = mpsc::channel(QUEUE_PER_THREAD);
+        senders.push(tx);
+        writers.push(tokio::spawn(writer(client.clone(), cfg.clone(), counters.clone(), rx)));
+    }
+    let progress = (args.progress_secs > 0).then(|| {
+        let c = counters.clone();
+        let every = Duration::from_secs(args.progress_secs);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let secs = start.elapsed().as_secs_f64();
+                let w = c.written.load(Ordering::Relaxed);
+                eprintln!(
+                    "restore: {} read, {w} written, {} failed, {:.0} s, {:.0} records/s",
+                    c.read.load(Ordering::Relaxed),
+                    c.failed.load(Ordering::Relaxed),
+                    secs,
+                    w as f64 / secs.max(1e-9)
+                );
+            }
+        })
+    });
+
+    let reader_counters = counters.clone();
+    let reader = tokio::task::spawn_blocking(move || read_all(sources, ns_map, senders, reader_counters));
+    let read_result = reader.await.map_err(|e| format!("reader task: {e}"))?;
+    for w in writers {
+        w.await.map_err(|e| format!("writer task: {e}"))?;
+    }
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let _ = client.close().await;
+
+    let summary = RestoreSummary {
+        read: counters.read.load(Ordering::Relaxed),
+        written: counters.written.load(Ordering::Relaxed),
+        expired: counters.expired.load(Ordering::Relaxed),
+        existed: counters.existed.load(Ordering::Relaxed),
+        fresher: counters.fresher.load(Ordering::Relaxed),
+        failed: counters.failed.load(Ordering::Relaxed),
+        failed_by_code: counters.failed_by_code.lock().expect("counter lock").clone(),
+        files: *read_result.as_ref().unwrap_or(&0),
+        skipped_global: counters.skipped_global.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+    };
+    if let Err(e) = read_result {
+        return Err(format!(
+            "{e}\n{} records restored before the error ({summary})",
+            summary.written
+        ));
+    }
+    if let Some(f) = counters.first_failure.lock().expect("failure lock").take() {
+        return Err(format!("restore stopped at the first failed record: {f}\n{summary}"));
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expirations_as_asrestore_computes_them() {
+        let now = CITRUSLEAF_EPOCH_SECS + 1000;
+        assert_eq!(expiration_of(0, now), Some(Expiration::Never));
+        assert_eq!(expiration_of(999, now), None);
+        assert_eq!(expiration_of(1000, now), None);
+        assert_eq!(expiration_of(1600, now), Some(Expiration::Seconds(600)));
+    }
+
+    #[test]
+    fn namespace_maps() {
+        assert_eq!(namespace_map(None), Ok(None));
+        assert_eq!(namespace_map(Some("a")), Ok(Some(("a".into(), "a".into()))));
+        assert_eq!(namespace_map(Some("a,b")), Ok(Some(("a".into(), "b".into()))));
+        assert!(namespace_map(Some("a,")).is_err());
+    }
+}
