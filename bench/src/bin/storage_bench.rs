@@ -52,6 +52,7 @@
 //! Every I/O is `O_DIRECT` (guest page cache bypassed; nothing to drop). MB means 10^6 bytes.
 //! CPU seconds are the process's user + system time (`/proc/self/stat`) over the phase.
 
+use bolide_bench::loadgen::report::{command_line, cpu_seconds};
 use bolide_drivers::uring::{UringDevice, UringOptions};
 use bolide_drivers::{BlockDevice, Completion, IoBuf, SECTOR_SIZE};
 use bolide_node::clock::SystemClock;
@@ -1013,7 +1014,7 @@ struct Usage {
 impl Usage {
     fn now() -> Usage {
         Usage {
-            cpu_s: cpu_seconds(),
+            cpu_s: cpu_seconds("self").unwrap_or(0.0),
             runqueue_wait_s: runqueue_wait_seconds(),
         }
     }
@@ -1035,42 +1036,6 @@ fn runqueue_wait_seconds() -> f64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0.0, |ns| ns as f64 / 1e9)
-}
-
-/// User + system CPU seconds of this process so far (0 when /proc is unavailable).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i - 3).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    (ticks(14) + ticks(15)) as f64 / clock_ticks_per_s()
-}
-
-fn clock_ticks_per_s() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        command_line("getconf", &["CLK_TCK"])
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
-/// First line of a command's stdout, if it ran and succeeded.
-fn command_line(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).output().ok()?;
-    out.status.success().then(|| {
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string()
-    })
 }
 
 fn machine(path: &Path, fio: Option<String>, loadavg_start: Option<String>) -> Value {

@@ -380,7 +380,7 @@ fn clock_ticks_per_s() -> f64 {
 }
 
 /// First line of a command's stdout, if it ran and succeeded.
-fn command_line(cmd: &str, args: &[&str]) -> Option<String> {
+pub fn command_line(cmd: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(cmd).args(args).output().ok()?;
     out.status.success().then(|| {
         String::from_utf8_lossy(&out.stdout)
