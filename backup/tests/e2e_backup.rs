@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,26 +15,6 @@ use aerospike::{
 use futures::StreamExt;
 
 const NS: &str = "test";
-
-fn bolide_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("BOLIDE_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .to_path_buf();
-    for profile in ["debug", "release"] {
-        let p = target.join(profile).join("bolide");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "no bolide binary under {}: run `cargo build -p bolide-node --bin bolide` first (or set BOLIDE_BIN)",
-        target.display()
-    );
-}
 
 /// A running node on a free loopback port with its own data directory; killed on drop.
 struct Node {
@@ -66,7 +45,7 @@ impl Node {
         )
         .expect("write config");
         let log = std::fs::File::create(dir.path().join("node.log")).expect("log");
-        let child = Command::new(bolide_bin())
+        let child = Command::new(bolide_tests::node::bolide_bin(env!("CARGO_TARGET_TMPDIR")))
             .arg("serve")
             .arg("--config")
             .arg(&cfg)
