@@ -20,6 +20,7 @@
 pub mod buf;
 pub mod conformance;
 pub mod device;
+pub mod fault;
 pub mod sim;
 #[cfg(target_os = "linux")]
 pub mod uring;
