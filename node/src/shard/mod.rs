@@ -184,6 +184,8 @@ pub struct ShardStats {
     pub defrag_corrupt_headers: u64,
     /// Index entries (records and tombstones) removed by truncates.
     pub truncated: u64,
+    /// Record and tombstone copies written for another shard's partitions.
+    pub replica_writes: u64,
 }
 
 /// Space and write-amplification gauges.
@@ -269,6 +271,8 @@ impl RamBlock {
 pub(crate) enum Stream {
     Client,
     Defrag,
+    /// Replica copies, kept apart from master records as Aerospike keeps prole write buffers.
+    Replica,
 }
 
 struct PendingRead {
@@ -321,6 +325,8 @@ pub struct Shard<D: BlockDevice, C: Clock> {
     ram: Vec<RamBlock>,
     client_wb: Option<u32>,
     defrag_wb: Option<u32>,
+    /// The replica ("prole") write buffer: copies of records another core is master of.
+    replica_wb: Option<u32>,
     pool: BufPool,
     reads: Vec<Option<PendingRead>>,
     read_free: Vec<u32>,
@@ -474,6 +480,42 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         Ok(written)
     }
 
+    /// Stores a copy of a record whose master is another shard (replication, re-replication
+    /// and cold-start repair), with the master's generation, void-time and LUT, in the replica
+    /// write buffer. A tombstone copy (`rec.meta.tombstone`, no bins) deletes.
+    ///
+    /// The copy is applied only when it is newer than what this shard holds: (LUT, generation)
+    /// greater, the order a cold start also uses. An older or equal copy changes nothing and
+    /// returns `Ok(None)`; a stale copy can arrive when a repair races a live write.
+    ///
+    /// # Errors
+    /// As [`Shard::put`]: out of space, too big, overloaded, device failed, or an invalid
+    /// record (a live copy without bins, a tombstone with bins).
+    pub fn put_replica(&mut self, rec: Record, token: u64) -> Result<Option<Written>, WriteError> {
+        if let Some(e) = &self.failed {
+            return Err(WriteError::DeviceFailed(e.clone()));
+        }
+        if rec.meta.tombstone != rec.bins.is_empty() {
+            return Err(WriteError::Invalid(if rec.meta.tombstone {
+                "a tombstone copy has bins".into()
+            } else {
+                "a record copy has no bins".into()
+            }));
+        }
+        let old = self.index.get(&rec.meta.digest).copied();
+        if let Some(e) = &old {
+            if (e.lut_ms(), e.generation()) >= (rec.meta.lut_ms, rec.meta.generation) {
+                return Ok(None);
+            }
+        }
+        let mut rec = rec;
+        rec.meta.lut_ms = rec.meta.lut_ms.min(crate::index::MAX_LUT_MS);
+        rec.meta.origin_seq = self.next_seq - 1;
+        let written = self.append_record(Stream::Replica, &rec, old, token)?;
+        self.stats.replica_writes += 1;
+        Ok(Some(written))
+    }
+
     /// The LUT of a write: the clock, above the truncate floor, above the record's old LUT.
     fn next_lut(&self, old: Option<&IndexEntry>) -> u64 {
         let now = self
@@ -549,6 +591,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         let cur = match stream {
             Stream::Client => self.client_wb,
             Stream::Defrag => self.defrag_wb,
+            Stream::Replica => self.replica_wb,
         };
         if let Some(id) = cur {
             let ram = self.ram_mut(id).expect("open wblock is in RAM");
@@ -559,7 +602,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             }
         }
         // A new wblock is needed: check before changing anything.
-        if stream == Stream::Client {
+        if stream != Stream::Defrag {
             let floor = if is_delete {
                 self.reserve_wblocks / 2
             } else {
@@ -584,6 +627,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         match stream {
             Stream::Client => self.client_wb = Some(id),
             Stream::Defrag => self.defrag_wb = Some(id),
+            Stream::Replica => self.replica_wb = Some(id),
         }
         let ram = self.ram_mut(id).expect("just opened");
         let off = ram.used;
@@ -648,6 +692,9 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         }
         if self.defrag_wb == Some(id) {
             self.defrag_wb = None;
+        }
+        if self.replica_wb == Some(id) {
+            self.replica_wb = None;
         }
         if self.ram_ref(id).is_some_and(|r| r.is_durable()) {
             // Every byte is already on the device (group commit got there first).

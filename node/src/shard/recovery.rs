@@ -143,6 +143,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             ram: Vec::new(),
             client_wb: None,
             defrag_wb: None,
+            replica_wb: None,
             pool,
             reads: (0..max_reads).map(|_| None).collect(),
             read_free: (0..max_reads).rev().collect(),
