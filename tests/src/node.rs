@@ -65,7 +65,6 @@ impl Node {
     /// Starts a node on an existing data directory (restarts).
     pub fn start_in(target_tmp: &str, dir: tempfile::TempDir, extra: &[&str]) -> Node {
         let port = free_port();
-        let cfg = dir.path().join("bolide.toml");
         let mut text = format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nworkers = 2\nshard_file_bytes = 134217728\n",
             dir.path().join("data").display()
@@ -74,16 +73,40 @@ impl Node {
             text.push_str(l);
             text.push('\n');
         }
-        std::fs::write(&cfg, text).expect("write config");
+        Node::spawn(target_tmp, dir, port, &text, None)
+    }
+
+    /// Starts a node whose devices come from a hardware profile: `profile` is the profile's
+    /// TOML text (written to `<dir>/profile.toml`; `{dir}` in it is replaced by the data
+    /// directory's path), `config` the config file's lines (`listen` is added).
+    pub fn start_with_profile(target_tmp: &str, dir: tempfile::TempDir, profile: &str, config: &[&str]) -> Node {
+        let port = free_port();
+        let prof = dir.path().join("profile.toml");
+        std::fs::write(&prof, profile.replace("{dir}", &dir.path().display().to_string())).expect("write profile");
+        let mut text = format!("listen = \"127.0.0.1:{port}\"\n");
+        for l in config {
+            text.push_str(l);
+            text.push('\n');
+        }
+        Node::spawn(target_tmp, dir, port, &text, Some(&prof))
+    }
+
+    fn spawn(
+        target_tmp: &str,
+        dir: tempfile::TempDir,
+        port: u16,
+        config: &str,
+        profile: Option<&std::path::Path>,
+    ) -> Node {
+        let cfg = dir.path().join("bolide.toml");
+        std::fs::write(&cfg, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
-        let child = Command::new(bolide_bin(target_tmp))
-            .arg("serve")
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start bolide");
+        let mut cmd = Command::new(bolide_bin(target_tmp));
+        cmd.arg("serve").arg("--config").arg(&cfg);
+        if let Some(p) = profile {
+            cmd.arg("--profile").arg(p);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start bolide");
         let node = Node {
             port,
             dir,
@@ -112,6 +135,11 @@ impl Node {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) => format!("(cannot read {}: {e})", path.display()),
         }
+    }
+
+    /// Sends one info command (spec §2.1) and returns the value of its answer line.
+    pub fn info(&self, command: &str) -> String {
+        info(self.port, command)
     }
 
     pub fn pid(&self) -> u32 {
@@ -160,4 +188,33 @@ impl Drop for Node {
             let _ = c.wait();
         }
     }
+}
+
+/// Sends one info command to the node on `port` (a type-1 proto, spec §2.1) and returns the
+/// value of its answer line (after the TAB).
+pub fn info(port: u16, command: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect for info");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let body = format!("{command}\n");
+    let hdr = (2u64 << 56) | (1u64 << 48) | body.len() as u64;
+    s.write_all(&hdr.to_be_bytes()).expect("send");
+    s.write_all(body.as_bytes()).expect("send");
+    let mut h = [0u8; 8];
+    s.read_exact(&mut h).expect("info header");
+    let len = (u64::from_be_bytes(h) & ((1 << 48) - 1)) as usize;
+    let mut reply = vec![0u8; len];
+    s.read_exact(&mut reply).expect("info body");
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    let line = text.lines().next().unwrap_or_default();
+    line.split_once('\t').map_or(String::new(), |(_, v)| v.to_string())
+}
+
+/// One `key=value` of a `;`-separated info answer (`statistics`, `namespace/<ns>`).
+pub fn info_field(answer: &str, key: &str) -> Option<String> {
+    answer.split(';').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    })
 }

@@ -5,12 +5,17 @@
 //! 127.0.0.1:3000, namespace `test`) with one pinned worker per shard, until SIGINT or SIGTERM;
 //! then it shuts every shard down cleanly (flush, persist the index for a fast restart).
 
+use bolide_drivers::fault::{FaultSwitch, Faulty};
 use bolide_drivers::uring::{UringDevice, UringOptions};
 use bolide_node::clock::SystemClock;
 use bolide_node::config::StorageConfig;
 use bolide_node::profile::HardwareProfile;
 use bolide_node::server::{Server, ServerConfig};
-use bolide_node::shard::{Region, Shard};
+use bolide_node::shard::{OpenMode, Region, Shard};
+
+/// A shard on an io_uring device that the `fail-device` info command can fail (when
+/// `fault_injection` is set).
+type NodeShard = Shard<Faulty<UringDevice>, SystemClock>;
 use bolide_node::truncate::TruncateTable;
 
 /// The truncate table, in the data directory (docs/DISK_FORMAT.md, "Truncate table").
@@ -75,6 +80,15 @@ struct NodeConfig {
     workers: usize,
     /// io_uring submission-queue entries per shard.
     queue_depth: u32,
+    /// Copies of every record: 1, or 2 (a second copy on another device; needs a profile with
+    /// at least two devices).
+    replication_factor: u8,
+    /// Re-replication and cold-start repair: records copied per second per worker (0 =
+    /// unlimited).
+    rereplication_records_per_second: u32,
+    /// Enables the `fail-device:worker=N` info command, which fails a worker's device as if it
+    /// died (tests and drills only).
+    fault_injection: bool,
     storage: StorageConfig,
 }
 
@@ -89,6 +103,9 @@ impl Default for NodeConfig {
             shard_file_bytes: 2 << 30,
             workers: 0,
             queue_depth: 128,
+            replication_factor: 1,
+            rereplication_records_per_second: 50_000,
+            fault_injection: false,
             storage: StorageConfig::default(),
         }
     }
@@ -142,6 +159,12 @@ fn load_config(path: Option<&Path>, profile: Option<&HardwareProfile>) -> Result
         return Err(format!(
             "config key `namespace`: {:?} must be 1 to 31 bytes",
             cfg.namespace
+        ));
+    }
+    if !(1..=2).contains(&cfg.replication_factor) {
+        return Err(format!(
+            "config key `replication_factor`: {} is not 1 or 2",
+            cfg.replication_factor
         ));
     }
     if cfg.max_connections == 0 {
@@ -293,21 +316,38 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
+    // Which device each worker uses: workers on one device never hold each other's copies.
+    let device_of: Vec<usize> = match &profile {
+        Some(p) => (0..workers).map(|w| w % p.devices.len()).collect(),
+        None => vec![0; workers],
+    };
+    if cfg.replication_factor == 2 && device_of.iter().all(|&d| d == device_of[0]) {
+        return Err(format!(
+            "config key `replication_factor`: 2 needs at least two devices, and {} has one;              use a profile (--profile) with two [[device]] entries, or replication_factor = 1",
+            match &profile {
+                Some(p) => format!("profile {:?}", p.name),
+                None => "the default layout (one data_dir)".to_string(),
+            }
+        ));
+    }
+    let switches: Vec<FaultSwitch> = (0..workers).map(|_| FaultSwitch::new()).collect();
     // Open every shard (cold starts run in parallel).
-    let opened: Vec<Result<Shard<UringDevice, SystemClock>, String>> = std::thread::scope(|s| {
+    let opened: Vec<Result<(NodeShard, bool), String>> = std::thread::scope(|s| {
         let hs: Vec<_> = places
             .iter()
+            .zip(&switches)
             .enumerate()
-            .map(|(w, place)| {
+            .map(|(w, (place, sw))| {
                 let cfg = &cfg;
-                s.spawn(move || open_shard(w, place, cfg))
+                s.spawn(move || open_shard(w, place, cfg, sw.clone()))
             })
             .collect();
         hs.into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err("shard open panicked".into())))
             .collect()
     });
-    let mut shards = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let (mut shards, fresh): (Vec<NodeShard>, Vec<bool>) =
+        opened.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
     // Truncated records stay gone: re-apply the saved cut-offs before serving (a cold start
     // finds their old copies in the wblocks).
     let truncate_path = cfg.data_dir.join(TRUNCATE_FILE);
@@ -327,13 +367,20 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         ring_capacity: 4096,
         truncate,
         truncate_path: Some(truncate_path),
+        replication_factor: cfg.replication_factor,
+        device_of,
+        fresh,
+        fault_switches: if cfg.fault_injection { switches } else { Vec::new() },
+        rereplication_records_per_second: cfg.rereplication_records_per_second,
     };
     let pins = (0..workers)
         .map(|w| cores.get(w % cores.len().max(1)).copied())
         .collect();
-    let server =
-        Server::start(&server_cfg, shards, pins).map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    tracing::info!(listen = %cfg.listen, namespace = %cfg.namespace, node = %server_cfg.node_name, workers, "serving");
+    let server = Server::start(&server_cfg, shards, pins).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => e.to_string(),
+        _ => format!("cannot listen on {}: {e}", cfg.listen),
+    })?;
+    tracing::info!(listen = %cfg.listen, namespace = %cfg.namespace, node = %server_cfg.node_name, workers, replication_factor = cfg.replication_factor, "serving");
     while !stop.load(Ordering::Relaxed) && !server.stopping() {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -357,7 +404,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     first_err.map_or(Ok(()), Err)
 }
 
-fn open_shard(w: usize, place: &Placement, cfg: &NodeConfig) -> Result<Shard<UringDevice, SystemClock>, String> {
+/// Opens worker `w`'s shard; returns it and whether it was blank (formatted now: a new or
+/// replaced device).
+fn open_shard(w: usize, place: &Placement, cfg: &NodeConfig, switch: FaultSwitch) -> Result<(NodeShard, bool), String> {
     let path = &place.path;
     // With commit_to_device a completed write must be durable, not just in the device's cache:
     // open O_DSYNC so every write completion means "on stable media".
@@ -367,7 +416,10 @@ fn open_shard(w: usize, place: &Placement, cfg: &NodeConfig) -> Result<Shard<Uri
         dsync: cfg.storage.commit_to_device,
         ..UringOptions::default()
     };
-    let dev = UringDevice::open(path, &opts).map_err(|e| format!("worker {w}: {e}"))?;
+    let dev = Faulty::new(
+        UringDevice::open(path, &opts).map_err(|e| format!("worker {w}: {e}"))?,
+        switch,
+    );
     let cap = bolide_drivers::BlockDevice::info(&dev).capacity_bytes;
     // Shards sharing a file or block device get equal regions, whole wblocks each.
     let (slot, sharing) = place.slot;
@@ -380,5 +432,5 @@ fn open_shard(w: usize, place: &Placement, cfg: &NodeConfig) -> Result<Shard<Uri
     let (shard, report) = Shard::open(dev, SystemClock::new(), cfg.storage.clone(), w as u32, region)
         .map_err(|e| format!("worker {w}: {}: {e}", path.display()))?;
     tracing::info!(worker = w, path = %path.display(), offset = region.offset_bytes, mode = ?report.mode, records = report.index_entries, ms = report.elapsed_ms, "shard ready");
-    Ok(shard)
+    Ok((shard, report.mode == OpenMode::Formatted))
 }

@@ -384,6 +384,16 @@ pub trait InfoSource {
     /// `read`, `write`, `udf`, `batch-sub-read`, `batch-sub-write`, `batch-sub-udf`, `pi-query`,
     /// `si-query`).
     fn latencies(&self) -> Vec<LatencyHist>;
+
+    /// `fail-device:worker=N` (Bolide, tests and drills): fails worker `N`'s device as if it
+    /// died. The default refuses: only a node configured with `fault_injection` allows it.
+    ///
+    /// # Errors
+    /// The reason, answered as `ERROR:4:<reason>`.
+    fn fail_device(&mut self, worker: &str) -> Result<(), String> {
+        let _ = worker;
+        Err("fault injection is disabled (config key fault_injection)".into())
+    }
 }
 
 /// Writes the response body for an info request body (spec §2.1): for each request line from
@@ -412,6 +422,7 @@ pub trait InfoSource {
 /// | `truncate:namespace=..;set=..[;lut=..]`, `truncate-namespace:namespace=..[;lut=..]` | `ok` |
 /// | `user-agent-set:value=..`, `status` | `ok` |
 /// | `latencies:[hist=<name>]` | see [`LatencyHist`] |
+/// | `fail-device:worker=N` | `ok`, or `ERROR:4:..` unless fault injection is on (Bolide) |
 /// | anything else | `ERROR:4:unrecognized command` |
 ///
 /// Never panics on any input; TAB and `\n` inside a value become spaces.
@@ -495,6 +506,10 @@ fn answer(cmd: &InfoCommand<'_>, src: &mut dyn InfoSource, out: &mut Vec<u8>) {
         "truncate-namespace" => truncate(out, src, cmd, false),
         "user-agent-set" | "status" => out.extend_from_slice(b"ok"),
         "latencies" => latencies(out, src, cmd),
+        "fail-device" => match src.fail_device(cmd.param("worker").unwrap_or_default()) {
+            Ok(()) => out.extend_from_slice(b"ok"),
+            Err(e) => error(out, result_code::PARAMETER, &e),
+        },
         _ if cmd.line.len() > MAX_LINE_BYTES => error(out, result_code::PARAMETER, "command too long"),
         _ => error(out, result_code::PARAMETER, "unrecognized command"),
     }

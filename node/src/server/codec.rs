@@ -406,14 +406,58 @@ impl info::InfoSource for Source<'_> {
         })
     }
     fn statistics(&self) -> Vec<(String, String)> {
+        let s = self.0;
+        let failed = s.failed_devices();
+        let unreplicated = if s.replication_factor > 1 {
+            s.pmap.unreplicated()
+        } else {
+            0
+        };
         vec![
             ("cluster_size".into(), "1".into()),
-            ("objects".into(), self.0.objects().to_string()),
+            ("objects".into(), s.objects().to_string()),
             (
                 "client_connections".into(),
-                self.0.connections.load(Ordering::Relaxed).to_string(),
+                s.connections.load(Ordering::Relaxed).to_string(),
+            ),
+            // Bolide: replication across cores and devices.
+            ("replication_factor".into(), s.replication_factor.to_string()),
+            ("degraded".into(), (failed > 0 || unreplicated > 0).to_string()),
+            ("failed_devices".into(), failed.to_string()),
+            ("partitions_unreplicated".into(), unreplicated.to_string()),
+            (
+                "partitions_failed_over".into(),
+                s.partitions_failed_over.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "rereplication_partitions_remaining".into(),
+                s.sync_remaining.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "rereplicated_records".into(),
+                s.rereplicated_records.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "rereplication_read_errors".into(),
+                s.rereplication_read_errors.load(Ordering::Relaxed).to_string(),
             ),
         ]
+    }
+    fn fail_device(&mut self, worker: &str) -> Result<(), String> {
+        let s = self.0;
+        if s.fault_switches.is_empty() {
+            return Err("fault injection is disabled (config key fault_injection)".into());
+        }
+        let w: usize = worker
+            .parse()
+            .map_err(|_| format!("worker {worker:?} is not a number"))?;
+        let sw = s
+            .fault_switches
+            .get(w)
+            .ok_or_else(|| format!("no worker {w} (the node has {})", s.fault_switches.len()))?;
+        tracing::warn!(worker = w, "fail-device: failing the device on request");
+        sw.trip();
+        Ok(())
     }
     fn sets(&self, _ns: &str) -> Vec<info::SetStats> {
         Vec::new()

@@ -17,15 +17,18 @@
 
 use super::codec::{self, BatchItem, Decoded, ScanSpec};
 use super::exec::{self, Action, Command, Existing, Reply};
+use super::replica::{Roles, NONE};
 use super::ring::WorkerRings;
 use super::scan::ScanTask;
 use super::stats::Hist;
+use super::sync::{self, RateLimit, RepairItem, SyncEntry, SyncState};
 use super::NodeShared;
 use crate::clock::Clock;
-use crate::digest::Digest;
+use crate::digest::{Digest, PartitionId, N_PARTITIONS};
 use crate::proto::msg::Reply as W;
 use crate::proto::scan::ScanPartition;
 use crate::proto::{self, ProtoHeader, PROTO_HEADER_BYTES};
+use crate::record::{Record, RecordMeta};
 use crate::shard::{Event, ReadAck, ReadError, Shard, WriteError};
 use crate::truncate::TruncateTable;
 use bolide_drivers::BlockDevice;
@@ -49,6 +52,11 @@ const IDLE_POLL: Duration = Duration::from_millis(5);
 const READ_CHUNK: usize = 64 * 1024;
 /// Rows of one batch in flight at once.
 pub const BATCH_WINDOW: usize = 64;
+/// Device read failures (I/O errors, checksum failures) after which a worker declares its
+/// device failed and fails its partitions over to their replicas.
+pub const READ_FAILURES_BEFORE_FAILOVER: u64 = 16;
+/// How often a worker recounts the entries of the partitions it masters (replication on).
+pub const MASTER_COUNT_PERIOD: Duration = Duration::from_millis(250);
 /// A scan chunk is forwarded and the next one asked for only while the connection has fewer
 /// than this many bytes waiting to be written.
 const STREAM_HIGH_WATER_BYTES: usize = 1 << 20;
@@ -96,6 +104,36 @@ pub enum CoreMsg {
     },
     /// Drop your part of scan `scan_id` of `from`'s connection `conn`.
     ScanCancel { from: usize, conn: usize, scan_id: u64 },
+    /// Serve this read-only command from your replica copy (the master could not read its own).
+    ReplicaRead {
+        from: usize,
+        conn: usize,
+        row: Option<u32>,
+        cmd: Box<Command>,
+    },
+    /// Apply this copy of a write you replicate (master's generation, LUT and void-time; a
+    /// tombstone for a delete) and answer [`CoreMsg::ReplicaAck`] with `token`.
+    Replicate { from: usize, token: u64, rec: Box<Record> },
+    /// The replica applied (code 0) or refused (a result code) copy `token`;
+    /// `replica_failed`: refused because the replica's device failed (the write stands on the
+    /// master alone; the replica has dropped its role).
+    ReplicaAck { token: u64, code: u8, replica_failed: bool },
+    /// Reconciliation (see [`super::sync`]): the master's index entries of `pid`.
+    SyncOffer {
+        from: usize,
+        pid: PartitionId,
+        entries: Vec<SyncEntry>,
+    },
+    /// The replica's answer: the digests it wants from the master.
+    SyncWant {
+        from: usize,
+        pid: PartitionId,
+        want: Vec<Digest>,
+    },
+    /// A record (or tombstone) copy to apply if newer; no answer.
+    Repair { rec: Box<Record> },
+    /// Every repair of `pid` has been sent before this: the replica's copy is complete.
+    SyncDone { from: usize, pid: PartitionId },
 }
 
 /// Where a reply goes: worker, connection there, and the batch row index for a batch row.
@@ -155,8 +193,9 @@ enum Stream {
 enum Stage {
     /// Waiting for the device read of the current record.
     Read,
-    /// Waiting for the write acknowledgement; answer `Reply` then.
-    Write(Reply),
+    /// Waiting for `waits` acknowledgements (the local device write, the replica's copy);
+    /// answer `reply` then, or `code` if one of them failed.
+    Write { reply: Reply, waits: u8, code: u8 },
 }
 
 enum Pending {
@@ -167,6 +206,12 @@ enum Pending {
     },
     /// A record read of the scan task with this key.
     Scan((usize, u64)),
+    /// A replica copy waiting for the device: acknowledge `token` to worker `to` then.
+    Replica { to: usize, token: u64 },
+    /// A repair record read, to send to worker `to`.
+    Repair { to: usize },
+    /// A read served from the replica copy for another worker's client.
+    ReplicaRead { origin: Origin, cmd: Box<Command> },
 }
 
 struct Conn {
@@ -214,6 +259,14 @@ pub struct Worker<D: BlockDevice, C: Clock> {
     truncate: Arc<TruncateTable>,
     truncate_version: u64,
     truncate_sweep: Option<(u64, u16)>,
+    /// Device read failures seen (toward [`READ_FAILURES_BEFORE_FAILOVER`]).
+    read_failures: u64,
+    /// This worker's device failed and its roles were given up.
+    device_down: bool,
+    /// Partition reconciliation (factor 2).
+    sync: SyncState,
+    repair_rate: RateLimit,
+    next_master_count: Instant,
 }
 
 impl<D: BlockDevice, C: Clock> Worker<D, C> {
@@ -224,6 +277,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         shard: Shard<D, C>,
         rings: WorkerRings<CoreMsg>,
         shared: Arc<NodeShared>,
+        sync_todo: Vec<PartitionId>,
     ) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
         let mut listener = TcpListener::from_std(listener);
@@ -242,9 +296,6 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             id,
             poll,
             listener,
-            shard,
-            rings,
-            shared,
             conns: HashMap::new(),
             next_conn: FIRST_CONN,
             pending: HashMap::new(),
@@ -261,6 +312,14 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             truncate,
             truncate_version: 0,
             truncate_sweep: None,
+            read_failures: 0,
+            device_down: false,
+            sync: SyncState::new(sync_todo),
+            repair_rate: RateLimit::new(shared.rereplication_records_per_second, shard.clock().mono_ms()),
+            next_master_count: Instant::now(),
+            shard,
+            rings,
+            shared,
         })
     }
 
@@ -268,8 +327,10 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
     pub(crate) fn run(mut self) -> Shard<D, C> {
         let mut events = Events::with_capacity(1024);
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let streaming =
-                !self.batch_conns.is_empty() || !self.local.is_empty() || self.scans.values().any(ScanTask::runnable);
+            let streaming = !self.batch_conns.is_empty()
+                || !self.local.is_empty()
+                || self.scans.values().any(ScanTask::runnable)
+                || !self.sync.idle();
             let timeout = if streaming || (self.shard.in_flight() > 0 && self.shard.device().completion_fd().is_none())
             {
                 Duration::ZERO
@@ -295,6 +356,8 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             self.release_throttled();
             self.run_scans();
             self.sweep_truncated();
+            self.check_device();
+            self.run_sync();
             self.flush_outbox();
             self.publish();
             if self.id == 0 {
@@ -550,8 +613,9 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         }
     }
 
+    /// The worker serving `digest`'s partition now (the partition map's master).
     fn owner(&self, digest: &Digest) -> usize {
-        digest.partition_id().0 as usize % self.rings.workers()
+        self.shared.pmap.master(digest.partition_id())
     }
 
     /// Runs `cmd` here or sends it to its owner.
@@ -676,7 +740,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         let n = self.rings.workers();
         let mut shares: Vec<Vec<ScanPartition>> = vec![Vec::new(); n];
         for p in parts {
-            shares[p.pid.0 as usize % n].push(p);
+            shares[self.shared.pmap.master(p.pid)].push(p);
         }
         self.next_scan_id += 1;
         let scan_id = self.next_scan_id;
@@ -909,7 +973,345 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             CoreMsg::ScanCancel { from, scan_id, .. } => {
                 self.scans.remove(&(from, scan_id));
             }
+            CoreMsg::Replicate { from, token, rec } => self.apply_replica(from, token, *rec),
+            CoreMsg::ReplicaRead { from, conn, row, cmd } => {
+                // Read-only: no per-digest ordering needed here; a failure now is final.
+                let origin = Origin {
+                    worker: from,
+                    conn,
+                    row,
+                };
+                let token = self.token();
+                match self.shard.get(&cmd.digest, token) {
+                    Ok(ReadAck::Done(rec)) => self.cont_replica_read(origin, cmd, Some(rec)),
+                    Ok(ReadAck::Pending) => {
+                        self.pending.insert(token, Pending::ReplicaRead { origin, cmd });
+                    }
+                    Err(ReadError::NotFound) => self.cont_replica_read(origin, cmd, None),
+                    Err(e) => {
+                        self.count_read_failure(&e);
+                        self.deliver_reply(origin, Reply::code(read_error_code(&e)));
+                    }
+                }
+            }
+            CoreMsg::ReplicaAck {
+                token,
+                code,
+                replica_failed,
+            } => {
+                // A replica that lost its device has dropped its role: the write stands on the
+                // master's copy alone (degraded), as if the partition had no replica.
+                let code = if replica_failed { 0 } else { code };
+                self.write_acked(token, code);
+            }
+            CoreMsg::SyncOffer { from, pid, entries } => self.sync_offer(from, pid, &entries),
+            CoreMsg::SyncWant { from, pid, want } => {
+                if self.sync.active == Some((pid, from)) {
+                    self.sync
+                        .queue
+                        .extend(want.into_iter().map(|digest| RepairItem::Record { to: from, digest }));
+                    self.sync.queue.push_back(RepairItem::Done { to: from, pid });
+                }
+            }
+            CoreMsg::Repair { rec } => {
+                let token = self.token();
+                match self.shard.put_replica(*rec, token) {
+                    Ok(Some(_)) => {
+                        self.shared.rereplicated_records.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(worker = self.id, "re-replicated copy not stored: {e}"),
+                }
+            }
+            CoreMsg::SyncDone { from, pid } => {
+                let updated = self.shared.pmap.update(pid, |r| {
+                    (r.master == from && r.replica == self.id).then_some(Roles { complete: true, ..r })
+                });
+                if updated {
+                    self.shared.sync_remaining.fetch_sub(1, Ordering::Relaxed);
+                    if self.shared.sync_remaining.load(Ordering::Relaxed) == 0 {
+                        tracing::info!(worker = self.id, "every partition has two complete copies");
+                    }
+                }
+            }
         }
+    }
+
+    // ----- replication (see super::replica, super::sync) -----
+
+    /// Applies a copy of a write this worker replicates and acknowledges it (now, or when the
+    /// device write completes with commit_to_device).
+    fn apply_replica(&mut self, from: usize, token: u64, rec: Record) {
+        let t = self.token();
+        let (code, replica_failed) = match self.shard.put_replica(rec, t) {
+            Ok(Some(w)) if w.pending => {
+                self.pending.insert(t, Pending::Replica { to: from, token });
+                return;
+            }
+            Ok(_) => (0, false),
+            Err(e) => (write_error_code(&e), matches!(e, WriteError::DeviceFailed(_))),
+        };
+        self.send(
+            from,
+            CoreMsg::ReplicaAck {
+                token,
+                code,
+                replica_failed,
+            },
+        );
+    }
+
+    /// The master's copy of `cmd`'s record could not be read: a read-only command is served
+    /// from the replica's copy when that copy is complete and its device alive (never the
+    /// damaged data, never an error the replica can avoid); anything else answers the error.
+    fn read_failed(&mut self, origin: Origin, cmd: Box<Command>, e: &ReadError) {
+        self.count_read_failure(e);
+        let roles = self.shared.pmap.get(cmd.digest.partition_id());
+        let replica = roles
+            .replica()
+            .filter(|&r| roles.complete && !self.shared.device_failed[r].load(Ordering::Acquire));
+        match replica {
+            Some(r)
+                if matches!(e, ReadError::Corrupt { .. } | ReadError::Device(_))
+                    && !cmd.is_write()
+                    && !cmd.is_delete() =>
+            {
+                let digest = cmd.digest;
+                self.send(
+                    r,
+                    CoreMsg::ReplicaRead {
+                        from: origin.worker,
+                        conn: origin.conn,
+                        row: origin.row,
+                        cmd,
+                    },
+                );
+                self.next_on_digest(&digest);
+            }
+            _ => self.finish(origin, &cmd, Reply::code(read_error_code(e))),
+        }
+    }
+
+    fn count_read_failure(&mut self, e: &ReadError) {
+        if matches!(e, ReadError::Corrupt { .. } | ReadError::Device(_)) {
+            self.read_failures += 1;
+        }
+    }
+
+    /// Fails this worker's device over once the shard has stopped on a device error or reads
+    /// failed [`READ_FAILURES_BEFORE_FAILOVER`] times: each partition it masters moves to its
+    /// replica (when that copy is complete and its device alive), and it stops being anyone's
+    /// replica. The node reports itself degraded from then on.
+    fn check_device(&mut self) {
+        if self.device_down {
+            return;
+        }
+        let cause = match self.shard.failure() {
+            Some(e) => e.to_string(),
+            None if self.read_failures >= READ_FAILURES_BEFORE_FAILOVER => {
+                format!("{} record reads failed", self.read_failures)
+            }
+            None => return,
+        };
+        self.device_down = true;
+        self.shared.device_failed[self.id].store(true, Ordering::Release);
+        if self.shared.replication_factor < 2 {
+            tracing::error!(
+                worker = self.id,
+                "device failed ({cause}); no replica: its partitions are unavailable for writes"
+            );
+            return;
+        }
+        let (mut moved, mut stranded, mut unreplicated) = (0u64, 0u64, 0u64);
+        for p in 0..N_PARTITIONS {
+            let pid = PartitionId(p as u16);
+            let me = self.id;
+            let shared = &self.shared;
+            let mut outcome = 0;
+            shared.pmap.update(pid, |r| {
+                outcome = 0;
+                if r.master == me {
+                    let alive = r
+                        .replica()
+                        .is_some_and(|x| !shared.device_failed[x].load(Ordering::Acquire));
+                    if alive && r.complete {
+                        outcome = 1;
+                        return Some(Roles {
+                            master: r.replica,
+                            replica: NONE,
+                            complete: false,
+                        });
+                    }
+                    outcome = 2;
+                    None
+                } else if r.replica == me {
+                    outcome = 3;
+                    Some(Roles {
+                        replica: NONE,
+                        complete: false,
+                        ..r
+                    })
+                } else {
+                    None
+                }
+            });
+            match outcome {
+                1 => moved += 1,
+                2 => stranded += 1,
+                3 => unreplicated += 1,
+                _ => {}
+            }
+        }
+        self.shared.partitions_failed_over.fetch_add(moved, Ordering::Relaxed);
+        // Reconciliation this worker was part of cannot finish.
+        if self.sync.active.take().is_some() {
+            self.shared.sync_remaining.fetch_sub(1, Ordering::Relaxed);
+        }
+        let dropped = self.sync.todo.len() as u64;
+        self.sync.todo.clear();
+        self.shared.sync_remaining.fetch_sub(
+            dropped.min(self.shared.sync_remaining.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        tracing::error!(
+            worker = self.id,
+            partitions_failed_over = moved,
+            partitions_unavailable = stranded,
+            partitions_left_without_replica = unreplicated,
+            "device failed ({cause}); node degraded"
+        );
+    }
+
+    /// Drives reconciliation: offers the next partition when none is active, sends queued
+    /// repair records at the configured rate, and abandons a partition whose replica went away.
+    fn run_sync(&mut self) {
+        if self.sync.idle() {
+            return;
+        }
+        if let Some((pid, peer)) = self.sync.active {
+            let r = self.shared.pmap.get(pid);
+            if r.master != self.id || r.replica != peer {
+                // Failover changed the roles: nothing left to reconcile for this partition.
+                self.sync.active = None;
+                self.sync
+                    .queue
+                    .retain(|i| !matches!(i, RepairItem::Done { pid: p, .. } if *p == pid));
+                self.shared.sync_remaining.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if self.sync.active.is_none() && !self.device_down {
+            if let Some(pid) = self.sync.todo.pop_front() {
+                let r = self.shared.pmap.get(pid);
+                match r.replica() {
+                    Some(peer) if r.master == self.id => {
+                        let entries: Vec<SyncEntry> = self
+                            .shard
+                            .index()
+                            .iter_partition_after(pid, None)
+                            .map(SyncEntry::of)
+                            .collect();
+                        self.sync.active = Some((pid, peer));
+                        self.send(
+                            peer,
+                            CoreMsg::SyncOffer {
+                                from: self.id,
+                                pid,
+                                entries,
+                            },
+                        );
+                    }
+                    _ => {
+                        self.shared.sync_remaining.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        let now_ms = self.shard.clock().mono_ms();
+        while let Some(&item) = self.sync.queue.front() {
+            match item {
+                RepairItem::Done { to, pid } => {
+                    if self.sync.reads_in_flight > 0 {
+                        break;
+                    }
+                    self.sync.queue.pop_front();
+                    self.send(to, CoreMsg::SyncDone { from: self.id, pid });
+                    if self.sync.active == Some((pid, to)) {
+                        self.sync.active = None;
+                    }
+                }
+                RepairItem::Record { to, digest } => {
+                    if self.sync.reads_in_flight >= sync::REPAIR_READS_IN_FLIGHT || !self.repair_rate.take(now_ms) {
+                        break;
+                    }
+                    self.sync.queue.pop_front();
+                    self.send_repair(to, digest);
+                }
+            }
+        }
+    }
+
+    /// Sends this shard's copy of `digest` to worker `to`: a tombstone straight from the index,
+    /// a record from RAM or after a device read.
+    fn send_repair(&mut self, to: usize, digest: Digest) {
+        let Some(e) = self.shard.index().get(&digest).copied() else {
+            return;
+        };
+        if e.is_tombstone() {
+            let rec = Record {
+                meta: RecordMeta {
+                    digest,
+                    generation: e.generation(),
+                    void_time: 0,
+                    lut_ms: e.lut_ms(),
+                    origin_seq: 0,
+                    tombstone: true,
+                },
+                set_name: Vec::new(),
+                key: None,
+                bins: Vec::new(),
+            };
+            self.send(to, CoreMsg::Repair { rec: Box::new(rec) });
+            return;
+        }
+        let token = self.token();
+        match self.shard.get(&digest, token) {
+            Ok(ReadAck::Done(rec)) => self.send(to, CoreMsg::Repair { rec: Box::new(rec) }),
+            Ok(ReadAck::Pending) => {
+                self.sync.reads_in_flight += 1;
+                self.pending.insert(token, Pending::Repair { to });
+            }
+            Err(ReadError::NotFound) => {}
+            Err(ReadError::Overload) => self.sync.queue.push_front(RepairItem::Record { to, digest }),
+            Err(e) => {
+                self.count_read_failure(&e);
+                self.shared.rereplication_read_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(worker = self.id, "re-replication read failed: {e}");
+            }
+        }
+    }
+
+    /// The replica side of a [`CoreMsg::SyncOffer`]: ask for what the master has newer, send
+    /// what this copy has newer.
+    fn sync_offer(&mut self, from: usize, pid: PartitionId, entries: &[SyncEntry]) {
+        let (want, push) = sync::diff(entries, self.shard.index().iter_partition_after(pid, None));
+        tracing::debug!(
+            worker = self.id,
+            pid = pid.0,
+            want = want.len(),
+            push = push.len(),
+            "reconciling"
+        );
+        self.sync
+            .queue
+            .extend(push.into_iter().map(|digest| RepairItem::Record { to: from, digest }));
+        self.send(
+            from,
+            CoreMsg::SyncWant {
+                from: self.id,
+                pid,
+                want,
+            },
+        );
     }
 
     /// Sends reply bytes to where the request came from.
@@ -964,18 +1366,15 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         self.truncate = table;
     }
 
-    /// Removes namespace-truncated records of a few more of this worker's partitions (64 per
-    /// turn), so their space comes back without blocking the loop.
+    /// Removes namespace-truncated records of a few more partitions (64 per turn), so their
+    /// space comes back without blocking the loop.
     fn sweep_truncated(&mut self) {
         let Some((cutoff, mut pid)) = self.truncate_sweep else {
             return;
         };
-        let n = self.rings.workers();
+        // Every partition: this shard may hold replica copies of partitions it does not master.
         let mut removed = 0;
         for _ in 0..64 {
-            while usize::from(pid) < crate::digest::N_PARTITIONS && usize::from(pid) % n != self.id {
-                pid += 1;
-            }
             if usize::from(pid) >= crate::digest::N_PARTITIONS {
                 break;
             }
@@ -990,6 +1389,12 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
 
     fn start(&mut self, origin: Origin, cmd: Box<Command>) {
         self.refresh_truncate();
+        let owner = self.owner(&cmd.digest);
+        if owner != self.id {
+            // The partition moved (failover) after the sender routed it: pass it on.
+            self.dispatch(owner, origin, cmd);
+            return;
+        }
         if let Some(q) = self.busy_digests.get_mut(&cmd.digest) {
             q.push_back((origin, cmd));
             return;
@@ -1024,7 +1429,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
                     );
                 }
                 Err(ReadError::NotFound) => self.cont(origin, cmd, None),
-                Err(e) => self.finish(origin, &cmd, Reply::code(read_error_code(&e))),
+                Err(e) => self.read_failed(origin, cmd, &e),
             }
         } else {
             self.cont(origin, cmd, None);
@@ -1056,23 +1461,61 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             Ok(None) => exec::apply(&cmd, cur, None, now_s),
             Err(code) => Action::Reply(Reply::code(*code)),
         };
+        let replica = self.shared.pmap.get(cmd.digest.partition_id()).replica();
         match action {
             Action::Reply(r) => self.finish(origin, &cmd, r),
             Action::Put(p, reply) => {
                 let token = self.token();
+                // The replica's copy: the same record, with the generation and LUT the local
+                // write gives it (filled in by after_write).
+                let copy = replica.map(|r| {
+                    let rec = Record {
+                        meta: RecordMeta {
+                            digest: p.digest,
+                            generation: 0,
+                            void_time: p.void_time,
+                            lut_ms: 0,
+                            origin_seq: 0,
+                            tombstone: false,
+                        },
+                        set_name: p.set_name.clone(),
+                        key: p.key.clone(),
+                        bins: p.bins.clone(),
+                    };
+                    (r, Box::new(rec))
+                });
                 let written = self.shard.put(p, token);
-                self.after_write(origin, cmd, token, written, reply, true);
+                self.after_write(origin, cmd, token, written, reply, true, copy);
             }
             Action::Delete(reply) => {
                 let token = self.token();
                 let written = self.shard.delete(&cmd.digest, token);
-                self.after_write(origin, cmd, token, written, reply, false);
+                let copy = replica.map(|r| {
+                    let rec = Record {
+                        meta: RecordMeta {
+                            digest: cmd.digest,
+                            generation: 0,
+                            void_time: 0,
+                            lut_ms: 0,
+                            origin_seq: 0,
+                            tombstone: true,
+                        },
+                        set_name: Vec::new(),
+                        key: None,
+                        bins: Vec::new(),
+                    };
+                    (r, Box::new(rec))
+                });
+                self.after_write(origin, cmd, token, written, reply, false, copy);
             }
         }
     }
 
-    /// Answers a put or delete now, or parks it until its acknowledgement (commit_to_device).
-    /// A put answers the record's new generation; a delete answers 0 (spec §6.4).
+    /// Answers a put or delete now, or parks it until its acknowledgements: the local device
+    /// write (commit_to_device) and the replica's copy (`copy`: the replica worker and the
+    /// record, sent once the local write gave it its generation and LUT). A put answers the
+    /// record's new generation; a delete answers 0 (spec §6.4).
+    #[allow(clippy::too_many_arguments)]
     fn after_write(
         &mut self,
         origin: Origin,
@@ -1081,19 +1524,34 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         written: Result<crate::shard::Written, WriteError>,
         mut reply: Reply,
         is_put: bool,
+        copy: Option<(usize, Box<Record>)>,
     ) {
         match written {
             Ok(w) => {
                 if is_put {
                     reply.generation = w.generation as u32;
                 }
-                if w.pending {
+                let mut waits = u8::from(w.pending);
+                if let Some((r, mut rec)) = copy {
+                    rec.meta.generation = w.generation;
+                    rec.meta.lut_ms = w.lut_ms;
+                    self.send(
+                        r,
+                        CoreMsg::Replicate {
+                            from: self.id,
+                            token,
+                            rec,
+                        },
+                    );
+                    waits += 1;
+                }
+                if waits > 0 {
                     self.pending.insert(
                         token,
                         Pending::Cmd {
                             origin,
                             cmd,
-                            stage: Stage::Write(reply),
+                            stage: Stage::Write { reply, waits, code: 0 },
                         },
                     );
                 } else {
@@ -1104,18 +1562,94 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         }
     }
 
+    /// One acknowledgement of the write parked under `token` arrived (`code` 0 = success);
+    /// answers the client once the last one is in.
+    fn write_acked(&mut self, token: u64, code: u8) {
+        let Some(Pending::Cmd {
+            stage: Stage::Write { waits, code: first, .. },
+            ..
+        }) = self.pending.get_mut(&token)
+        else {
+            return;
+        };
+        if code != 0 && *first == 0 {
+            *first = code;
+        }
+        *waits -= 1;
+        if *waits > 0 {
+            return;
+        }
+        let Some(Pending::Cmd {
+            origin,
+            cmd,
+            stage: Stage::Write { reply, code, .. },
+        }) = self.pending.remove(&token)
+        else {
+            return;
+        };
+        let reply = if code == 0 { reply } else { Reply::code(code) };
+        self.finish(origin, &cmd, reply);
+    }
+
+    /// Answers a read-only command from this shard's replica copy (see [`CoreMsg::ReplicaRead`]).
+    fn cont_replica_read(&mut self, origin: Origin, cmd: Box<Command>, rec: Option<Record>) {
+        let rec = rec.filter(|r| !self.truncate.covers(r.meta.lut_ms, &r.set_name));
+        let entry = self.shard.index().get(&cmd.digest).copied().filter(|_| rec.is_some());
+        let cur = Existing {
+            record: rec.as_ref(),
+            generation: entry.map_or(0, |e| e.generation()),
+            void_time: entry.map_or(0, |e| e.void_time()),
+        };
+        let filter = codec::filter_for(&cmd, self.shard.clock().now_cl_ms());
+        let now_s = self.shard.clock().now_cl_s();
+        let action = match &filter {
+            Ok(Some(f)) => exec::apply(&cmd, cur, Some(&|r: &Record| f(r)), now_s),
+            Ok(None) => exec::apply(&cmd, cur, None, now_s),
+            Err(code) => Action::Reply(Reply::code(*code)),
+        };
+        let reply = match action {
+            Action::Reply(r) => r,
+            // A read-only command never writes; refuse rather than write on a replica.
+            Action::Put(..) | Action::Delete(..) => Reply::code(proto::result_code::SERVER_ERROR),
+        };
+        self.deliver_reply(origin, reply);
+    }
+
+    /// Encodes and delivers `reply` without touching the per-digest queue.
+    fn deliver_reply(&mut self, origin: Origin, reply: Reply) {
+        let bytes = match origin.row {
+            Some(index) => codec::encode_row(&reply, index),
+            None => codec::encode_reply(&reply),
+        };
+        self.deliver(origin, bytes);
+    }
+
     fn finish(&mut self, origin: Origin, cmd: &Command, reply: Reply) {
         let bytes = match origin.row {
             Some(index) => codec::encode_row(&reply, index),
             None => codec::encode_reply(&reply),
         };
         self.deliver(origin, bytes);
-        // Start the next command waiting on this digest.
-        let next = self.busy_digests.get_mut(&cmd.digest).and_then(|q| q.pop_front());
-        match next {
-            Some((o, c)) => self.run_cmd(o, c),
-            None => {
-                self.busy_digests.remove(&cmd.digest);
+        self.next_on_digest(&cmd.digest);
+    }
+
+    /// Starts the next command waiting on `digest` (or passes it on if the partition moved).
+    fn next_on_digest(&mut self, digest: &Digest) {
+        loop {
+            let next = self.busy_digests.get_mut(digest).and_then(|q| q.pop_front());
+            match next {
+                Some((o, c)) => {
+                    let owner = self.owner(&c.digest);
+                    if owner == self.id {
+                        self.run_cmd(o, c);
+                        return;
+                    }
+                    self.dispatch(owner, o, c);
+                }
+                None => {
+                    self.busy_digests.remove(digest);
+                    return;
+                }
             }
         }
     }
@@ -1129,33 +1663,88 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
                     Some(Pending::Cmd { origin, cmd, .. }) => match result {
                         Ok(rec) => self.cont(origin, cmd, Some(rec)),
                         Err(ReadError::NotFound) => self.cont(origin, cmd, None),
-                        Err(e) => self.finish(origin, &cmd, Reply::code(read_error_code(&e))),
+                        Err(e) => self.read_failed(origin, cmd, &e),
                     },
                     Some(Pending::Scan(key)) => {
+                        if let Err(e) = &result {
+                            self.count_read_failure(e);
+                        }
                         if let Some(t) = self.scans.get_mut(&key) {
                             t.complete(token, result);
                         }
                     }
+                    Some(Pending::Repair { to }) => {
+                        self.sync.reads_in_flight -= 1;
+                        match result {
+                            Ok(rec) => self.send(to, CoreMsg::Repair { rec: Box::new(rec) }),
+                            Err(ReadError::NotFound) => {}
+                            Err(e) => {
+                                self.count_read_failure(&e);
+                                self.shared.rereplication_read_errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(worker = self.id, "re-replication read failed: {e}");
+                            }
+                        }
+                    }
+                    Some(Pending::ReplicaRead { origin, cmd }) => match result {
+                        Ok(rec) => self.cont_replica_read(origin, cmd, Some(rec)),
+                        Err(ReadError::NotFound) => self.cont_replica_read(origin, cmd, None),
+                        Err(e) => {
+                            self.count_read_failure(&e);
+                            self.deliver_reply(origin, Reply::code(read_error_code(&e)));
+                        }
+                    },
+                    Some(p @ Pending::Replica { .. }) => {
+                        // Not a read: put it back (cannot happen: tokens are unique).
+                        self.pending.insert(token, p);
+                    }
                     None => {}
                 },
-                Event::WriteDone { token, result } => {
-                    let Some(Pending::Cmd { origin, cmd, stage }) = self.pending.remove(&token) else {
-                        continue;
-                    };
-                    let reply = match (result, stage) {
-                        (Ok(()), Stage::Write(r)) => r,
-                        (Err(e), _) => Reply::code(write_error_code(&e)),
-                        (Ok(()), Stage::Read) => Reply::code(proto::result_code::SERVER_ERROR),
-                    };
-                    self.finish(origin, &cmd, reply);
-                }
+                Event::WriteDone { token, result } => match self.pending.remove(&token) {
+                    Some(Pending::Replica { to, token: their }) => {
+                        let (code, replica_failed) = match &result {
+                            Ok(()) => (0, false),
+                            Err(e) => (write_error_code(e), matches!(e, WriteError::DeviceFailed(_))),
+                        };
+                        self.send(
+                            to,
+                            CoreMsg::ReplicaAck {
+                                token: their,
+                                code,
+                                replica_failed,
+                            },
+                        );
+                    }
+                    Some(Pending::Cmd {
+                        origin,
+                        cmd,
+                        stage: Stage::Read,
+                    }) => self.finish(origin, &cmd, Reply::code(proto::result_code::SERVER_ERROR)),
+                    Some(p @ Pending::Cmd { .. }) => {
+                        self.pending.insert(token, p);
+                        self.write_acked(token, result.as_ref().map_or_else(write_error_code, |()| 0));
+                    }
+                    Some(p) => {
+                        self.pending.insert(token, p);
+                    }
+                    None => {}
+                },
             }
         }
         self.events = evs;
     }
 
     /// Publishes this worker's gauges for info commands.
-    fn publish(&self) {
+    fn publish(&mut self) {
+        if self.shared.replication_factor > 1 && Instant::now() >= self.next_master_count {
+            self.next_master_count = Instant::now() + MASTER_COUNT_PERIOD;
+            let n: usize = self
+                .shared
+                .pmap
+                .mastered_by(self.id)
+                .map(|p| self.shard.index().partition_len(p))
+                .sum();
+            self.shared.master_entries[self.id].store(n as u64, Ordering::Relaxed);
+        }
         let space = self.shard.space();
         let s = &self.shared;
         s.index_entries[self.id].store(self.shard.index().len() as u64, Ordering::Relaxed);
