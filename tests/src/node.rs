@@ -106,7 +106,14 @@ impl Node {
         if let Some(p) = profile {
             cmd.arg("--profile").arg(p);
         }
-        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start bolide");
+        // Relative paths (the default data_dir, which holds the truncate table) land in the
+        // test's directory, not the source tree.
+        let child = cmd
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start bolide");
         let node = Node {
             port,
             dir,

@@ -216,9 +216,40 @@ fn device_failure_loses_no_acknowledged_write_and_rereplication_restores_two_cop
     // a probe write to every key works (they all live on worker 1 now).
     drop(client);
 
-    // 2. Replace device 0 (an empty device at that slot) and restart: re-replication.
+    // 2. Restart with the failed device still in place: its copies are stale, so the other
+    // copy serves until they are reconciled.
     let (dir, _log) = node.stop();
-    std::fs::remove_dir_all(dir.path().join("dev0")).expect("remove dev0");
+    assert!(
+        dir.path().join("bolide-data/stale-devices.toml").exists(),
+        "the failed device is recorded as stale"
+    );
+    let node = Node::start_with_profile(tmp, dir, PROFILE, &CONFIG);
+    let port = node.port;
+    let client = rt.block_on(connect(port));
+    let n = rt.block_on(check_all(&client, &tracks));
+    eprintln!("phase 2: {n} keys checked while the stale device is reconciled");
+    wait_for(
+        port,
+        "rereplication_partitions_remaining",
+        "0",
+        Duration::from_secs(120),
+    );
+    assert_eq!(stat(port, "degraded"), "false", "log:\n{}", node.log());
+
+    // 3. Fail the other device with no write load: reads that hit it are served from the
+    // reconciled copy, and once enough of them failed the worker fails its partitions over.
+    assert_eq!(node.info("fail-device:worker=1"), "ok");
+    let n = rt.block_on(check_all(&client, &tracks));
+    eprintln!("phase 3: {n} keys checked on the reconciled device");
+    assert_eq!(stat(port, "failed_devices"), "1", "log:\n{}", node.log());
+    assert_eq!(stat(port, "degraded"), "true");
+    let n = rt.block_on(check_all(&client, &tracks));
+    eprintln!("phase 3: {n} keys checked again after the failover");
+    drop(client);
+
+    // 4. Replace device 1 (an empty device at that slot) and restart: re-replication.
+    let (dir, _log) = node.stop();
+    std::fs::remove_dir_all(dir.path().join("dev1")).expect("remove dev1");
     let node = Node::start_with_profile(tmp, dir, PROFILE, &CONFIG);
     let port = node.port;
     wait_for(
@@ -234,20 +265,16 @@ fn device_failure_loses_no_acknowledged_write_and_rereplication_restores_two_cop
         "only {copied} records re-replicated"
     );
 
-    // 3. Fail the other device with no write load: reads that hit it are served from the
-    // rebuilt copy, and once enough of them failed the worker fails its partitions over.
-    assert_eq!(node.info("fail-device:worker=1"), "ok");
+    // 5. Fail device 0: everything must read from the rebuilt device 1.
+    assert_eq!(node.info("fail-device:worker=0"), "ok");
     let client = rt.block_on(connect(port));
     let n = rt.block_on(check_all(&client, &tracks));
-    eprintln!("phase 3: {n} keys checked on the rebuilt device ({copied} records re-replicated)");
-    assert_eq!(stat(port, "failed_devices"), "1", "log:\n{}", node.log());
-    assert_eq!(stat(port, "degraded"), "true");
-    let n = rt.block_on(check_all(&client, &tracks));
-    eprintln!("phase 3: {n} keys checked again after the failover");
+    eprintln!("phase 5: {n} keys checked on the rebuilt device ({copied} records re-replicated)");
     // And writes go on, on the rebuilt device alone.
     let wp = WritePolicy::default();
     rt.block_on(client.put(&wp, &key(0), &[as_bin!("v", 1_000_000_i64)]))
         .expect("write after the second failure");
+    assert_eq!(stat(port, "failed_devices"), "1", "log:\n{}", node.log());
     drop(client);
     let log = node.stop_and_log();
     assert!(log.contains("node degraded"), "the failure is logged:\n{log}");

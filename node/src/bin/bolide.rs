@@ -20,6 +20,9 @@ use bolide_node::truncate::TruncateTable;
 
 /// The truncate table, in the data directory (docs/DISK_FORMAT.md, "Truncate table").
 const TRUNCATE_FILE: &str = "truncate.toml";
+/// Workers whose device failed while the node ran with replication, so their copies are
+/// stale until reconciled (docs/OPERATIONS.md, "Replication").
+const STALE_FILE: &str = "stale-devices.toml";
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -346,8 +349,25 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             .map(|h| h.join().unwrap_or_else(|_| Err("shard open panicked".into())))
             .collect()
     });
-    let (mut shards, fresh): (Vec<NodeShard>, Vec<bool>) =
+    let (mut shards, mut fresh): (Vec<NodeShard>, Vec<bool>) =
         opened.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
+    // A device that failed in an earlier run and was not replaced holds stale copies: treat it
+    // as blank for roles (its partitions are served by the other copy until reconciled).
+    let stale_path = cfg.data_dir.join(STALE_FILE);
+    let mut stale = load_stale(&stale_path)?;
+    if cfg.replication_factor == 2 {
+        for &w in &stale {
+            if let Some(f) = fresh.get_mut(w) {
+                if !*f {
+                    tracing::warn!(
+                        worker = w,
+                        "device failed in an earlier run: its copies are rebuilt before it serves"
+                    );
+                }
+                *f = true;
+            }
+        }
+    }
     // Truncated records stay gone: re-apply the saved cut-offs before serving (a cold start
     // finds their old copies in the wblocks).
     let truncate_path = cfg.data_dir.join(TRUNCATE_FILE);
@@ -383,6 +403,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     tracing::info!(listen = %cfg.listen, namespace = %cfg.namespace, node = %server_cfg.node_name, workers, replication_factor = cfg.replication_factor, "serving");
     while !stop.load(Ordering::Relaxed) && !server.stopping() {
         std::thread::sleep(Duration::from_millis(50));
+        if cfg.replication_factor == 2 {
+            track_stale(&server.shared, &mut stale, &stale_path);
+        }
     }
     tracing::info!("stopping: flushing and persisting the index");
     let mut first_err = None;
@@ -433,4 +456,60 @@ fn open_shard(w: usize, place: &Placement, cfg: &NodeConfig, switch: FaultSwitch
         .map_err(|e| format!("worker {w}: {}: {e}", path.display()))?;
     tracing::info!(worker = w, path = %path.display(), offset = region.offset_bytes, mode = ?report.mode, records = report.index_entries, ms = report.elapsed_ms, "shard ready");
     Ok((shard, report.mode == OpenMode::Formatted))
+}
+
+/// The workers listed in the stale-devices file (empty when there is none).
+fn load_stale(path: &Path) -> Result<Vec<usize>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Stale {
+        workers: Vec<usize>,
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str::<Stale>(&text)
+            .map(|s| s.workers)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Keeps the stale-devices file in step with the running node: a worker whose device fails is
+/// added (written and fsynced at once); once every partition has two complete copies and no
+/// device is failed, the file is removed.
+fn track_stale(shared: &bolide_node::server::NodeShared, stale: &mut Vec<usize>, path: &Path) {
+    let mut changed = false;
+    for (w, f) in shared.device_failed.iter().enumerate() {
+        if f.load(Ordering::Relaxed) && !stale.contains(&w) {
+            stale.push(w);
+            changed = true;
+        }
+    }
+    let healed = !stale.is_empty()
+        && shared.failed_devices() == 0
+        && shared.sync_remaining.load(Ordering::Relaxed) == 0
+        && shared.pmap.unreplicated() == 0;
+    if healed {
+        stale.clear();
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::info!("every partition has two complete copies again"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!("cannot remove {}: {e}", path.display()),
+        }
+        return;
+    }
+    if changed {
+        let text =
+            format!("# Workers whose device failed: their copies are stale until reconciled.\nworkers = {stale:?}\n");
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = path.with_extension("tmp");
+        let res = std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = res {
+            tracing::error!("cannot record the failed device in {}: {e}", path.display());
+        }
+    }
 }
