@@ -372,3 +372,57 @@ fn a_partial_buffer_is_flushed_after_flush_max_ms() {
     );
     assert_eq!(check_rec(&s.get_blocking(&digest_of(1)).unwrap()), (1, 1));
 }
+
+#[test]
+fn replica_copies_apply_only_when_newer_and_survive_a_restart() {
+    let clock = ManualClock::new(START_CL_MS);
+    let (mut master, _) = open_sim(sim(CAP, 31), &clock, small_cfg(false));
+    let (mut replica, _) = open_sim(sim(CAP, 32), &clock, small_cfg(false));
+    // Two versions on the master; copies carry its generation and LUT.
+    master.put_blocking(put_rec(5, 1, 100, 0)).unwrap();
+    let v1 = master.get_blocking(&digest_of(5)).unwrap();
+    clock.advance_ms(3);
+    master.put_blocking(put_rec(5, 2, 100, 0)).unwrap();
+    let v2 = master.get_blocking(&digest_of(5)).unwrap();
+    assert!(
+        replica.put_replica(v2.clone(), 1).unwrap().is_some(),
+        "a new copy applies"
+    );
+    // The older copy arriving late changes nothing; the same copy twice neither.
+    assert_eq!(replica.put_replica(v1, 2).unwrap(), None);
+    assert_eq!(replica.put_replica(v2.clone(), 3).unwrap(), None);
+    let got = replica.get_blocking(&digest_of(5)).unwrap();
+    assert_eq!(check_rec(&got), (5, 2));
+    assert_eq!(
+        (got.meta.generation, got.meta.lut_ms),
+        (v2.meta.generation, v2.meta.lut_ms),
+        "the copy keeps the master's generation and LUT"
+    );
+    // A tombstone copy deletes; a tombstone with bins is refused.
+    let mut tomb = v2.clone();
+    tomb.meta.tombstone = true;
+    tomb.meta.lut_ms += 1;
+    tomb.meta.generation += 1;
+    assert!(matches!(
+        replica.put_replica(tomb.clone(), 4),
+        Err(WriteError::Invalid(_))
+    ));
+    tomb.bins.clear();
+    tomb.set_name.clear();
+    tomb.key = None;
+    assert!(replica.put_replica(tomb, 5).unwrap().is_some());
+    assert_eq!(replica.get_blocking(&digest_of(5)), Err(ReadError::NotFound));
+    // A copy of another record, then a restart from the device: copies are records like any.
+    replica.put_replica(v2_of(&mut master, &clock, 6), 6).unwrap();
+    assert_eq!(replica.stats().replica_writes, 3);
+    let (_, dev) = replica.shutdown().unwrap();
+    let (mut again, _) = open_sim(dev, &clock, small_cfg(false));
+    assert_eq!(check_rec(&again.get_blocking(&digest_of(6)).unwrap()), (6, 1));
+    assert_eq!(again.get_blocking(&digest_of(5)), Err(ReadError::NotFound));
+}
+
+fn v2_of(master: &mut SimShard, clock: &ManualClock, key: u32) -> bolide_node::record::Record {
+    clock.advance_ms(1);
+    master.put_blocking(put_rec(key, 1, 50, 0)).unwrap();
+    master.get_blocking(&digest_of(key)).unwrap()
+}
