@@ -175,6 +175,8 @@ fn device_failure_loses_no_acknowledged_write_and_rereplication_restores_two_cop
     let port = node.port;
     assert_eq!(stat(port, "replication_factor"), "2");
     assert_eq!(stat(port, "degraded"), "false");
+    let bad = node.info("fail-device:worker=7");
+    assert!(bad.starts_with("ERROR:4:"), "an unknown worker is refused: {bad}");
     let rt = runtime();
 
     // 1. Write load; fail worker 0's device in the middle of it.

@@ -1,7 +1,8 @@
 //! Replication factor 2 on simulated devices, over many seeds: an in-process server with two
-//! workers, each on its own `SimDevice` (seeded latency and completion order) behind a fault
-//! switch, under write load from the official Rust client with `commit_to_device`. Each seed
-//! picks the device to fail and the moment (a number of acknowledged writes). Checks, as on
+//! workers on two devices, or four workers sharing two devices round-robin (by seed), each
+//! worker on its own `SimDevice` (seeded latency and completion order) behind a fault switch, under write load from the official Rust client with `commit_to_device`. Each seed
+//! picks the device to fail (every worker on it fails) and the moment (a number of acknowledged
+//! writes). Checks, as on
 //! io_uring: every acknowledged write reads back and writes go on; then the failed device is
 //! replaced by a blank one (the survivor restarts cleanly or after a crash, by seed),
 //! re-replication rebuilds the second copy, the survivor's device is failed, and every
@@ -64,7 +65,10 @@ fn open(dev: SimDevice, w: usize) -> (SimShard, FaultSwitch, bool) {
     (shard, sw, report.mode == OpenMode::Formatted)
 }
 
+/// Starts a server with one worker per device in `devs`; worker `w` is on physical device
+/// `w % 2` (with four workers, two share each device, round-robin as a profile assigns them).
 fn start(devs: Vec<SimDevice>) -> (Server<Faulty<SimDevice>, SystemClock>, Vec<FaultSwitch>, u16) {
+    let n = devs.len();
     let port = TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -79,11 +83,12 @@ fn start(devs: Vec<SimDevice>) -> (Server<Faulty<SimDevice>, SystemClock>, Vec<F
         switches.push(sw);
         fresh.push(f);
     }
-    let mut cfg = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], port)), NS, 2);
+    let mut cfg = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], port)), NS, n);
     cfg.replication_factor = 2;
+    cfg.device_of = (0..n).map(|w| w % 2).collect();
     cfg.fresh = fresh;
     cfg.fault_switches = switches.clone();
-    let server = Server::start(&cfg, shards, vec![None, None]).expect("start server");
+    let server = Server::start(&cfg, shards, vec![None; n]).expect("start server");
     (server, switches, port)
 }
 
@@ -183,13 +188,16 @@ fn wait(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 
 fn run_seed(seed: u64, rt: &tokio::runtime::Runtime) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // Two workers on two devices, or four sharing them round-robin.
+    let workers = if rng.gen_bool(0.5) { 2 } else { 4 };
     let victim = rng.gen_range(0..2usize);
     let fail_at = rng.gen_range(50..1500u64);
     let after = rng.gen_range(100..600u64);
     let survivor_crashes = rng.gen_bool(0.5);
+    let on = |dev: usize| (0..workers).filter(move |w| w % 2 == dev);
 
-    // 1. Load; fail the victim's device after `fail_at` acknowledged writes.
-    let (server, switches, port) = start(vec![sim(seed, 0), sim(seed, 1)]);
+    // 1. Load; fail the victim device (every worker on it) after `fail_at` acknowledged writes.
+    let (server, switches, port) = start((0..workers).map(|w| sim(seed, w)).collect());
     let client = rt.block_on(connect(port));
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
@@ -197,7 +205,9 @@ fn run_seed(seed: u64, rt: &tokio::runtime::Runtime) {
     wait(Duration::from_secs(60), "writes before the failure", || {
         acked.load(Ordering::Relaxed) >= fail_at
     });
-    switches[victim].trip();
+    for w in on(victim) {
+        switches[w].trip();
+    }
     let at_failure = acked.load(Ordering::Relaxed);
     wait(Duration::from_secs(60), "writes after the failure", || {
         acked.load(Ordering::Relaxed) >= at_failure + after
@@ -205,28 +215,26 @@ fn run_seed(seed: u64, rt: &tokio::runtime::Runtime) {
     stop.store(true, Ordering::Relaxed);
     let tracks = rt.block_on(task).expect("load");
     wait(Duration::from_secs(10), "failover", || {
-        server.shared.failed_devices() == 1
+        server.shared.failed_devices() == workers / 2
     });
     rt.block_on(check_all(&client, &tracks, seed, "after the failure"));
     drop(client);
 
-    // 2. Replace the victim's device with a blank one; the survivor restarts cleanly or after
+    // 2. Replace the victim device with a blank one; the survivor restarts cleanly or after
     // a crash.
-    let mut shards = server.stop();
-    let survivor = 1 - victim;
-    let surv_shard = shards.remove(survivor);
-    let surv_dev = if survivor_crashes {
-        let disk = surv_shard.into_device().into_inner().crash();
-        let mut c = SimConfig::new(format!("sim{survivor}"), DEVICE_BYTES, seed * 10 + 7);
-        c.latency_polls_max = 8;
-        SimDevice::from_disk(disk, c)
-    } else {
-        surv_shard.shutdown().expect("clean shutdown").1.into_inner()
-    };
-    drop(shards);
-    let mut devs = vec![sim(seed + 1000, victim), surv_dev];
-    if victim == 1 {
-        devs.swap(0, 1);
+    let shards = server.stop();
+    let mut devs = Vec::new();
+    for (w, shard) in shards.into_iter().enumerate() {
+        if w % 2 == victim {
+            devs.push(sim(seed + 1000, w));
+        } else if survivor_crashes {
+            let disk = shard.into_device().into_inner().crash();
+            let mut c = SimConfig::new(format!("sim{w}"), DEVICE_BYTES, seed * 10 + 7);
+            c.latency_polls_max = 8;
+            devs.push(SimDevice::from_disk(disk, c));
+        } else {
+            devs.push(shard.shutdown().expect("clean shutdown").1.into_inner());
+        }
     }
     let (server, switches, port) = start(devs);
     wait(Duration::from_secs(120), "re-replication", || {
@@ -238,8 +246,10 @@ fn run_seed(seed: u64, rt: &tokio::runtime::Runtime) {
         "seed {seed}: a partition lacks its second copy"
     );
 
-    // 3. Fail the survivor: everything reads from the rebuilt device.
-    switches[survivor].trip();
+    // 3. Fail the surviving device: everything reads from the rebuilt one.
+    for w in on(1 - victim) {
+        switches[w].trip();
+    }
     let client = rt.block_on(connect(port));
     rt.block_on(check_all(&client, &tracks, seed, "from the rebuilt device"));
     let wp = WritePolicy::default();
@@ -248,12 +258,8 @@ fn run_seed(seed: u64, rt: &tokio::runtime::Runtime) {
     drop(client);
     drop(server.stop());
     eprintln!(
-        "seed {seed}: failed worker {victim} after {at_failure} writes, {after}+ after; survivor {}; ok",
-        if survivor_crashes {
-            "crashed"
-        } else {
-            "shut down cleanly"
-        }
+        "seed {seed}: {workers} workers, failed device {victim} after {at_failure} writes, {after}+ after; survivor {}; ok",
+        if survivor_crashes { "crashed" } else { "shut down cleanly" }
     );
 }
 

@@ -385,13 +385,14 @@ pub trait InfoSource {
     /// `si-query`).
     fn latencies(&self) -> Vec<LatencyHist>;
 
-    /// `fail-device:worker=N` (Bolide, tests and drills): fails worker `N`'s device as if it
-    /// died. The default refuses: only a node configured with `fault_injection` allows it.
+    /// `fail-device:worker=N` or `fail-device:device=D` (Bolide, tests and drills): fails
+    /// worker `N`'s device, or device `D` under every worker that uses it, as if it died. The
+    /// default refuses: only a node configured with `fault_injection` allows it.
     ///
     /// # Errors
     /// The reason, answered as `ERROR:4:<reason>`.
-    fn fail_device(&mut self, worker: &str) -> Result<(), String> {
-        let _ = worker;
+    fn fail_device(&mut self, worker: Option<&str>, device: Option<&str>) -> Result<(), String> {
+        let _ = (worker, device);
         Err("fault injection is disabled (config key fault_injection)".into())
     }
 }
@@ -422,7 +423,7 @@ pub trait InfoSource {
 /// | `truncate:namespace=..;set=..[;lut=..]`, `truncate-namespace:namespace=..[;lut=..]` | `ok` |
 /// | `user-agent-set:value=..`, `status` | `ok` |
 /// | `latencies:[hist=<name>]` | see [`LatencyHist`] |
-/// | `fail-device:worker=N` | `ok`, or `ERROR:4:..` unless fault injection is on (Bolide) |
+/// | `fail-device:worker=N`, `fail-device:device=D` | `ok`, or `ERROR:4:..` unless fault injection is on (Bolide) |
 /// | anything else | `ERROR:4:unrecognized command` |
 ///
 /// Never panics on any input; TAB and `\n` inside a value become spaces.
@@ -506,7 +507,7 @@ fn answer(cmd: &InfoCommand<'_>, src: &mut dyn InfoSource, out: &mut Vec<u8>) {
         "truncate-namespace" => truncate(out, src, cmd, false),
         "user-agent-set" | "status" => out.extend_from_slice(b"ok"),
         "latencies" => latencies(out, src, cmd),
-        "fail-device" => match src.fail_device(cmd.param("worker").unwrap_or_default()) {
+        "fail-device" => match src.fail_device(cmd.param("worker"), cmd.param("device")) {
             Ok(()) => out.extend_from_slice(b"ok"),
             Err(e) => error(out, result_code::PARAMETER, &e),
         },

@@ -443,20 +443,31 @@ impl info::InfoSource for Source<'_> {
             ),
         ]
     }
-    fn fail_device(&mut self, worker: &str) -> Result<(), String> {
+    fn fail_device(&mut self, worker: Option<&str>, device: Option<&str>) -> Result<(), String> {
         let s = self.0;
         if s.fault_switches.is_empty() {
             return Err("fault injection is disabled (config key fault_injection)".into());
         }
-        let w: usize = worker
-            .parse()
-            .map_err(|_| format!("worker {worker:?} is not a number"))?;
-        let sw = s
-            .fault_switches
-            .get(w)
-            .ok_or_else(|| format!("no worker {w} (the node has {})", s.fault_switches.len()))?;
-        tracing::warn!(worker = w, "fail-device: failing the device on request");
-        sw.trip();
+        let number = |v: &str| v.parse::<usize>().map_err(|_| format!("{v:?} is not a number"));
+        let workers: Vec<usize> = match (worker, device) {
+            (Some(w), None) => vec![number(w)?],
+            (None, Some(d)) => {
+                let d = number(d)?;
+                (0..s.device_of.len()).filter(|&w| s.device_of[w] == d).collect()
+            }
+            _ => return Err("give exactly one of worker=N or device=D".into()),
+        };
+        if workers.is_empty() || workers.iter().any(|&w| w >= s.fault_switches.len()) {
+            return Err(format!(
+                "no such worker or device (workers 0..{}, devices {:?})",
+                s.fault_switches.len(),
+                s.device_of
+            ));
+        }
+        for w in workers {
+            tracing::warn!(worker = w, "fail-device: failing the device on request");
+            s.fault_switches[w].trip();
+        }
         Ok(())
     }
     fn sets(&self, _ns: &str) -> Vec<info::SetStats> {

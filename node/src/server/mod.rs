@@ -110,6 +110,8 @@ pub struct NodeShared {
     pub master_entries: Vec<AtomicU64>,
     /// Empty unless fault injection is configured.
     pub fault_switches: Vec<FaultSwitch>,
+    /// The device of each worker (as [`ServerConfig::device_of`]).
+    pub device_of: Vec<usize>,
     /// Partitions whose copies are still being reconciled (re-replication, cold-start repair).
     pub sync_remaining: AtomicU64,
     /// Records copied by re-replication and repair (applied: newer than the copy they replaced).
@@ -206,6 +208,7 @@ impl<D: BlockDevice + 'static, C: Clock + 'static> Server<D, C> {
             device_failed: (0..n).map(|_| AtomicBool::new(false)).collect(),
             master_entries: (0..n).map(|_| AtomicU64::new(0)).collect(),
             fault_switches: cfg.fault_switches.clone(),
+            device_of: cfg.device_of.clone(),
             sync_remaining: AtomicU64::new(syncing),
             rereplicated_records: AtomicU64::new(0),
             rereplication_read_errors: AtomicU64::new(0),
