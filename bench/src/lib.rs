@@ -2,6 +2,7 @@
 //! (`src/bin/`). Helpers shared by them live here.
 
 pub mod loadgen;
+pub mod plot;
 
 use bolide_node::digest::Digest;
 use bolide_node::index::IndexEntry;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use aerospike::{Client, ClientPolicy, ReadPolicy, WritePolicy};
 use bolide_bench::loadgen::keys::{KeyChooser, YCSB_ZIPFIAN_THETA};
-use bolide_bench::loadgen::report::{machine_json, phase_json, phase_text, PhaseResult};
+use bolide_bench::loadgen::report::{machine_json, phase_json, phase_text, plot_data, PhaseResult};
 use bolide_bench::loadgen::responder;
 use bolide_bench::loadgen::run::{error_examples, load_phase, run_phase, PhaseConfig, RunSpec, Target};
 use bolide_bench::loadgen::schedule::OpenLoopSchedule;
@@ -120,6 +120,9 @@ struct Args {
     /// Write the results (with the command and machine description) as JSON to this file.
     #[arg(long)]
     output_json: Option<std::path::PathBuf>,
+    /// Draw the last phase as an SVG (latency CDF per operation kind, throughput per second).
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
     /// Seed of the random number generators.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -176,6 +179,12 @@ fn plan(a: &Args) -> Result<Plan, String> {
     }
     if !(a.zipfian_theta > 0.0 && a.zipfian_theta < 1.0) {
         return Err(format!("--zipfian-theta: must be in (0, 1), got {}", a.zipfian_theta));
+    }
+    if a.plot
+        .as_ref()
+        .is_some_and(|p| p.extension().is_none_or(|e| !e.eq_ignore_ascii_case("svg")))
+    {
+        return Err("--plot: only SVG is supported; name the file *.svg".into());
     }
     if a.max_scan_records == 0 {
         return Err("--max-scan-records: must be at least 1".into());
@@ -340,6 +349,19 @@ async fn run(args: Args, plan: Plan, threads: usize, loadavg_at_start: &str) -> 
         let text = serde_json::to_string_pretty(&out).expect("json") + "\n";
         if let Err(e) = std::fs::write(path, text) {
             eprintln!("bolide-bench: --output-json {}: {e}", path.display());
+            return 1;
+        }
+    }
+    if let (Some(path), Some(last)) = (&args.plot, phases.last()) {
+        let title = format!(
+            "bolide-bench -w {} -o {} ({} phase, {:.0} ops/s)",
+            args.workload,
+            args.object_spec,
+            last.name,
+            last.ok_per_s()
+        );
+        if let Err(e) = bolide_bench::plot::write_plot(path, &plot_data(last, &title)) {
+            eprintln!("bolide-bench: --plot: {e}");
             return 1;
         }
     }
