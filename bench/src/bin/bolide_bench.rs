@@ -5,6 +5,10 @@
 //! `-R/--random`, `-t/--duration`, `-w/--workload`, `-z/--threads`, `-g/--throughput`,
 //! `-T/--timeout`, `--socket-timeout`, `--max-retries`, `-Y/--conn-pools-per-node`,
 //! `-c/--async-max-commands`); the rest are this tool's own. `bolide-bench --help` lists them.
+//!
+//! `bolide-bench act ...` is the ACT-style device test instead (`bolide_bench::act`;
+//! `bolide-bench act --help`): a first argument `act` selects it, every other command line is
+//! the load generator's, unchanged.
 
 use std::sync::Arc;
 
@@ -23,7 +27,8 @@ use serde_json::json;
 #[command(
     name = "bolide-bench",
     disable_help_flag = true,
-    about = "Load generator for Aerospike-protocol endpoints (Bolide or Aerospike), asbench-style options"
+    about = "Load generator for Aerospike-protocol endpoints (Bolide or Aerospike), asbench-style options",
+    after_help = "`bolide-bench act --help`: the ACT-style device test."
 )]
 struct Args {
     /// Print help.
@@ -213,6 +218,13 @@ fn plan(a: &Args) -> Result<Plan, String> {
 }
 
 fn main() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "act") {
+        let act_argv = std::iter::once("bolide-bench act".into())
+            .chain(argv[2..].iter().cloned())
+            .collect();
+        std::process::exit(bolide_bench::act_cli::main(act_argv));
+    }
     let loadavg_at_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let args = Args::parse();
     let plan = match plan(&args) {
