@@ -6,6 +6,7 @@ pub mod act_cli;
 pub mod devio;
 pub mod loadgen;
 pub mod plot;
+pub mod probe;
 
 use bolide_node::digest::Digest;
 use bolide_node::index::IndexEntry;
