@@ -10,8 +10,8 @@
 //! 2. **sequential write, then read**: `seq_io_bytes` (1 MiB) I/Os at each queue depth of
 //!    `seq_queue_depths` (1, 2, 4, 8, 16, 32); the figure is the best bandwidth, MB/s (10^6 B/s);
 //! 3. **random read, then write**: 4 KiB I/Os at uniformly random 4 KiB-aligned offsets at queue
-//!    depths 1, 2, 4, … up to `max_queue_depth` (64), stopping early once a doubling gains under
-//!    5 % IOPS over the best so far (saturated); the figure is the best IOPS;
+//!    depths 1, 2, 4, … up to `max_queue_depth` (64), stopping early once two doublings in a row
+//!    each gained under 5 % IOPS over the best so far (saturated); the figure is the best IOPS;
 //! 4. **QD1 latency**: p50 and p99 of the queue-depth-1 random steps, µs (the profile keeps the
 //!    p50).
 
@@ -214,13 +214,14 @@ fn sweep(
 ) -> Result<Vec<StepSummary>, String> {
     let region = dev.info().capacity_bytes;
     let mut out: Vec<StepSummary> = Vec::new();
+    let mut flat = 0;
     for &qd in depths {
         let r = devio::closed_loop(dev, kind, pattern, io_bytes, region, qd, step, None, rng)?;
         let s = StepSummary::of(qd, io_bytes, &r);
         let best_so_far = best(&out, |x| x.iops);
-        let saturated = saturating && qd >= 8 && s.iops < best_so_far * 1.05;
+        flat = if s.iops < best_so_far * 1.05 { flat + 1 } else { 0 };
         out.push(s);
-        if saturated {
+        if saturating && flat >= 2 {
             break;
         }
     }
