@@ -4,15 +4,19 @@
 # deleted at the end.
 #
 # Writes to $OUT (default bench/results/<date>-<hostname>/):
-#   probe.txt / probe.json            bolide probe (text, JSON)
-#   fio.txt, fio-<job>.json           fio per job, and a table: fio next to probe
-#   act-1x.txt / .json / .svg         ACT at 1x
-#   act-find-max.txt / .json / .svg   ACT --find-max
+#   probe$TAG.txt / .json                 bolide probe (text, JSON)
+#   fio$TAG.txt, fio-<job>$TAG.json       fio per job, and a table: fio next to probe
+#   act-1x$TAG.txt / .json / .svg         ACT at 1x
+#   act-find-max$TAG.txt / .json / .svg   ACT --find-max
 #
 # Environment: CARGO_TARGET_DIR, OUT, SCRATCH (/work/bench-scratch: must be on the disk to
 # measure), SIZE (2G: probe and fio file), ACT_SIZE (4G), FIO_RUNTIME (10 s per fio job),
 # ACT_DURATION (60 s) / ACT_SLICE (10 s) for 1x, MAX_DURATION (30 s) / MAX_SLICE (10 s) per
-# --find-max step, STEPS ("probe fio act1 actmax": which parts to run).
+# --find-max step, PROBE_STEP_S (2 s per probe step), TAG (appended to every file name, e.g.
+# -run2), STEPS ("probe fio act1 actmax": which parts to run).
+#
+# fio reports its percentiles of the total latency (submission + completion, --lat_percentiles),
+# which is what probe measures (submit to reap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +30,8 @@ ACT_SLICE=${ACT_SLICE:-10}
 MAX_DURATION=${MAX_DURATION:-30}
 MAX_SLICE=${MAX_SLICE:-10}
 STEPS=${STEPS:-"probe fio act1 actmax"}
+PROBE_STEP_S=${PROBE_STEP_S:-2}
+TAG=${TAG:-}
 
 command -v fio >/dev/null || apt-get install -y fio
 nice -n 5 cargo build --release --locked -p bolide-node --bin bolide -p bolide-bench --bin bolide-bench --bin bolide-probe
@@ -40,8 +46,8 @@ trap 'rm -f "$PROBE_FILE" "$ACT_FILE"' EXIT
 note() { echo "# $(date -u +%FT%TZ) load average: $(cut -d' ' -f1-3 /proc/loadavg)"; }
 
 if [[ " $STEPS " == *" probe "* ]]; then
-  cmd=("$BOLIDE" probe "$PROBE_FILE" --size "$SIZE" --json "$OUT/probe.json")
-  { note; echo "\$ ${cmd[*]}"; "${cmd[@]}"; note; } 2>&1 | tee "$OUT/probe.txt"
+  cmd=("$BOLIDE" probe "$PROBE_FILE" --size "$SIZE" --step-s "$PROBE_STEP_S" --json "$OUT/probe$TAG.json")
+  { note; echo "\$ ${cmd[*]}"; "${cmd[@]}"; note; } 2>&1 | tee "$OUT/probe$TAG.txt"
 fi
 
 if [[ " $STEPS " == *" fio "* ]]; then
@@ -54,20 +60,21 @@ if [[ " $STEPS " == *" fio "* ]]; then
       IFS=: read -r name rw bs qd <<<"$j"
       cmd=(fio --name="$name" --filename="$PROBE_FILE" --size="$SIZE" --rw="$rw" --bs="$bs" --iodepth="$qd"
            --direct=1 --ioengine=io_uring --time_based --runtime="$FIO_RUNTIME" --randrepeat=0 --norandommap
-           --output-format=json --output="$OUT/fio-$name.json")
+           --lat_percentiles=1 --output-format=json --output="$OUT/fio-$name$TAG.json")
       echo "\$ ${cmd[*]}"
       "${cmd[@]}"
-    done; note; } 2>&1 | tee "$OUT/fio.txt"
-  python3 - "$OUT" >>"$OUT/fio.txt" <<'EOF'
+    done; note; } 2>&1 | tee "$OUT/fio$TAG.txt"
+  python3 - "$OUT" "$TAG" >>"$OUT/fio$TAG.txt" <<'EOF'
 import json, sys, os
-out = sys.argv[1]
+out, tag = sys.argv[1], sys.argv[2]
 def fio(name):
-    j = json.load(open(os.path.join(out, f"fio-{name}.json")))["jobs"][0]
+    j = json.load(open(os.path.join(out, f"fio-{name}{tag}.json")))["jobs"][0]
     side = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
-    pct = side["clat_ns"].get("percentile", {})
+    pct = side["lat_ns"].get("percentile") or side["clat_ns"].get("percentile", {})
     return {"iops": side["iops"], "mbps": side["bw_bytes"] / 1e6,
             "p50_us": pct.get("50.000000", 0) / 1e3, "p99_us": pct.get("99.000000", 0) / 1e3}
-p = json.load(open(os.path.join(out, "probe.json")))["result"] if os.path.exists(os.path.join(out, "probe.json")) else None
+pj = os.path.join(out, f"probe{tag}.json")
+p = json.load(open(pj))["result"] if os.path.exists(pj) else None
 def probe(kind, qd):
     if not p: return None
     return next((s for s in p[kind] if s["queue_depth"] == qd), None)
@@ -86,18 +93,18 @@ for label, job, kind, qd, unit in rows:
     bl = f"{b['p50_us']:.1f} / {b['p99_us']:.1f}" if b else "-"
     print(f"| {label} | {fmt(f[unit])} | {bs} | {f['p50_us']:.1f} / {f['p99_us']:.1f} | {bl} |")
 EOF
-  tail -9 "$OUT/fio.txt"
+  tail -9 "$OUT/fio$TAG.txt"
 fi
 rm -f "$PROBE_FILE"
 
 if [[ " $STEPS " == *" act1 "* ]]; then
   cmd=("$BENCH" act --device "$ACT_FILE" --device-bytes "$ACT_SIZE" --load 1 --duration-s "$ACT_DURATION"
-       --slice-s "$ACT_SLICE" --json "$OUT/act-1x.json" --plot "$OUT/act-1x.svg")
-  { note; echo "\$ ${cmd[*]}"; "${cmd[@]}" || echo "exit code $?"; note; } 2>&1 | tee "$OUT/act-1x.txt"
+       --slice-s "$ACT_SLICE" --json "$OUT/act-1x$TAG.json" --plot "$OUT/act-1x$TAG.svg")
+  { note; echo "\$ ${cmd[*]}"; "${cmd[@]}" || echo "exit code $?"; note; } 2>&1 | tee "$OUT/act-1x$TAG.txt"
 fi
 
 if [[ " $STEPS " == *" actmax "* ]]; then
   cmd=("$BENCH" act --device "$ACT_FILE" --device-bytes "$ACT_SIZE" --find-max --duration-s "$MAX_DURATION"
-       --slice-s "$MAX_SLICE" --json "$OUT/act-find-max.json" --plot "$OUT/act-find-max.svg")
-  { note; echo "\$ ${cmd[*]}"; "${cmd[@]}" || echo "exit code $?"; note; } 2>&1 | tee "$OUT/act-find-max.txt"
+       --slice-s "$MAX_SLICE" --json "$OUT/act-find-max$TAG.json" --plot "$OUT/act-find-max$TAG.svg")
+  { note; echo "\$ ${cmd[*]}"; "${cmd[@]}" || echo "exit code $?"; note; } 2>&1 | tee "$OUT/act-find-max$TAG.txt"
 fi
