@@ -58,7 +58,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::devio::{self, CompletionWaiter};
-use crate::loadgen::report::histogram_json;
+use crate::loadgen::report::{histogram_json, ProcSample};
 use crate::loadgen::stats::{new_histogram, over_pct};
 use crate::plot::{cdf_points, CdfSeries, PlotData, RateSeries};
 
@@ -325,6 +325,10 @@ pub struct ActRun {
     pub wall_s: f64,
     /// Time the first `fill` took, if the device was filled before this run.
     pub fill: Option<(u64, f64)>,
+    /// This process's CPU time and its threads' run-queue wait (runnable, no CPU) over the
+    /// run, seconds (`/proc/self/stat`, `/proc/self/task/*/schedstat`); `None` if unreadable.
+    /// A large wait means the sender was late because the machine was busy.
+    pub cpu: Option<ProcSample>,
 }
 
 impl ActRun {
@@ -439,6 +443,7 @@ pub fn run_load(dev: &mut UringDevice, cfg: &ActConfig, n: f64) -> Result<ActRun
     let mut done: Vec<Completion> = Vec::with_capacity(qd);
     let max_lag_ns = (cfg.max_lag_s * 1e9) as u64;
     let mut abort: Option<String> = None;
+    let proc_at_start = ProcSample::of("self");
     let start = Instant::now();
     let now_ns = |start: Instant| start.elapsed().as_nanos() as u64;
 
@@ -543,6 +548,10 @@ pub fn run_load(dev: &mut UringDevice, cfg: &ActConfig, n: f64) -> Result<ActRun
         }
     }
     let wall_s = start.elapsed().as_secs_f64();
+    let cpu = ProcSample::of("self").zip(proc_at_start).map(|(b, a)| ProcSample {
+        cpu_s: b.cpu_s - a.cpu_s,
+        runqueue_wait_s: b.runqueue_wait_s - a.runqueue_wait_s,
+    });
     per_second.truncate((wall_s.ceil() as usize).max(1));
     Ok(ActRun {
         rates,
@@ -553,6 +562,7 @@ pub fn run_load(dev: &mut UringDevice, cfg: &ActConfig, n: f64) -> Result<ActRun
         abort,
         wall_s,
         fill: None,
+        cpu,
     })
 }
 
@@ -625,6 +635,8 @@ pub fn run_json(cfg: &ActConfig, r: &ActRun) -> Value {
             "device_mbps": round3(rates.device_mbps(cfg)),
         },
         "wall_s": round3(r.wall_s),
+        "cpu_s": r.cpu.map(|c| round3(c.cpu_s)),
+        "runqueue_wait_s": r.cpu.map(|c| round3(c.runqueue_wait_s)),
         "fill": r.fill.map(|(b, s)| json!({"bytes": b, "seconds": round3(s), "mbps": round3(b as f64 / 1e6 / s.max(1e-9))})),
         "slices": slices,
         "totals": totals,
@@ -722,6 +734,13 @@ pub fn run_text(cfg: &ActConfig, r: &ActRun) -> String {
             if h.is_empty() { "-".into() } else { ms(h.max()) },
             q(sv, 0.5),
             q(sv, 0.99)
+        );
+    }
+    if let Some(c) = r.cpu {
+        let _ = writeln!(
+            s,
+            "CPU {:.2} s in {:.1} s; this process's threads waited {:.2} s for a CPU (runnable, not running)",
+            c.cpu_s, r.wall_s, c.runqueue_wait_s
         );
     }
     let _ = writeln!(
@@ -912,6 +931,7 @@ mod tests {
             abort: None,
             wall_s: 20.0,
             fill: None,
+            cpu: None,
         };
         assert!(run(vec![good.clone(), good.clone()]).passed());
         let r = run(vec![good.clone(), bad]);
@@ -978,6 +998,7 @@ mod tests {
         assert!(v["pass"].is_boolean());
         assert!(v["slices"][1]["read_service_time"]["p99_us"].is_number());
         assert!(v["verdict_on_service_time"].is_string());
+        assert!(v["runqueue_wait_s"].is_number(), "{}", v["runqueue_wait_s"]);
         let t = run_text(&cfg, &run);
         assert!(t.contains("ACT 1x: "), "{t}");
         assert_eq!(
