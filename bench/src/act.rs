@@ -24,7 +24,9 @@
 //!   multiples of the block size.
 //!
 //! ACT's `commit-to-device`, `update-pct`, `replication-factor` and record-size ranges are not
-//! modelled (their defaults are what this test runs).
+//! modelled (their defaults are what this test runs). Several devices are tested at once by
+//! one [`run_load`] per device, each on its own thread and ring, each at the full per-device
+//! load (ACT spreads its total rates over the devices instead, which comes to the same).
 //!
 //! # Scheduling and latency
 //!
@@ -311,6 +313,8 @@ pub fn slice_verdict(read_latency: &Histogram<u64>) -> Result<(), String> {
 /// Everything one run at one load measured.
 #[derive(Clone, Debug)]
 pub struct ActRun {
+    /// The device (path) the run was on.
+    pub device: String,
     pub rates: ActRates,
     pub slices: Vec<Slice>,
     /// Whole-run latency from the intended time, per stream, ns.
@@ -554,6 +558,7 @@ pub fn run_load(dev: &mut UringDevice, cfg: &ActConfig, n: f64) -> Result<ActRun
     });
     per_second.truncate((wall_s.ceil() as usize).max(1));
     Ok(ActRun {
+        device: cfg.device.display().to_string(),
         rates,
         slices,
         totals,
@@ -619,6 +624,7 @@ pub fn run_json(cfg: &ActConfig, r: &ActRun) -> Value {
         totals.insert(st.name().into(), v);
     }
     json!({
+        "device": r.device,
         "load_n": rates.load_n,
         "pass": r.passed(),
         "verdict": match r.verdict() { Ok(()) => "pass".to_string(), Err(e) => format!("fail: {e}") },
@@ -759,8 +765,9 @@ pub fn run_text(cfg: &ActConfig, r: &ActRun) -> String {
     s
 }
 
-/// What `--plot` draws: read latency CDFs (one per run when several loads were tried, else
-/// reads and both large-block streams of the one run) over completed reads per second.
+/// What `--plot` draws: read latency CDFs (one per run when several loads or devices were
+/// tried, else reads and both large-block streams of the one run) over completed reads per
+/// second.
 pub fn plot_data(cfg: &ActConfig, runs: &[ActRun], title: &str) -> PlotData {
     let mut cdf = Vec::new();
     let mut rate = Vec::new();
@@ -772,15 +779,21 @@ pub fn plot_data(cfg: &ActConfig, runs: &[ActRun], title: &str) -> PlotData {
             });
         }
     }
+    let several_devices = runs.iter().any(|r| r.device != runs[0].device);
     for r in runs {
+        let label = if several_devices {
+            format!("{}x {}", r.rates.load_n, r.device)
+        } else {
+            format!("{}x", r.rates.load_n)
+        };
         if runs.len() > 1 {
             cdf.push(CdfSeries {
-                name: format!("read {}x", r.rates.load_n),
+                name: format!("read {label}"),
                 points: cdf_points(&r.totals[0]),
             });
         }
         rate.push(RateSeries {
-            name: format!("reads/s {}x", r.rates.load_n),
+            name: format!("reads/s {label}"),
             points: r
                 .per_second
                 .iter()
@@ -923,6 +936,7 @@ mod tests {
             read_service: hist(&[(100, 50)]),
         };
         let run = |slices| ActRun {
+            device: "x".into(),
             rates: ActRates::derive(&cfg, 1.0),
             slices,
             totals: [new_histogram(), new_histogram(), new_histogram()],

@@ -1,7 +1,10 @@
 //! `bolide-bench act`: the command line of the ACT-style device test ([`crate::act`]).
 //!
-//! Exit codes: 0 the device passed (at `--load`, or at 1× with `--find-max`), 1 it failed or a
-//! run could not be done (the message says which), 2 a bad option.
+//! Exit codes: 0 every device passed (at `--load`, or at 1× with `--find-max`), 1 one failed or
+//! a run could not be done (the message says which), 2 a bad option.
+//!
+//! `--device` may be given several times: each device gets its own thread and ring and the full
+//! per-device load, and a load passes only when every device passes.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -21,9 +24,9 @@ use crate::loadgen::report::machine_json;
 )]
 struct ActArgs {
     /// File or block device to test (a file is created, or grown, to --device-bytes).
-    /// Everything on it is overwritten.
-    #[arg(long)]
-    device: PathBuf,
+    /// Everything on it is overwritten. Repeat to test several devices at once.
+    #[arg(long, required = true)]
+    device: Vec<PathBuf>,
     /// Size of the file to create or grow, e.g. 4G (binary suffixes K, M, G, T).
     #[arg(long)]
     device_bytes: Option<String>,
@@ -72,7 +75,8 @@ struct ActArgs {
     plot: Option<PathBuf>,
 }
 
-fn config(a: &ActArgs) -> Result<ActConfig, String> {
+/// One configuration per `--device`, all with the same parameters.
+fn config(a: &ActArgs) -> Result<Vec<ActConfig>, String> {
     let device_bytes = a
         .device_bytes
         .as_deref()
@@ -80,7 +84,7 @@ fn config(a: &ActArgs) -> Result<ActConfig, String> {
         .transpose()
         .map_err(|e| format!("--device-bytes: {e}"))?;
     let cfg = ActConfig {
-        device: a.device.clone(),
+        device: a.device[0].clone(),
         device_bytes,
         record_bytes: a.record_bytes,
         wblock_size_bytes: a.wblock_size_bytes,
@@ -104,7 +108,17 @@ fn config(a: &ActArgs) -> Result<ActConfig, String> {
     {
         return Err("--plot: only SVG is supported; name the file *.svg".into());
     }
-    Ok(cfg)
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(d) = a.device.iter().find(|d| !seen.insert(*d)) {
+        return Err(format!("--device: {} is given twice", d.display()));
+    }
+    Ok(a.device
+        .iter()
+        .map(|d| ActConfig {
+            device: d.clone(),
+            ..cfg.clone()
+        })
+        .collect())
 }
 
 /// Runs `bolide-bench act ARGS` (`argv[0]` is the program name as shown in errors) and returns
@@ -118,36 +132,67 @@ pub fn main(argv: Vec<OsString>) -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    let cfg = match config(&a) {
+    let cfgs = match config(&a) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("bolide-bench act: {e}");
             return 2;
         }
     };
-    let (mut dev, fill) = match act::open_and_prep(&cfg, a.prep) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("bolide-bench act: {e}");
-            return 1;
+    let names = cfgs
+        .iter()
+        .map(|c| c.device.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut devs = Vec::with_capacity(cfgs.len());
+    for cfg in &cfgs {
+        match act::open_and_prep(cfg, a.prep) {
+            Ok((dev, fill)) => {
+                if let Some((bytes, secs)) = fill {
+                    eprintln!(
+                        "filled {} ({bytes} bytes) in {secs:.1} s ({:.0} MB/s)",
+                        cfg.device.display(),
+                        bytes as f64 / 1e6 / secs.max(1e-9)
+                    );
+                }
+                devs.push((dev, fill));
+            }
+            Err(e) => {
+                eprintln!("bolide-bench act: {e}");
+                return 1;
+            }
         }
-    };
-    if let Some((bytes, secs)) = fill {
-        eprintln!(
-            "filled {} ({bytes} bytes) in {secs:.1} s ({:.0} MB/s)",
-            cfg.device.display(),
-            bytes as f64 / 1e6 / secs.max(1e-9)
-        );
     }
     let mut runs: Vec<ActRun> = Vec::new();
+    // One load on every device at once (a thread and a ring each); passes if all pass.
     let mut one = |n: f64, runs: &mut Vec<ActRun>| -> Result<bool, String> {
-        let mut r = act::run_load(&mut dev, &cfg, n)?;
-        if runs.is_empty() {
-            r.fill = fill;
+        let first = runs.is_empty();
+        let results: Vec<Result<ActRun, String>> = std::thread::scope(|s| {
+            let hs: Vec<_> = devs
+                .iter_mut()
+                .zip(&cfgs)
+                .map(|((dev, _), cfg)| s.spawn(move || act::run_load(dev, cfg, n)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("an ACT thread panicked".into())))
+                .collect()
+        });
+        let mut passed = true;
+        for ((r, cfg), (_, fill)) in results.into_iter().zip(&cfgs).zip(&devs) {
+            let mut r = r?;
+            if first {
+                r.fill = *fill;
+            }
+            print!("{}", act::run_text(cfg, &r));
+            passed &= r.passed();
+            runs.push(r);
         }
-        print!("{}", act::run_text(&cfg, &r));
-        let passed = r.passed();
-        runs.push(r);
+        if cfgs.len() > 1 {
+            println!(
+                "ACT {n}x on {names}: {}",
+                if passed { "PASS on every device" } else { "FAIL" }
+            );
+        }
         Ok(passed)
     };
     let mut max_passing: Option<u64> = None;
@@ -166,8 +211,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         }
         if result.is_ok() {
             println!(
-                "ACT --find-max on {}: largest passing load {}",
-                cfg.device.display(),
+                "ACT --find-max on {names}: largest passing load {}",
                 max_passing.map_or("none (1x failed)".to_string(), |n| format!("{n}x"))
             );
         }
@@ -178,17 +222,20 @@ pub fn main(argv: Vec<OsString>) -> i32 {
     if let Err(e) = &outcome {
         eprintln!("bolide-bench act: {e}");
     }
+    let cfg = &cfgs[0];
     if let Some(path) = &a.json {
         let mut machine = machine_json();
         machine["loadavg_at_start"] = json!(loadavg_at_start.trim());
+        let mut params = act::config_json(cfg);
+        params["devices"] = json!(cfgs.iter().map(|c| c.device.display().to_string()).collect::<Vec<_>>());
         let out = json!({
             "bench": "bolide-bench act",
             "command": std::env::args().collect::<Vec<_>>().join(" "),
-            "params": act::config_json(&cfg),
+            "params": params,
             "find_max": a.find_max,
             "max_passing_load_n": if a.find_max { json!(max_passing) } else { json!(null) },
             "machine": machine,
-            "runs": runs.iter().map(|r| act::run_json(&cfg, r)).collect::<Vec<_>>(),
+            "runs": runs.iter().map(|r| act::run_json(cfg, r)).collect::<Vec<_>>(),
             "error": outcome.as_ref().err(),
         });
         if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&out).expect("json") + "\n") {
@@ -199,14 +246,13 @@ pub fn main(argv: Vec<OsString>) -> i32 {
     if let Some(path) = &a.plot {
         let title = if a.find_max {
             format!(
-                "ACT --find-max on {}: max passing {}",
-                cfg.device.display(),
+                "ACT --find-max on {names}: max passing {}",
                 max_passing.map_or("none".into(), |n| format!("{n}x"))
             )
         } else {
-            format!("ACT {}x on {}", a.load, cfg.device.display())
+            format!("ACT {}x on {names}", a.load)
         };
-        if let Err(e) = crate::plot::write_plot(path, &act::plot_data(&cfg, &runs, &title)) {
+        if let Err(e) = crate::plot::write_plot(path, &act::plot_data(cfg, &runs, &title)) {
             eprintln!("bolide-bench act: --plot: {e}");
             return 1;
         }
@@ -228,7 +274,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<ActConfig, String> {
+    fn parse(args: &[&str]) -> Result<Vec<ActConfig>, String> {
         let a =
             ActArgs::try_parse_from(std::iter::once("act").chain(args.iter().copied())).map_err(|e| e.to_string())?;
         config(&a)
@@ -236,7 +282,9 @@ mod tests {
 
     #[test]
     fn options_are_checked() {
-        let c = parse(&["--device", "/tmp/x", "--device-bytes", "4G"]).unwrap();
+        let c = parse(&["--device", "/tmp/x", "--device-bytes", "4G"])
+            .unwrap()
+            .remove(0);
         assert_eq!(c.device_bytes, Some(4 << 30));
         assert_eq!(c.duration_s, 60.0);
         assert_eq!(c.slice_s, 10.0);
@@ -254,5 +302,52 @@ mod tests {
             .contains("--plot"));
         assert!(parse(&["--device", "x", "--load", "0"]).unwrap_err().contains("--load"));
         assert!(parse(&[]).is_err(), "--device is required");
+        let two = parse(&["--device", "a", "--device", "b", "--load", "2"]).unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[1].device, PathBuf::from("b"));
+        assert!(parse(&["--device", "a", "--device", "a"])
+            .unwrap_err()
+            .contains("twice"));
+    }
+
+    #[test]
+    fn two_devices_run_at_once_and_report_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = |n: &str| dir.path().join(n).display().to_string();
+        let (json_path, svg_path) = (d("act.json"), d("act.svg"));
+        let argv = [
+            "bolide-bench act",
+            "--device",
+            &d("a.dat"),
+            "--device",
+            &d("b.dat"),
+            "--device-bytes",
+            "8M",
+            "--duration-s",
+            "1",
+            "--slice-s",
+            "1",
+            "--queue-depth",
+            "8",
+            "--json",
+            &json_path,
+            "--plot",
+            &svg_path,
+        ];
+        let code = main(argv.iter().map(OsString::from).collect());
+        assert!(code == 0 || code == 1, "pass or fail, not a usage error: {code}");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+        let runs = v["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0]["device"], d("a.dat"));
+        assert_eq!(runs[1]["device"], d("b.dat"));
+        for r in runs {
+            assert_eq!(
+                r["totals"]["read"]["count"], 2000,
+                "each device gets the full 1x read load"
+            );
+        }
+        assert_eq!(v["params"]["devices"].as_array().unwrap().len(), 2);
+        assert!(std::fs::metadata(&svg_path).unwrap().len() > 1000);
     }
 }
