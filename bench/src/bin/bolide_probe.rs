@@ -101,6 +101,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Check the profile before minutes of measuring, not after.
+    if let Some(path) = &a.write_profile {
+        let check = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| probe::update_profile(&text, a.device_index, &[], "check"));
+        if let Err(e) = check {
+            eprintln!("bolide probe: --write-profile {}: {e}", path.display());
+            std::process::exit(2);
+        }
+    }
     let result = match probe::probe(&cfg) {
         Ok(r) => r,
         Err(e) => {
