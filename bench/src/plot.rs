@@ -9,8 +9,10 @@
 //! 2. **Rate over time** per series: operations per second against seconds since the start.
 //!
 //! PNG is not offered: a bitmap needs a rasterised font, which means either a system font
-//! library (`ttf` feature: fontconfig + freetype) or a font file shipped with the tool. Convert
-//! the SVG (`rsvg-convert -o out.png out.svg`) when a PNG is needed.
+//! library (`ttf` feature: fontconfig + freetype, apt packages) or `ab_glyph` with a font file
+//! found at run time — and `ab_glyph` then becomes the font backend of the SVG too, so SVG
+//! would need the font file as well. Convert the SVG (`rsvg-convert -o out.png out.svg`, Debian's
+//! `librsvg2-bin`) when a PNG is needed.
 
 use std::path::Path;
 
