@@ -10,7 +10,8 @@
 # Environment: CARGO_TARGET_DIR, OUT, PORT (3137), KEYS (100000), DURATION (30 s measured),
 # WARMUP (5 s), IN_FLIGHT (16), DATA_PARENT (/var/tmp: the node's data files go to a new
 # directory under it, removed at the end), WORKLOADS (space-separated name=workload[:key-dist]),
-# CEILING (name:workload of the client-ceiling run against --responder, "" for none).
+# CEILING (name:workload of the client-ceiling run against --responder, "" for none), PLOT (1:
+# also draw each run as <name>.svg with --plot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,7 @@ WARMUP=${WARMUP:-5}
 IN_FLIGHT=${IN_FLIGHT:-16}
 DATA_PARENT=${DATA_PARENT:-/var/tmp}
 CEILING=${CEILING-ru50:RU,50}
+PLOT=${PLOT:-0}
 WORKLOADS=${WORKLOADS:-"loadgen-ru50-uniform-1k=RU,50:uniform loadgen-ru95-uniform-1k=RU,95:uniform loadgen-ycsb-a-1k=YCSB-A loadgen-ycsb-b-1k=YCSB-B"}
 
 cargo build --release --locked -p bolide-node --bin bolide -p bolide-bench --bin bolide-bench
@@ -64,6 +66,7 @@ for entry in $WORKLOADS; do
   cmd=("$BENCH" -h "127.0.0.1:$PORT" -n test -s testset -k "$KEYS" -o B1024 -w "$workload" "${key_dist[@]}"
        --load -t "$DURATION" --warmup "$WARMUP" -c "$IN_FLIGHT" --server-pid "$node_pid"
        --output-json "$OUT/$name.json")
+  [[ "$PLOT" == 1 ]] && cmd+=(--plot "$OUT/$name.svg")
   echo "== $name: ${cmd[*]}" | tee "$OUT/$name.txt"
   # Exit code 3: the run completed with failed operations (they are in the report).
   "${cmd[@]}" 2>&1 | tee -a "$OUT/$name.txt" || echo "bolide-bench exit code $?" | tee -a "$OUT/$name.txt"
@@ -77,6 +80,7 @@ if [[ -n "$CEILING" ]]; then
   workload=${CEILING#*:}
   cmd=("$BENCH" --responder -k "$KEYS" -o B1024 -w "$workload" --key-dist uniform --load -t "$DURATION"
        --warmup "$WARMUP" -c "$IN_FLIGHT" --output-json "$OUT/$name.json")
+  [[ "$PLOT" == 1 ]] && cmd+=(--plot "$OUT/$name.svg")
   echo "== $name: ${cmd[*]}" | tee "$OUT/$name.txt"
   "${cmd[@]}" 2>&1 | tee -a "$OUT/$name.txt" || echo "bolide-bench exit code $?" | tee -a "$OUT/$name.txt"
 fi

@@ -1,7 +1,12 @@
 //! Bolide benchmarks: criterion micro-benchmarks (`benches/`) and benchmark binaries
 //! (`src/bin/`). Helpers shared by them live here.
 
+pub mod act;
+pub mod act_cli;
+pub mod devio;
 pub mod loadgen;
+pub mod plot;
+pub mod probe;
 
 use bolide_node::digest::Digest;
 use bolide_node::index::IndexEntry;

@@ -5,12 +5,16 @@
 //! `-R/--random`, `-t/--duration`, `-w/--workload`, `-z/--threads`, `-g/--throughput`,
 //! `-T/--timeout`, `--socket-timeout`, `--max-retries`, `-Y/--conn-pools-per-node`,
 //! `-c/--async-max-commands`); the rest are this tool's own. `bolide-bench --help` lists them.
+//!
+//! `bolide-bench act ...` is the ACT-style device test instead (`bolide_bench::act`;
+//! `bolide-bench act --help`): a first argument `act` selects it, every other command line is
+//! the load generator's, unchanged.
 
 use std::sync::Arc;
 
 use aerospike::{Client, ClientPolicy, ReadPolicy, WritePolicy};
 use bolide_bench::loadgen::keys::{KeyChooser, YCSB_ZIPFIAN_THETA};
-use bolide_bench::loadgen::report::{machine_json, phase_json, phase_text, PhaseResult};
+use bolide_bench::loadgen::report::{machine_json, phase_json, phase_text, plot_data, PhaseResult};
 use bolide_bench::loadgen::responder;
 use bolide_bench::loadgen::run::{error_examples, load_phase, run_phase, PhaseConfig, RunSpec, Target};
 use bolide_bench::loadgen::schedule::OpenLoopSchedule;
@@ -23,7 +27,8 @@ use serde_json::json;
 #[command(
     name = "bolide-bench",
     disable_help_flag = true,
-    about = "Load generator for Aerospike-protocol endpoints (Bolide or Aerospike), asbench-style options"
+    about = "Load generator for Aerospike-protocol endpoints (Bolide or Aerospike), asbench-style options",
+    after_help = "`bolide-bench act --help`: the ACT-style device test."
 )]
 struct Args {
     /// Print help.
@@ -120,6 +125,9 @@ struct Args {
     /// Write the results (with the command and machine description) as JSON to this file.
     #[arg(long)]
     output_json: Option<std::path::PathBuf>,
+    /// Draw the last phase as an SVG (latency CDF per operation kind, throughput per second).
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
     /// Seed of the random number generators.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -177,6 +185,12 @@ fn plan(a: &Args) -> Result<Plan, String> {
     if !(a.zipfian_theta > 0.0 && a.zipfian_theta < 1.0) {
         return Err(format!("--zipfian-theta: must be in (0, 1), got {}", a.zipfian_theta));
     }
+    if a.plot
+        .as_ref()
+        .is_some_and(|p| p.extension().is_none_or(|e| !e.eq_ignore_ascii_case("svg")))
+    {
+        return Err("--plot: only SVG is supported; name the file *.svg".into());
+    }
     if a.max_scan_records == 0 {
         return Err("--max-scan-records: must be at least 1".into());
     }
@@ -204,6 +218,13 @@ fn plan(a: &Args) -> Result<Plan, String> {
 }
 
 fn main() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "act") {
+        let act_argv = std::iter::once("bolide-bench act".into())
+            .chain(argv[2..].iter().cloned())
+            .collect();
+        std::process::exit(bolide_bench::act_cli::main(act_argv));
+    }
     let loadavg_at_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let args = Args::parse();
     let plan = match plan(&args) {
@@ -340,6 +361,19 @@ async fn run(args: Args, plan: Plan, threads: usize, loadavg_at_start: &str) -> 
         let text = serde_json::to_string_pretty(&out).expect("json") + "\n";
         if let Err(e) = std::fs::write(path, text) {
             eprintln!("bolide-bench: --output-json {}: {e}", path.display());
+            return 1;
+        }
+    }
+    if let (Some(path), Some(last)) = (&args.plot, phases.last()) {
+        let title = format!(
+            "bolide-bench -w {} -o {} ({} phase, {:.0} ops/s)",
+            args.workload,
+            args.object_spec,
+            last.name,
+            last.ok_per_s()
+        );
+        if let Err(e) = bolide_bench::plot::write_plot(path, &plot_data(last, &title)) {
+            eprintln!("bolide-bench: --plot: {e}");
             return 1;
         }
     }

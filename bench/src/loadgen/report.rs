@@ -224,6 +224,53 @@ pub fn phase_json(p: &PhaseResult) -> Value {
     })
 }
 
+/// What `--plot` draws for a phase: one latency CDF per operation kind (measured totals) and
+/// successful operations per second over the phase, per kind and in total (warm-up included,
+/// since the series is what the progress lines showed). Intervals shorter than 0.25 s (the
+/// tail end of a phase) are left out: their rates are noise.
+pub fn plot_data(p: &PhaseResult, title: &str) -> crate::plot::PlotData {
+    use crate::plot::{cdf_points, CdfSeries, PlotData, RateSeries};
+    let cdf = p
+        .totals
+        .iter()
+        .filter(|(_, st)| !st.latency.is_empty())
+        .map(|(k, st)| CdfSeries {
+            name: k.name().to_string(),
+            points: cdf_points(&st.latency),
+        })
+        .collect();
+    let mut rate: Vec<RateSeries> = OpKind::ALL
+        .iter()
+        .filter(|k| p.series.iter().any(|s| s.ok_per_s[k.index()] > 0.0))
+        .map(|k| RateSeries {
+            name: k.name().to_string(),
+            points: p
+                .series
+                .iter()
+                .filter(|s| s.interval_s >= 0.25)
+                .map(|s| (s.t_s, s.ok_per_s[k.index()]))
+                .collect(),
+        })
+        .collect();
+    if rate.len() > 1 {
+        rate.push(RateSeries {
+            name: "total".into(),
+            points: p
+                .series
+                .iter()
+                .filter(|s| s.interval_s >= 0.25)
+                .map(|s| (s.t_s, s.ok_per_s.iter().sum()))
+                .collect(),
+        });
+    }
+    PlotData {
+        title: title.to_string(),
+        cdf,
+        rate,
+        rate_label: "successful ops/s".into(),
+    }
+}
+
 fn ms(ns: u64) -> String {
     format!("{:.3}", ns as f64 / 1e6)
 }
@@ -532,6 +579,17 @@ mod tests {
         );
         assert!(t.contains("error 2 "), "{t}");
         assert!(t.contains("server CPU"), "{t}");
+    }
+
+    #[test]
+    fn a_plot_of_a_phase_is_written() {
+        let d = plot_data(&phase(), "test");
+        assert_eq!(d.cdf.len(), 2, "read and update");
+        assert_eq!(d.rate.len(), 3, "read, update and total");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.svg");
+        crate::plot::write_plot(&path, &d).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > 1000);
     }
 
     #[test]

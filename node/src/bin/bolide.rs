@@ -47,7 +47,7 @@ enum Cmd {
     /// Run the node (the default command).
     Serve(ServeArgs),
     /// `backup` and `restore` (asbackup / asrestore flags) run the `bolide-backup` binary that is
-    /// built next to this one.
+    /// built next to this one; `probe DEVICE` runs `bolide-probe` (from bolide-bench).
     #[command(external_subcommand)]
     External(Vec<OsString>),
 }
@@ -199,28 +199,31 @@ fn main() {
     }
 }
 
-/// Runs `bolide-backup <backup|restore> ARGS...` from this executable's directory in place of
-/// this process (like `git <tool>`); returns only on failure.
+/// Runs `bolide-backup <backup|restore> ARGS...` or `bolide-probe ARGS...` (for `probe`) from
+/// this executable's directory in place of this process (like `git <tool>`); returns only on
+/// failure.
 fn run_tool(argv: &[OsString]) -> String {
     use std::os::unix::process::CommandExt;
     let sub = argv
         .first()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if sub != "backup" && sub != "restore" {
-        return format!("unknown command `{sub}`: try `bolide --help`");
-    }
+    let (tool, args, build) = match sub.as_str() {
+        "backup" | "restore" => ("bolide-backup", argv, "-p bolide-backup"),
+        "probe" => ("bolide-probe", &argv[1..], "-p bolide-bench --bin bolide-probe"),
+        _ => return format!("unknown command `{sub}`: try `bolide --help`"),
+    };
     let exe = match std::env::current_exe() {
-        Ok(p) => p.with_file_name("bolide-backup"),
+        Ok(p) => p.with_file_name(tool),
         Err(e) => return format!("cannot locate this executable: {e}"),
     };
     if !exe.exists() {
         return format!(
-            "`bolide {sub}` runs {}, which is not built: cargo build --release -p bolide-backup",
+            "`bolide {sub}` runs {}, which is not built: cargo build --release {build}",
             exe.display()
         );
     }
-    let e = std::process::Command::new(&exe).args(argv).exec();
+    let e = std::process::Command::new(&exe).args(args).exec();
     format!("cannot run {}: {e}", exe.display())
 }
 
