@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aerospike::expressions::{and, ge, int_val, last_update, lt};
+use aerospike::expressions::{and, ge, int_val, is_tombstone, last_update, lt, Expression};
 use aerospike::query::PartitionFilter;
 use aerospike::{Bins, Client, ClientPolicy, Key, QueryPolicy, Statement};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -27,6 +27,10 @@ use crate::state::{self, State, Unit};
 const CHECKPOINT_RECORDS: u64 = 5000;
 /// The resume state is written to disk at most this often.
 const STATE_SAVE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The deletions an incremental directory backup captured (a Bolide extension): `+ ` record
+/// headers with `+ b 0`, in a file asrestore does not read (it reads `*.asb` only).
+pub const DELETES_FILE: &str = "deletes.asbd";
 
 /// Number of partitions (wire spec §4).
 pub const PARTITIONS: usize = 4096;
@@ -202,14 +206,14 @@ fn filter_of(unit: &Unit, namespace: &str) -> PartitionFilter {
 }
 
 /// Splits units into at most `parts` contiguous, non-empty groups.
-fn split_units(units: Vec<Unit>, parts: usize) -> Vec<Vec<Unit>> {
+fn split_units<T>(units: Vec<T>, parts: usize) -> Vec<Vec<T>> {
     let parts = parts.clamp(1, units.len().max(1));
     let n = units.len();
     let mut out = Vec::with_capacity(parts);
     let mut it = units.into_iter();
     for i in 0..parts {
         let take = n * (i + 1) / parts - n * i / parts;
-        let group: Vec<Unit> = it.by_ref().take(take).collect();
+        let group: Vec<T> = it.by_ref().take(take).collect();
         if !group.is_empty() {
             out.push(group);
         }
@@ -260,6 +264,9 @@ pub fn split_range(begin: usize, count: usize, parts: usize) -> Vec<Job> {
 #[derive(Debug, Clone)]
 pub struct BackupSummary {
     pub records: u64,
+    /// Deletions captured by the deletion pass of an incremental directory backup (`None`: no
+    /// deletion pass ran).
+    pub deletes: Option<u64>,
     pub bytes: u64,
     pub files: u64,
     pub elapsed: Duration,
@@ -277,7 +284,11 @@ impl std::fmt::Display for BackupSummary {
             secs,
             self.records as f64 / secs,
             self.bytes as f64 / secs / (1024.0 * 1024.0)
-        )
+        )?;
+        if let Some(d) = self.deletes {
+            write!(f, "; {d} deletion(s) in {DELETES_FILE}")?;
+        }
+        Ok(())
     }
 }
 
@@ -666,13 +677,8 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     if let Some(rps) = args.records_per_second {
         policy.records_per_second = (rps / u32::from(args.parallel).min(jobs.len() as u32)).max(1);
     }
-    let lut_ns = |secs: i64| int_val(secs.saturating_mul(1_000_000_000));
-    policy.base_policy.filter_expression = match (args.modified_after, args.modified_before) {
-        (Some(a), Some(b)) => Some(and(vec![ge(last_update(), lut_ns(a)), lt(last_update(), lut_ns(b))])),
-        (Some(a), None) => Some(ge(last_update(), lut_ns(a))),
-        (None, Some(b)) => Some(lt(last_update(), lut_ns(b))),
-        (None, None) => None,
-    };
+    let lut_range = lut_filter(args.modified_after, args.modified_before);
+    policy.base_policy.filter_expression = lut_range.clone();
     let bins = if args.no_bins {
         Bins::None
     } else if args.bin_list.is_empty() {
@@ -689,7 +695,7 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
                 .clone()
                 .unwrap_or_else(|| dir.join(format!("{}.asb.state", args.namespace)));
             let st = resumed.clone().unwrap_or(State {
-                units,
+                units: units.clone(),
                 ..State::default()
             });
             st.save(&path)?;
@@ -698,6 +704,12 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
         _ => None,
     };
     let files_before = resumed.as_ref().map_or(0, |st| st.files.len() as u64);
+    // The deletion pass covers whole partitions of the backup's units (a partial partition of a
+    // resumed backup included: the pass is redone whole on every run).
+    let all_units: Vec<Unit> = match (&resumed, &args.partition_list) {
+        (Some(st), _) => st.units.clone(),
+        _ => units.clone(),
+    };
 
     let client = connect(&args.host, args.port).await?;
     let shared = Arc::new(Shared {
@@ -795,16 +807,149 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
             w.flush().map_err(|e| format!("flush output: {e}"))?;
         }
     }
+    // Incremental: the deletions in the same LUT range, after the records (the state stays
+    // until this pass is done, so a killed run redoes it on --continue).
+    let deletes = match (&lut_range, &args.directory) {
+        (Some(range), Some(dir)) => {
+            Some(deletion_pass(&shared, &all_units, range.clone(), args.parallel as usize, dir).await?)
+        }
+        (Some(_), None) => {
+            eprintln!("note: deletions are captured only in directory mode (--directory); none recorded");
+            None
+        }
+        _ => None,
+    };
     if let Some((path, _)) = &shared.state {
         fs::remove_file(path).map_err(|e| format!("remove {}: {e}", path.display()))?;
     }
     let _ = shared.client.close().await;
     Ok(BackupSummary {
         records: shared.records.load(Ordering::Relaxed),
+        deletes,
         bytes: shared.bytes.load(Ordering::Relaxed),
         files: shared.files.load(Ordering::Relaxed).max(1),
         elapsed: start.elapsed(),
     })
+}
+
+/// The last-update-time filter of `--modified-after` / `--modified-before` (Unix seconds; the
+/// expression compares nanoseconds since the Unix epoch, wire spec §3.3 field 43).
+pub fn lut_filter(after: Option<i64>, before: Option<i64>) -> Option<Expression> {
+    let lut_ns = |secs: i64| int_val(secs.saturating_mul(1_000_000_000));
+    match (after, before) {
+        (Some(a), Some(b)) => Some(and(vec![ge(last_update(), lut_ns(a)), lt(last_update(), lut_ns(b))])),
+        (Some(a), None) => Some(ge(last_update(), lut_ns(a))),
+        (None, Some(b)) => Some(lt(last_update(), lut_ns(b))),
+        (None, None) => None,
+    }
+}
+
+/// Whole-partition scan filters covering `units`: contiguous partitions coalesced into ranges.
+fn partition_ranges(units: &[Unit]) -> Vec<(usize, usize)> {
+    let mut pids: Vec<usize> = units.iter().map(Unit::pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for p in pids {
+        match out.last_mut() {
+            Some((b, c)) if *b + *c == p => *c += 1,
+            _ => out.push((p, 1)),
+        }
+    }
+    out
+}
+
+/// The deletion pass of an incremental directory backup: scans `units`' partitions with
+/// `and(is_tombstone(), lut_range)` and writes every zero-bin record returned (a deletion, see
+/// `docs/ARCHITECTURE.md`, "Tombstone scans") to `<dir>/deletes.asbd`, replacing any such file.
+/// Against a real Aerospike server the scan returns nothing and the file holds only its header.
+/// Returns the number of deletions written.
+///
+/// # Errors
+/// A scan or write failure, naming the partitions or the file.
+async fn deletion_pass(
+    shared: &Arc<Shared>,
+    units: &[Unit],
+    lut_range: Expression,
+    parallel: usize,
+    dir: &Path,
+) -> Result<u64, String> {
+    let path = dir.join(DELETES_FILE);
+    let mut policy = shared.policy.clone();
+    policy.include_bin_data = false;
+    policy.base_policy.filter_expression = Some(and(vec![is_tombstone(), lut_range]));
+    let file = File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let mut header = Vec::new();
+    asb::encode_header(&mut header, &shared.namespace, false);
+    writer
+        .write_all(&header)
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
+    let out = Arc::new(Mutex::new(writer));
+    let ranges = partition_ranges(units);
+    let groups = split_units(ranges, parallel);
+    let mut tasks = Vec::new();
+    for group in groups {
+        let (shared, out, policy, path) = (shared.clone(), out.clone(), policy.clone(), path.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            for (begin, count) in group {
+                let stmt = Statement::new(shared.namespace.clone(), shared.set.clone(), Bins::None);
+                let rs = shared
+                    .client
+                    .query(&policy, PartitionFilter::by_range(begin, count), stmt)
+                    .await
+                    .map_err(|e| format!("deletion scan of partitions {begin}-{}: {e}", begin + count - 1))?;
+                let mut stream = rs.into_stream();
+                let mut chunk = Vec::new();
+                while let Some(item) = stream.next().await {
+                    let rec =
+                        item.map_err(|e| format!("deletion scan of partitions {begin}-{}: {e}", begin + count - 1))?;
+                    // Only a zero-bin record is a deletion (a live record always has bins).
+                    if !rec.bins.is_empty() {
+                        continue;
+                    }
+                    let rec = convert::record_of(&shared.namespace, &rec).map_err(|e| format!("deletion: {e}"))?;
+                    asb::encode_record(&mut chunk, &rec, BytesForm::Base64);
+                    n += 1;
+                    if chunk.len() >= CHUNK_BYTES {
+                        out.lock()
+                            .map_err(|_| "output lock poisoned".to_string())?
+                            .write_all(&chunk)
+                            .map_err(|e| format!("write {}: {e}", path.display()))?;
+                        chunk.clear();
+                    }
+                }
+                out.lock()
+                    .map_err(|_| "output lock poisoned".to_string())?
+                    .write_all(&chunk)
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+            }
+            Ok::<u64, String>(n)
+        }));
+    }
+    let mut total = 0;
+    let mut first_err = None;
+    for t in tasks {
+        match t.await.map_err(|e| format!("deletion scan task: {e}")).and_then(|r| r) {
+            Ok(n) => total += n,
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let writer = Arc::try_unwrap(out)
+        .map_err(|_| "deletion writer still shared".to_string())?
+        .into_inner()
+        .map_err(|_| "output lock poisoned".to_string())?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| format!("write {}: {}", path.display(), e.error()))?;
+    file.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))?;
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -5,6 +5,10 @@
 //! hands each record to one of `--threads` writer tasks chosen by the record's partition, so the
 //! versions of one record are written in file order. Each writer keeps up to
 //! [`IN_FLIGHT_PER_THREAD`] puts outstanding.
+//!
+//! A directory's `deletes.asbd` (the deletions an incremental backup captured, see
+//! [`crate::backup::DELETES_FILE`]) is applied after the directory's .asb files, once every
+//! write of them is done: each record in it is deleted by digest (not found counts as done).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -15,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aerospike::{Bin, Client, Expiration, GenerationPolicy, RecordExistsAction, WritePolicy};
+use futures::future::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
@@ -111,6 +116,10 @@ pub struct RestoreSummary {
     pub files: u64,
     /// Index and UDF entries found and not restored.
     pub skipped_global: u64,
+    /// Deletions read from `deletes.asbd` files, applied, and found already absent.
+    pub deletes_read: u64,
+    pub deleted: u64,
+    pub delete_absent: u64,
     pub elapsed: Duration,
 }
 
@@ -124,6 +133,13 @@ impl std::fmt::Display for RestoreSummary {
         )?;
         for (code, n) in &self.failed_by_code {
             write!(f, " [result code {code}: {n}]")?;
+        }
+        if self.deletes_read > 0 {
+            write!(
+                f,
+                "; {} deletion(s) read, {} deleted, {} already absent",
+                self.deletes_read, self.deleted, self.delete_absent
+            )?;
         }
         if self.skipped_global > 0 {
             write!(f, "; {} index/UDF entries not restored", self.skipped_global)?;
@@ -142,26 +158,32 @@ struct Counters {
     failed: AtomicU64,
     failed_by_code: Mutex<BTreeMap<i32, u64>>,
     skipped_global: AtomicU64,
+    deletes_read: AtomicU64,
+    deleted: AtomicU64,
+    delete_absent: AtomicU64,
     abort: AtomicBool,
     first_failure: Mutex<Option<String>>,
 }
 
 enum Source {
     File(PathBuf),
+    /// A directory's `deletes.asbd`.
+    Deletes(PathBuf),
     Stdin,
 }
 
 impl Source {
     fn name(&self) -> String {
         match self {
-            Source::File(p) => p.display().to_string(),
+            Source::File(p) | Source::Deletes(p) => p.display().to_string(),
             Source::Stdin => "<stdin>".into(),
         }
     }
 }
 
-/// The sources in order, each tagged with its place in the chain (one directory, or the input
-/// file, is one element).
+/// The sources in order, each tagged with its place in the chain: a directory's .asb files are
+/// one element, its `deletes.asbd` the next (so it is applied after every write before it), the
+/// input file the last.
 fn sources(args: &RestoreArgs) -> Result<Vec<(usize, Source)>, String> {
     let mut dirs: Vec<PathBuf> = args.directory.iter().cloned().collect();
     dirs.extend(args.directory_list.iter().cloned());
@@ -178,11 +200,15 @@ fn sources(args: &RestoreArgs) -> Result<Vec<(usize, Source)>, String> {
             return Err(format!("no .asb files in {}", dir.display()));
         }
         files.sort();
-        out.extend(files.into_iter().map(|f| (element, Source::File(f))));
+        out.extend(files.into_iter().map(|f| (2 * element, Source::File(f))));
+        let deletes = dir.join(crate::backup::DELETES_FILE);
+        if deletes.is_file() {
+            out.push((2 * element + 1, Source::Deletes(deletes)));
+        }
     }
     match args.input_file.as_deref() {
-        Some("-") => out.push((dirs.len(), Source::Stdin)),
-        Some(f) => out.push((dirs.len(), Source::File(PathBuf::from(f)))),
+        Some("-") => out.push((2 * dirs.len(), Source::Stdin)),
+        Some(f) => out.push((2 * dirs.len(), Source::File(PathBuf::from(f)))),
         None => {}
     }
     if out.is_empty() {
@@ -250,7 +276,7 @@ fn read_all(
         chain_element = Some(element);
         let name = src.name();
         let input: Box<dyn BufRead> = match &src {
-            Source::File(p) => Box::new(BufReader::with_capacity(
+            Source::File(p) | Source::Deletes(p) => Box::new(BufReader::with_capacity(
                 1 << 20,
                 File::open(p).map_err(|e| format!("open {name}: {e}"))?,
             )),
@@ -285,11 +311,17 @@ fn read_all(
                     ));
                 }
             }
-            counters.read.fetch_add(1, Ordering::Relaxed);
+            let msg = if matches!(src, Source::Deletes(_)) {
+                counters.deletes_read.fetch_add(1, Ordering::Relaxed);
+                Msg::Delete(rec)
+            } else {
+                counters.read.fetch_add(1, Ordering::Relaxed);
+                Msg::Record(rec)
+            };
             // Same partition → same writer: a chain's versions of a record stay in order.
-            let pid = u16::from_le_bytes([rec.digest[0], rec.digest[1]]) as usize % 4096;
+            let pid = u16::from_le_bytes([rec_digest(&msg)[0], rec_digest(&msg)[1]]) as usize % 4096;
             let tx = &senders[pid % senders.len()];
-            if tx.blocking_send(Msg::Record(rec)).is_err() {
+            if tx.blocking_send(msg).is_err() {
                 // The writers stopped (abort).
                 return Ok(files);
             }
@@ -301,9 +333,18 @@ fn read_all(
     Ok(files)
 }
 
+fn rec_digest(msg: &Msg) -> &[u8; 20] {
+    match msg {
+        Msg::Record(r) | Msg::Delete(r) => &r.digest,
+        Msg::Barrier(_) => unreachable!("barriers carry no record"),
+    }
+}
+
 /// What the reader hands a writer.
 enum Msg {
     Record(asb::Record),
+    /// A deletion from `deletes.asbd`: delete the record by digest.
+    Delete(asb::Record),
     /// Finish every outstanding put, then answer: the reader waits for all writers between two
     /// backups of a chain, so a later backup's version of a record is never written before (or
     /// concurrently with) an earlier one's.
@@ -347,21 +388,52 @@ async fn write_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: a
             } else if code == 5 && cfg.unique {
                 counters.existed.fetch_add(1, Ordering::Relaxed);
             } else {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                *counters
-                    .failed_by_code
-                    .lock()
-                    .expect("counter lock")
-                    .entry(code)
-                    .or_default() += 1;
-                if !(cfg.ignore_record_error && RECORD_ERRORS.contains(&code)) {
-                    counters
-                        .first_failure
-                        .lock()
-                        .expect("failure lock")
-                        .get_or_insert_with(|| format!("record {key}: {e} (result code {code})"));
-                    counters.abort.store(true, Ordering::Relaxed);
-                }
+                count_failure(cfg, counters, code, || {
+                    format!("record {key}: {e} (result code {code})")
+                });
+            }
+        }
+    }
+}
+
+/// Counts a failed record write or delete with result code `code` and stops the restore unless
+/// it is a record error `--ignore-record-error` skips.
+fn count_failure(cfg: &WriterCfg, counters: &Counters, code: i32, what: impl FnOnce() -> String) {
+    counters.failed.fetch_add(1, Ordering::Relaxed);
+    *counters
+        .failed_by_code
+        .lock()
+        .expect("counter lock")
+        .entry(code)
+        .or_default() += 1;
+    if !(cfg.ignore_record_error && RECORD_ERRORS.contains(&code)) {
+        counters
+            .first_failure
+            .lock()
+            .expect("failure lock")
+            .get_or_insert_with(what);
+        counters.abort.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn delete_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: asb::Record) {
+    let ns = cfg.target_ns.as_deref().unwrap_or(&rec.namespace);
+    let key = convert::key_of(ns, &rec);
+    match client.delete(&WritePolicy::default(), &key).await {
+        Ok(true) => {
+            counters.deleted.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(false) => {
+            counters.delete_absent.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            let code = e.result_code();
+            if code == 2 {
+                counters.delete_absent.fetch_add(1, Ordering::Relaxed);
+            } else {
+                count_failure(cfg, counters, code, || {
+                    format!("delete {key}: {e} (result code {code})")
+                });
             }
         }
     }
@@ -381,7 +453,11 @@ async fn writer(client: Arc<Client>, cfg: Arc<WriterCfg>, counters: Arc<Counters
             msg = rx.recv() => match msg {
                 Some(Msg::Record(rec)) => {
                     let (client, cfg, counters) = (client.clone(), cfg.clone(), counters.clone());
-                    in_flight.push(async move { write_one(&client, &cfg, &counters, rec).await });
+                    in_flight.push(async move { write_one(&client, &cfg, &counters, rec).await }.boxed());
+                }
+                Some(Msg::Delete(rec)) => {
+                    let (client, cfg, counters) = (client.clone(), cfg.clone(), counters.clone());
+                    in_flight.push(async move { delete_one(&client, &cfg, &counters, rec).await }.boxed());
                 }
                 Some(Msg::Barrier(ack)) => {
                     while in_flight.next().await.is_some() {}
@@ -488,6 +564,9 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
         failed_by_code: counters.failed_by_code.lock().expect("counter lock").clone(),
         files: *read_result.as_ref().unwrap_or(&0),
         skipped_global: counters.skipped_global.load(Ordering::Relaxed),
+        deletes_read: counters.deletes_read.load(Ordering::Relaxed),
+        deleted: counters.deleted.load(Ordering::Relaxed),
+        delete_absent: counters.delete_absent.load(Ordering::Relaxed),
         elapsed: start.elapsed(),
     };
     if let Err(e) = read_result {

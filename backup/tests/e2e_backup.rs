@@ -499,6 +499,109 @@ fn incremental_chain_restores_latest_state() {
     });
 }
 
+async fn delete_records(port: u16, range: std::ops::Range<u32>) {
+    let client = connect(port).await;
+    for i in range {
+        let key = Key::new(NS, set_of(i), Value::from(format!("k{i}"))).expect("key");
+        assert!(
+            client.delete(&WritePolicy::default(), &key).await.expect("delete"),
+            "record {i} existed"
+        );
+    }
+}
+
+/// Sleeps past the next second boundary, returns that second (UTC, as `--modified-after`
+/// takes it), and sleeps past the one after: every write before the call is older than the
+/// returned time, every write after it newer.
+fn time_boundary() -> String {
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = now_utc_string();
+    std::thread::sleep(Duration::from_millis(1100));
+    t
+}
+
+/// Issue 4: a full backup and two incrementals with records created, updated and deleted
+/// (and deleted records created again) between them; the chain restored into an empty node
+/// equals the source exactly, deleted records absent.
+#[test]
+fn incremental_chain_with_deletes_restores_the_exact_state() {
+    let src = Node::start();
+    let dst = Node::start();
+    let rt = runtime();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
+    let (full, incr1, incr2) = (
+        dir.path().join("full"),
+        dir.path().join("incr1"),
+        dir.path().join("incr2"),
+    );
+    let port = src.port.to_string();
+    let backup = |d: &std::path::Path, after: Option<&str>| {
+        let mut args = vec![
+            "backup",
+            "-p",
+            &port,
+            "-n",
+            NS,
+            "-d",
+            d.to_str().expect("utf8"),
+            "-w",
+            "3",
+        ];
+        if let Some(a) = after {
+            args.extend(["--modified-after", a]);
+        }
+        tool_ok(&args)
+    };
+
+    rt.block_on(put_records(src.port, 0..1000, 1));
+    let msg = backup(&full, None);
+    assert!(msg.contains("backup done: 1000 records"), "{msg}");
+    assert!(!msg.contains("deletion"), "a full backup has no deletion pass: {msg}");
+    assert!(!full.join("deletes.asbd").exists());
+
+    // Round 1: 100 updated, 100 created, 100 old ones deleted, 10 new ones deleted again.
+    let after1 = time_boundary();
+    rt.block_on(async {
+        put_records(src.port, 900..1100, 2).await;
+        delete_records(src.port, 0..100).await;
+        delete_records(src.port, 1050..1060).await;
+    });
+    let msg = backup(&incr1, Some(&after1));
+    assert!(msg.contains("backup done: 190 records"), "{msg}");
+    assert!(msg.contains("110 deletion(s)"), "{msg}");
+
+    // Round 2: 50 of the updated ones deleted, 20 deleted ones created again, 10 new.
+    let after2 = time_boundary();
+    rt.block_on(async {
+        delete_records(src.port, 900..950).await;
+        put_records(src.port, 0..20, 3).await;
+        put_records(src.port, 2000..2010, 3).await;
+    });
+    let msg = backup(&incr2, Some(&after2));
+    assert!(msg.contains("backup done: 30 records"), "{msg}");
+    assert!(msg.contains("50 deletion(s)"), "{msg}");
+
+    let dport = dst.port.to_string();
+    let list = format!("{},{},{}", full.display(), incr1.display(), incr2.display());
+    let msg = tool_ok(&["restore", "-p", &dport, "--directory-list", &list]);
+    assert!(
+        msg.contains("160 deletion(s) read, 150 deleted, 10 already absent"),
+        "{msg}"
+    );
+    rt.block_on(async {
+        let a = scan_all(&connect(src.port).await).await;
+        let b = scan_all(&connect(dst.port).await).await;
+        assert_eq!(a.len(), 1000 + 100 - 100 - 10 - 50 + 20 + 10);
+        assert_same(&a, &b, 5);
+        let client = connect(dst.port).await;
+        for i in [0u32, 19, 20, 99, 900, 949, 1055] {
+            let key = Key::new(NS, set_of(i), Value::from(format!("k{i}"))).expect("key");
+            let exists = client.exists(&ReadPolicy::default(), &key).await.expect("exists");
+            assert_eq!(exists, i < 20, "record {i} after the chain");
+        }
+    });
+}
+
 fn now_utc_string() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

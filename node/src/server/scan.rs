@@ -637,14 +637,21 @@ mod tests {
         let tombs = entries_where(&shard, &parts, IndexEntry::is_tombstone);
         assert!(tombs.len() > 100, "the fixture deletes every 5th set-less record");
         let reads_before = shard.stats().reads_device;
-        let (got, err) = run_msgs(&mut shard, ScanTask::new(0, 1, 1, spec_with_filter(IS_TOMBSTONE), parts.clone()));
+        let (got, err) = run_msgs(
+            &mut shard,
+            ScanTask::new(0, 1, 1, spec_with_filter(IS_TOMBSTONE), parts.clone()),
+        );
         assert_eq!(err, 0);
         let want: Vec<(Digest, u16, u32)> = tombs
             .iter()
             .map(|e| (e.digest(), 0, u32::from(e.generation())))
             .collect();
         assert_eq!(got, want, "every held tombstone, zero bins, its generation");
-        assert_eq!(shard.stats().reads_device, reads_before, "tombstones need no device read");
+        assert_eq!(
+            shard.stats().reads_device,
+            reads_before,
+            "tombstones need no device read"
+        );
         // Deleted after one write: the tombstone's generation is 2.
         assert!(got.iter().all(|&(_, _, g)| g == 2));
 
