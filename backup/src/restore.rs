@@ -3,8 +3,13 @@
 //! One reader thread parses the files in order (a directory's files by name; the directories of
 //! `--directory-list` in the order given, so a chain full + incrementals restores in order) and
 //! hands each record to one of `--threads` writer tasks chosen by the record's partition, so the
-//! versions of one record are written in file order. Each writer keeps up to
-//! [`IN_FLIGHT_PER_THREAD`] puts outstanding.
+//! versions of one record are written in file order. By default each writer gathers up to
+//! `--batch-size` records into one batch write (wire spec §7.1, as asrestore does) and keeps up
+//! to [`BATCHES_IN_FLIGHT`] batches outstanding; a batch goes out when it is full or when the
+//! writer's queue is momentarily empty. Every row carries the same per-record write policy a
+//! single put would (generation GT by default, create-only, replace, TTL, send-key), and every
+//! row's result code is counted. `--disable-batch-writes` writes one record per put instead,
+//! up to [`IN_FLIGHT_PER_THREAD`] puts outstanding per writer.
 //!
 //! A directory's `deletes.asbd` (the deletions an incremental backup captured, see
 //! [`crate::backup::DELETES_FILE`]) is applied after the directory's .asb files, once every
@@ -12,13 +17,17 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aerospike::{Bin, Client, Expiration, GenerationPolicy, RecordExistsAction, WritePolicy};
+use aerospike::operations;
+use aerospike::{
+    BatchDeletePolicy, BatchOperation, BatchPolicy, BatchWritePolicy, Bin, Client, Expiration, GenerationPolicy,
+    RecordExistsAction, WritePolicy,
+};
 use futures::future::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -29,8 +38,12 @@ use crate::convert;
 
 /// Seconds between the Unix epoch and the Citrusleaf epoch (2010-01-01, wire spec §10.5).
 pub const CITRUSLEAF_EPOCH_SECS: i64 = 1_262_304_000;
-/// Puts one writer task keeps outstanding.
+/// Puts one writer task keeps outstanding (`--disable-batch-writes`).
 const IN_FLIGHT_PER_THREAD: usize = 8;
+/// Batch writes one writer task keeps outstanding.
+pub const BATCHES_IN_FLIGHT: usize = 2;
+/// Result code the client reports for a batch row the server never answered.
+const NO_RESPONSE: i32 = -15;
 /// Records queued per writer task between the reader and the writer.
 const QUEUE_PER_THREAD: usize = 1024;
 
@@ -84,6 +97,12 @@ pub struct RestoreArgs {
     /// Count record-specific errors (too big, key mismatch, bin name, bin type...) and go on.
     #[arg(long)]
     pub ignore_record_error: bool,
+    /// Records per batch write (1-5000).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub batch_size: u32,
+    /// Write one record per request instead of batch writes.
+    #[arg(long)]
+    pub disable_batch_writes: bool,
     /// Seconds between progress lines on stderr (0: none).
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
@@ -114,6 +133,8 @@ pub struct RestoreSummary {
     /// Failures by server result code (negative: client-side).
     pub failed_by_code: BTreeMap<i32, u64>,
     pub files: u64,
+    /// Bytes of backup files read (as stored: compressed / encrypted size when framed).
+    pub bytes: u64,
     /// Index and UDF entries found and not restored.
     pub skipped_global: u64,
     /// Deletions read from `deletes.asbd` files, applied, and found already absent.
@@ -144,7 +165,13 @@ impl std::fmt::Display for RestoreSummary {
         if self.skipped_global > 0 {
             write!(f, "; {} index/UDF entries not restored", self.skipped_global)?;
         }
-        write!(f, "; {:.2} s, {:.0} records/s", secs, self.written as f64 / secs)
+        write!(
+            f,
+            "; {:.2} s, {:.0} records/s, {:.2} MiB/s of backup files",
+            secs,
+            self.written as f64 / secs,
+            self.bytes as f64 / secs / (1024.0 * 1024.0)
+        )
     }
 }
 
@@ -158,6 +185,7 @@ struct Counters {
     failed: AtomicU64,
     failed_by_code: Mutex<BTreeMap<i32, u64>>,
     skipped_global: AtomicU64,
+    bytes: Arc<AtomicU64>,
     deletes_read: AtomicU64,
     deleted: AtomicU64,
     delete_absent: AtomicU64,
@@ -275,13 +303,17 @@ fn read_all(
         }
         chain_element = Some(element);
         let name = src.name();
-        let input: Box<dyn BufRead> = match &src {
-            Source::File(p) | Source::Deletes(p) => Box::new(BufReader::with_capacity(
-                1 << 20,
-                File::open(p).map_err(|e| format!("open {name}: {e}"))?,
-            )),
-            Source::Stdin => Box::new(BufReader::with_capacity(1 << 20, io::stdin())),
+        let raw: Box<dyn io::Read + Send> = match &src {
+            Source::File(p) | Source::Deletes(p) => Box::new(File::open(p).map_err(|e| format!("open {name}: {e}"))?),
+            Source::Stdin => Box::new(io::stdin()),
         };
+        let input = io::BufReader::with_capacity(
+            1 << 20,
+            CountingReader {
+                inner: raw,
+                count: counters.bytes.clone(),
+            },
+        );
         let mut reader = AsbReader::new(input, name.clone());
         files += 1;
         loop {
@@ -340,6 +372,20 @@ fn rec_digest(msg: &Msg) -> &[u8; 20] {
     }
 }
 
+/// Counts the bytes read from a source (as stored).
+struct CountingReader<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: io::Read> io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// What the reader hands a writer.
 enum Msg {
     Record(asb::Record),
@@ -354,44 +400,148 @@ enum Msg {
 struct WriterCfg {
     target_ns: Option<String>,
     base: WritePolicy,
+    batch_policy: BatchPolicy,
+    batch_size: usize,
     check_generation: bool,
     unique: bool,
     ignore_record_error: bool,
 }
 
-async fn write_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: asb::Record) {
+/// Counts the outcome of one record write with result code `code` (0 = written).
+fn count_write(cfg: &WriterCfg, counters: &Counters, code: i32, what: impl FnOnce() -> String) {
+    if code == 0 {
+        counters.written.fetch_add(1, Ordering::Relaxed);
+    } else if code == 3 && cfg.check_generation {
+        counters.fresher.fetch_add(1, Ordering::Relaxed);
+    } else if code == 5 && cfg.unique {
+        counters.existed.fetch_add(1, Ordering::Relaxed);
+    } else {
+        count_failure(cfg, counters, code, what);
+    }
+}
+
+/// Counts the outcome of one delete with result code `code` (0 = deleted, 2 = already absent).
+fn count_delete(cfg: &WriterCfg, counters: &Counters, code: i32, what: impl FnOnce() -> String) {
+    match code {
+        0 => {
+            counters.deleted.fetch_add(1, Ordering::Relaxed);
+        }
+        2 => {
+            counters.delete_absent.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => count_failure(cfg, counters, code, what),
+    }
+}
+
+/// A file record ready to write: key, bins and the per-record policy fields; `None` (counted
+/// as expired) when its void time has passed.
+struct Prepared {
+    key: aerospike::Key,
+    bins: Vec<Bin>,
+    expiration: Expiration,
+    send_key: bool,
+    generation: u32,
+}
+
+fn prepare(cfg: &WriterCfg, counters: &Counters, rec: &asb::Record) -> Option<Prepared> {
     let Some(expiration) = expiration_of(rec.expiration, now_unix_secs()) else {
         counters.expired.fetch_add(1, Ordering::Relaxed);
-        return;
+        return None;
     };
     let ns = cfg.target_ns.as_deref().unwrap_or(&rec.namespace);
-    let key = convert::key_of(ns, &rec);
-    let bins: Vec<Bin> = rec
-        .bins
-        .iter()
-        .filter_map(|b| convert::value_of(&b.value).map(|v| Bin::new(b.name.clone(), v)))
-        .collect();
+    Some(Prepared {
+        key: convert::key_of(ns, rec),
+        bins: rec
+            .bins
+            .iter()
+            .filter_map(|b| convert::value_of(&b.value).map(|v| Bin::new(b.name.clone(), v)))
+            .collect(),
+        expiration,
+        send_key: rec.key.is_some(),
+        generation: if cfg.check_generation {
+            u32::from(rec.generation)
+        } else {
+            0
+        },
+    })
+}
+
+async fn write_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: asb::Record) {
+    let Some(p) = prepare(cfg, counters, &rec) else { return };
     let mut policy = cfg.base.clone();
-    policy.expiration = expiration;
-    policy.send_key = rec.key.is_some();
-    if cfg.check_generation {
-        policy.generation = u32::from(rec.generation);
-    }
-    match client.put(&policy, &key, &bins).await {
-        Ok(()) => {
-            counters.written.fetch_add(1, Ordering::Relaxed);
-        }
+    policy.expiration = p.expiration;
+    policy.send_key = p.send_key;
+    policy.generation = p.generation;
+    let code = match client.put(&policy, &p.key, &p.bins).await {
+        Ok(()) => 0,
         Err(e) => {
             let code = e.result_code();
-            if code == 3 && cfg.check_generation {
-                counters.fresher.fetch_add(1, Ordering::Relaxed);
-            } else if code == 5 && cfg.unique {
-                counters.existed.fetch_add(1, Ordering::Relaxed);
-            } else {
-                count_failure(cfg, counters, code, || {
-                    format!("record {key}: {e} (result code {code})")
-                });
+            count_write(cfg, counters, code, || {
+                format!("record {}: {e} (result code {code})", p.key)
+            });
+            return;
+        }
+    };
+    count_write(cfg, counters, code, String::new);
+}
+
+/// One batch write: the rows of `rows` (writes and deletes) in one request; every row's result
+/// code counted. A whole-batch failure counts each unanswered row with the batch's code.
+async fn write_batch(client: &Client, cfg: &WriterCfg, counters: &Counters, rows: Vec<Msg>) {
+    let mut ops = Vec::with_capacity(rows.len());
+    let mut is_delete = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row {
+            Msg::Record(rec) => {
+                let Some(p) = prepare(cfg, counters, &rec) else {
+                    continue;
+                };
+                let policy = BatchWritePolicy {
+                    record_exists_action: cfg.base.record_exists_action,
+                    generation_policy: cfg.base.generation_policy,
+                    generation: p.generation,
+                    expiration: p.expiration,
+                    send_key: p.send_key,
+                    ..BatchWritePolicy::default()
+                };
+                let bin_ops: Vec<_> = p.bins.iter().map(operations::put).collect();
+                ops.push(BatchOperation::write(&policy, p.key, bin_ops));
+                is_delete.push(false);
             }
+            Msg::Delete(rec) => {
+                let ns = cfg.target_ns.as_deref().unwrap_or(&rec.namespace);
+                ops.push(BatchOperation::delete(
+                    &BatchDeletePolicy::default(),
+                    convert::key_of(ns, &rec),
+                ));
+                is_delete.push(true);
+            }
+            Msg::Barrier(_) => unreachable!("barriers are not batched"),
+        }
+    }
+    if ops.is_empty() {
+        return;
+    }
+    let batch_err = client.batch(&cfg.batch_policy, &mut ops).await.err();
+    for (op, delete) in ops.iter().zip(is_delete) {
+        let code = match (op.result_code(), op.error(), &batch_err) {
+            (Some(rc), _, _) => i32::from(u8::from(rc)),
+            (None, Some(e), _) | (None, None, Some(e)) => e.result_code(),
+            (None, None, None) => NO_RESPONSE,
+        };
+        let what = || {
+            let err = op.error().or(batch_err.as_ref()).map(ToString::to_string);
+            format!(
+                "{} {} in a batch: {} (result code {code})",
+                if delete { "delete" } else { "record" },
+                op.batch_record().key,
+                err.unwrap_or_else(|| "no answer".into())
+            )
+        };
+        if delete {
+            count_delete(cfg, counters, code, what);
+        } else {
+            count_write(cfg, counters, code, what);
         }
     }
 }
@@ -437,6 +587,65 @@ async fn delete_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: 
             }
         }
     }
+}
+
+/// A writer in batch mode (see the module doc).
+async fn batch_writer(client: Arc<Client>, cfg: Arc<WriterCfg>, counters: Arc<Counters>, mut rx: mpsc::Receiver<Msg>) {
+    use tokio::sync::mpsc::error::TryRecvError;
+    let mut in_flight = FuturesUnordered::new();
+    let mut rows: Vec<Msg> = Vec::with_capacity(cfg.batch_size);
+    let dispatch = |rows: &mut Vec<Msg>, in_flight: &mut FuturesUnordered<_>| {
+        if rows.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(rows, Vec::with_capacity(cfg.batch_size));
+        let (client, cfg, counters) = (client.clone(), cfg.clone(), counters.clone());
+        in_flight.push(async move { write_batch(&client, &cfg, &counters, batch).await });
+    };
+    loop {
+        if counters.abort.load(Ordering::Relaxed) {
+            break;
+        }
+        if in_flight.len() >= BATCHES_IN_FLIGHT {
+            in_flight.next().await;
+            continue;
+        }
+        let msg = if rows.is_empty() {
+            tokio::select! {
+                msg = rx.recv() => msg,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(msg) => Some(msg),
+                Err(TryRecvError::Empty) => {
+                    // Nothing more queued now: send what there is rather than wait.
+                    dispatch(&mut rows, &mut in_flight);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => None,
+            }
+        };
+        match msg {
+            Some(Msg::Barrier(ack)) => {
+                dispatch(&mut rows, &mut in_flight);
+                while in_flight.next().await.is_some() {}
+                let _ = ack.send(());
+            }
+            Some(row) => {
+                rows.push(row);
+                if rows.len() >= cfg.batch_size {
+                    dispatch(&mut rows, &mut in_flight);
+                }
+            }
+            None => break,
+        }
+    }
+    if !counters.abort.load(Ordering::Relaxed) {
+        dispatch(&mut rows, &mut in_flight);
+    }
+    while in_flight.next().await.is_some() {}
+    rx.close();
 }
 
 async fn writer(client: Arc<Client>, cfg: Arc<WriterCfg>, counters: Arc<Counters>, mut rx: mpsc::Receiver<Msg>) {
@@ -509,6 +718,8 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
     let cfg = Arc::new(WriterCfg {
         target_ns: ns_map.as_ref().map(|(_, dst)| dst.clone()),
         base,
+        batch_policy: BatchPolicy::default(),
+        batch_size: args.batch_size as usize,
         check_generation,
         unique: args.unique,
         ignore_record_error: args.ignore_record_error,
@@ -520,7 +731,11 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
     for _ in 0..args.threads {
         let (tx, rx) = mpsc::channel(QUEUE_PER_THREAD);
         senders.push(tx);
-        writers.push(tokio::spawn(writer(client.clone(), cfg.clone(), counters.clone(), rx)));
+        writers.push(if args.disable_batch_writes {
+            tokio::spawn(writer(client.clone(), cfg.clone(), counters.clone(), rx))
+        } else {
+            tokio::spawn(batch_writer(client.clone(), cfg.clone(), counters.clone(), rx))
+        });
     }
     let progress = (args.progress_secs > 0).then(|| {
         let c = counters.clone();
@@ -563,6 +778,7 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
         failed: counters.failed.load(Ordering::Relaxed),
         failed_by_code: counters.failed_by_code.lock().expect("counter lock").clone(),
         files: *read_result.as_ref().unwrap_or(&0),
+        bytes: counters.bytes.load(Ordering::Relaxed),
         skipped_global: counters.skipped_global.load(Ordering::Relaxed),
         deletes_read: counters.deletes_read.load(Ordering::Relaxed),
         deleted: counters.deleted.load(Ordering::Relaxed),

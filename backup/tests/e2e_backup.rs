@@ -276,7 +276,20 @@ fn backup_restore_round_trip_every_bin_type() {
     assert!(files > 1, "1 MiB file limit should rotate: {files} file(s)");
 
     let dport = dst.port.to_string();
-    let msg = tool_ok(&["restore", "-h", "127.0.0.1", "-p", &dport, "-d", bdir, "--threads", "8"]);
+    // Batch writes (the default), small batches so that many go out.
+    let msg = tool_ok(&[
+        "restore",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &dport,
+        "-d",
+        bdir,
+        "--threads",
+        "8",
+        "--batch-size",
+        "50",
+    ]);
     assert!(msg.contains(&format!("{n} written")), "{msg}");
 
     rt.block_on(async {
@@ -289,8 +302,16 @@ fn backup_restore_round_trip_every_bin_type() {
     // A second restore with the default policy changes nothing (generation GT): all fresher.
     let msg = tool_ok(&["restore", "-p", &dport, "-d", bdir]);
     assert!(msg.contains(&format!("{n} fresher")), "{msg}");
-    // --unique: all existed.
-    let msg = tool_ok(&["restore", "-p", &dport, "-d", bdir, "--unique"]);
+    // --unique, one put per record (asrestore's --disable-batch-writes): all existed.
+    let msg = tool_ok(&[
+        "restore",
+        "-p",
+        &dport,
+        "-d",
+        bdir,
+        "--unique",
+        "--disable-batch-writes",
+    ]);
     assert!(msg.contains(&format!("{n} existed")), "{msg}");
 
     // Change one record on the target: the default policy keeps the newer target version;
@@ -685,7 +706,6 @@ fn round_trip_1m_records_1kib() {
         .unwrap_or(1_000_000);
     let shard_bytes = 4u64 << 30;
     let src = Node::start_with_shard_bytes(shard_bytes);
-    let dst = Node::start_with_shard_bytes(shard_bytes);
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
     let bdir = dir.path().join("full");
     let rt = runtime();
@@ -709,26 +729,36 @@ fn round_trip_1m_records_1kib() {
         "30",
     ]);
     assert!(msg.contains(&format!("backup done: {n} records")), "{msg}");
-    let dport = dst.port.to_string();
-    let msg = tool_ok(&[
-        "restore",
-        "-p",
-        &dport,
-        "-d",
-        b,
-        "--threads",
-        "16",
-        "--progress-secs",
-        "30",
-    ]);
-    assert!(msg.contains(&format!("{n} written")), "{msg}");
-    let t = Instant::now();
-    let compared = rt.block_on(verify_streaming(src.port, dst.port, 30));
-    assert_eq!(compared, u64::from(n));
-    eprintln!(
-        "compared {compared} records bin by bin in {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
+    // Batch writes (the default, 128 records a batch), then one put per record into a second
+    // fresh node; both compared record by record.
+    for single in [false, true] {
+        let dst = Node::start_with_shard_bytes(shard_bytes);
+        let dport = dst.port.to_string();
+        let mut args = vec![
+            "restore",
+            "-p",
+            &dport,
+            "-d",
+            b,
+            "--threads",
+            "16",
+            "--progress-secs",
+            "30",
+        ];
+        if single {
+            args.push("--disable-batch-writes");
+        }
+        let msg = tool_ok(&args);
+        assert!(msg.contains(&format!("{n} written")), "{msg}");
+        let t = Instant::now();
+        let compared = rt.block_on(verify_streaming(src.port, dst.port, 30));
+        assert_eq!(compared, u64::from(n));
+        eprintln!(
+            "{} restore: compared {compared} records bin by bin in {:.1} s",
+            if single { "single-put" } else { "batched" },
+            t.elapsed().as_secs_f64()
+        );
+    }
 }
 
 /// A backup killed (SIGKILL) half way, then `--continue <state>`: the files hold exactly the
