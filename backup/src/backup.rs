@@ -21,6 +21,7 @@ use futures::StreamExt;
 
 use crate::asb::{self, BytesForm};
 use crate::convert;
+use crate::frame::{Codec, FileWriter};
 use crate::state::{self, State, Unit};
 
 /// A job in directory mode checkpoints its place at least every this many records.
@@ -108,13 +109,15 @@ pub struct BackupArgs {
     /// Not implemented yet: resume from a state file.
     #[arg(short = 'c', long = "continue")]
     pub continue_state: Option<PathBuf>,
-    /// Not implemented yet: zstd compression.
+    /// Compress the backup files: `zstd` (Bolide's own framing, not asbackup's; see
+    /// docs/OPERATIONS.md).
     #[arg(short = 'z', long)]
     pub compress: Option<String>,
-    /// Not implemented yet: aes128/aes256 encryption.
+    /// Encrypt the backup files: `aes256` (AES-256-GCM in Bolide's own framing; needs
+    /// --encryption-key-file).
     #[arg(long)]
     pub encrypt: Option<String>,
-    /// Not implemented yet (goes with --encrypt).
+    /// The key for --encrypt: any non-empty file; its SHA-256 is the master key.
     #[arg(long)]
     pub encryption_key_file: Option<PathBuf>,
     /// Not implemented yet: estimate the backup size from a sample.
@@ -300,12 +303,13 @@ enum Output {
         limit_bytes: u64,
         next_index: AtomicU64,
     },
-    /// One shared stream; each chunk holds whole records.
-    Shared(Mutex<Box<dyn Write + Send>>),
+    /// One shared stream; each chunk holds whole records. `None` once finished.
+    Shared(Mutex<Option<FileWriter<Box<dyn Write + Send>>>>),
 }
 
 struct Shared {
     client: Client,
+    codec: Codec,
     namespace: String,
     set: String,
     bins: Bins,
@@ -323,14 +327,21 @@ struct Shared {
 }
 
 /// What a checkpoint says about the job's current partition.
+#[derive(Clone, Copy)]
 enum Mark {
     Done(usize),
     Partial(usize, [u8; 20]),
 }
 
+/// A job's marks not yet in the resume state, and when it last recorded some.
+struct PendingMarks {
+    marks: Vec<Mark>,
+    since: Instant,
+}
+
 /// The current file of one job in directory mode.
 struct DirFile {
-    writer: BufWriter<File>,
+    writer: FileWriter<BufWriter<File>>,
     path: PathBuf,
     written: u64,
 }
@@ -347,11 +358,10 @@ impl Shared {
             .create_new(true)
             .open(&path)
             .map_err(|e| format!("create {}: {e}", path.display()))?;
-        let mut writer = BufWriter::with_capacity(1 << 20, file);
         let mut header = Vec::new();
         asb::encode_header(&mut header, &self.namespace, index == 0);
-        writer
-            .write_all(&header)
+        let writer = FileWriter::new(BufWriter::with_capacity(1 << 20, file), &self.codec)
+            .and_then(|mut w| w.write_all(&header).map(|()| w))
             .map_err(|e| format!("write {}: {e}", path.display()))?;
         self.files.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(header.len() as u64, Ordering::Relaxed);
@@ -364,8 +374,29 @@ impl Shared {
 }
 
 impl Shared {
-    /// Flushes the job's file and records it, with `mark`, in the resume state.
-    fn checkpoint(&self, file: Option<&mut DirFile>, mark: Mark) -> Result<(), String> {
+    /// Adds `mark` to the job's pending marks and, when `force`d, when the job has no open file,
+    /// or at most every [`STATE_SAVE_INTERVAL`], flushes the file and records the marks with its
+    /// length ([`Shared::checkpoint`]). Deferring keeps the chunks of a framed file (one per
+    /// flush) large; marks lost to a kill are only redone on resume.
+    fn mark(
+        &self,
+        file: Option<&mut DirFile>,
+        pending: &mut PendingMarks,
+        mark: Option<Mark>,
+        force: bool,
+    ) -> Result<(), String> {
+        pending.marks.extend(mark);
+        if !force && file.is_some() && pending.since.elapsed() < STATE_SAVE_INTERVAL {
+            return Ok(());
+        }
+        self.checkpoint(file, &pending.marks)?;
+        pending.marks.clear();
+        pending.since = Instant::now();
+        Ok(())
+    }
+
+    /// Flushes the job's file and records it, with `marks` (in order), in the resume state.
+    fn checkpoint(&self, file: Option<&mut DirFile>, marks: &[Mark]) -> Result<(), String> {
         let Some((path, st)) = &self.state else { return Ok(()) };
         let mut entry = None;
         if let Some(f) = file {
@@ -378,20 +409,23 @@ impl Shared {
                 .and_then(|n| n.to_str())
                 .unwrap_or_default()
                 .to_string();
-            entry = Some((name, f.written));
+            // A chunk boundary of a framed file (flush ends the chunk).
+            entry = Some((name, f.writer.bytes_out()));
         }
         let mut guard = st.lock().map_err(|_| "state lock poisoned".to_string())?;
         let (st, last_save) = &mut *guard;
         if let Some((name, len)) = entry {
             st.files.insert(name, len);
         }
-        match mark {
-            Mark::Done(pid) => {
-                st.partial.remove(&pid);
-                st.done.insert(pid);
-            }
-            Mark::Partial(pid, d) => {
-                st.partial.insert(pid, d);
+        for mark in marks {
+            match *mark {
+                Mark::Done(pid) => {
+                    st.partial.remove(&pid);
+                    st.done.insert(pid);
+                }
+                Mark::Partial(pid, d) => {
+                    st.partial.insert(pid, d);
+                }
             }
         }
         // The state in memory only ever holds flushed lengths with the marks they cover, so
@@ -415,6 +449,8 @@ impl Shared {
 fn finish_file(f: DirFile) -> Result<(), String> {
     let DirFile { writer, path, .. } = f;
     let file = writer
+        .finish()
+        .map_err(|e| format!("write {}: {e}", path.display()))?
         .into_inner()
         .map_err(|e| format!("write {}: {}", path.display(), e.error()))?;
     file.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))
@@ -425,6 +461,10 @@ fn finish_file(f: DirFile) -> Result<(), String> {
 async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
     let mut chunk = Vec::with_capacity(CHUNK_BYTES + 4096);
     let mut file: Option<DirFile> = None;
+    let mut pending = PendingMarks {
+        marks: Vec::new(),
+        since: Instant::now(),
+    };
     let mut n = 0u64;
     let mut result = Ok(());
     'units: for unit in units {
@@ -485,12 +525,8 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                     // final length goes into the state first.
                     if file.as_ref().is_some_and(|f| f.written >= *limit_bytes) {
                         let mut old = file.take().expect("checked");
-                        // With no record of this unit in it, the old file's length is already
-                        // in the state (the previous unit's Done checkpoint).
-                        let r = match last_digest {
-                            Some(d) => shared.checkpoint(Some(&mut old), Mark::Partial(pid, d)),
-                            None => Ok(()),
-                        };
+                        let mark = last_digest.map(|d| Mark::Partial(pid, d));
+                        let r = shared.mark(Some(&mut old), &mut pending, mark, true);
                         if let Err(e) = r.and_then(|()| finish_file(old)) {
                             result = Err(e);
                             break 'units;
@@ -516,7 +552,8 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                     since_checkpoint += 1;
                     if since_checkpoint >= CHECKPOINT_RECORDS {
                         since_checkpoint = 0;
-                        if let Err(e) = shared.checkpoint(file.as_mut(), Mark::Partial(pid, rec.digest)) {
+                        let mark = Some(Mark::Partial(pid, rec.digest));
+                        if let Err(e) = shared.mark(file.as_mut(), &mut pending, mark, false) {
                             result = Err(e);
                             break 'units;
                         }
@@ -533,15 +570,16 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                 }
             }
         }
-        if let Err(e) = shared.checkpoint(file.as_mut(), Mark::Done(pid)) {
+        if let Err(e) = shared.mark(file.as_mut(), &mut pending, Some(Mark::Done(pid)), false) {
             result = Err(e);
             break;
         }
     }
     if result.is_ok() {
-        if let Output::Shared(out) = &shared.output {
-            result = write_shared(out, &chunk);
-        }
+        result = match &shared.output {
+            Output::Shared(out) => write_shared(out, &chunk),
+            Output::Dir { .. } => shared.mark(file.as_mut(), &mut pending, None, true),
+        };
     }
     if let Some(f) = file.take() {
         let closed = finish_file(f);
@@ -555,34 +593,24 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
     result.map(|()| n)
 }
 
-fn write_shared(out: &Mutex<Box<dyn Write + Send>>, chunk: &[u8]) -> Result<(), String> {
+type SharedOut = Mutex<Option<FileWriter<Box<dyn Write + Send>>>>;
+
+fn write_shared(out: &SharedOut, chunk: &[u8]) -> Result<(), String> {
     if chunk.is_empty() {
         return Ok(());
     }
     let mut w = out.lock().map_err(|_| "output lock poisoned".to_string())?;
-    w.write_all(chunk).map_err(|e| format!("write output: {e}"))
+    w.as_mut()
+        .ok_or_else(|| "output already finished".to_string())?
+        .write_all(chunk)
+        .map_err(|e| format!("write output: {e}"))
 }
 
 fn unsupported(args: &BackupArgs) -> Result<(), String> {
-    let mut missing = Vec::new();
-    if args
-        .compress
-        .as_deref()
-        .is_some_and(|c| !c.eq_ignore_ascii_case("none"))
-    {
-        missing.push("--compress");
-    }
-    if args.encrypt.as_deref().is_some_and(|c| !c.eq_ignore_ascii_case("none")) || args.encryption_key_file.is_some() {
-        missing.push("--encrypt");
-    }
     if args.estimate {
-        missing.push("--estimate");
+        return Err("not implemented yet in bolide-backup: --estimate".into());
     }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("not implemented yet in bolide-backup: {}", missing.join(", ")))
-    }
+    Ok(())
 }
 
 fn prepare_dir(dir: &Path, remove: bool) -> Result<(), String> {
@@ -618,6 +646,11 @@ pub async fn connect(host: &str, port: u16) -> Result<Client, String> {
 
 pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     unsupported(&args)?;
+    let codec = Codec::from_flags(
+        args.compress.as_deref(),
+        args.encrypt.as_deref(),
+        args.encryption_key_file.as_deref(),
+    )?;
     let start = Instant::now();
     let resumed = match &args.continue_state {
         Some(path) => {
@@ -639,7 +672,14 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     let output = match (&args.directory, &args.output_file) {
         (Some(dir), _) => {
             let next = match &resumed {
-                Some(st) => state::rewind_dir(dir, st, &args.namespace)?,
+                Some(st) => {
+                    let next = state::rewind_dir(dir, st, &args.namespace)?;
+                    // A framed file cut back to its last checkpoint gets its final chunk.
+                    for name in st.files.keys() {
+                        crate::frame::seal_truncated(&dir.join(name), codec.key.as_ref())?;
+                    }
+                    next
+                }
                 None => {
                     prepare_dir(dir, args.remove_files)?;
                     0
@@ -652,7 +692,7 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
             }
         }
         (None, Some(path)) => {
-            let mut w: Box<dyn Write + Send> = if path == "-" {
+            let w: Box<dyn Write + Send> = if path == "-" {
                 Box::new(BufWriter::with_capacity(1 << 20, io::stdout()))
             } else {
                 let p = Path::new(path);
@@ -666,8 +706,10 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
             };
             let mut header = Vec::new();
             asb::encode_header(&mut header, &args.namespace, true);
-            w.write_all(&header).map_err(|e| format!("write {path}: {e}"))?;
-            Output::Shared(Mutex::new(w))
+            let w = FileWriter::new(w, &codec)
+                .and_then(|mut w| w.write_all(&header).map(|()| w))
+                .map_err(|e| format!("write {path}: {e}"))?;
+            Output::Shared(Mutex::new(Some(w)))
         }
         (None, None) => return Err("give --directory or --output-file".into()),
     };
@@ -714,6 +756,7 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     let client = connect(&args.host, args.port).await?;
     let shared = Arc::new(Shared {
         client,
+        codec,
         namespace: args.namespace.clone(),
         set: args.set.clone().unwrap_or_default(),
         bins,
@@ -803,8 +846,14 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
             }
         }
         Output::Shared(out) => {
-            let mut w = out.lock().map_err(|_| "output lock poisoned".to_string())?;
-            w.flush().map_err(|e| format!("flush output: {e}"))?;
+            let w = out
+                .lock()
+                .map_err(|_| "output lock poisoned".to_string())?
+                .take()
+                .ok_or_else(|| "output already finished".to_string())?;
+            w.finish()
+                .and_then(|mut w| w.flush())
+                .map_err(|e| format!("finish output: {e}"))?;
         }
     }
     // Incremental: the deletions in the same LUT range, after the records (the state stays
@@ -879,11 +928,10 @@ async fn deletion_pass(
     policy.include_bin_data = false;
     policy.base_policy.filter_expression = Some(and(vec![is_tombstone(), lut_range]));
     let file = File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
     let mut header = Vec::new();
     asb::encode_header(&mut header, &shared.namespace, false);
-    writer
-        .write_all(&header)
+    let writer = FileWriter::new(BufWriter::with_capacity(1 << 20, file), &shared.codec)
+        .and_then(|mut w| w.write_all(&header).map(|()| w))
         .map_err(|e| format!("write {}: {e}", path.display()))?;
     let out = Arc::new(Mutex::new(writer));
     let ranges = partition_ranges(units);
@@ -946,6 +994,8 @@ async fn deletion_pass(
         .into_inner()
         .map_err(|_| "output lock poisoned".to_string())?;
     let file = writer
+        .finish()
+        .map_err(|e| format!("write {}: {e}", path.display()))?
         .into_inner()
         .map_err(|e| format!("write {}: {}", path.display(), e.error()))?;
     file.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))?;

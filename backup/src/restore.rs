@@ -106,13 +106,14 @@ pub struct RestoreArgs {
     /// Seconds between progress lines on stderr (0: none).
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
-    /// Not implemented yet: zstd-compressed input.
+    /// The files are compressed: `zstd`. Informational: a framed file's header says how it is
+    /// compressed, and plain files are read as they are.
     #[arg(short = 'z', long)]
     pub compress: Option<String>,
-    /// Not implemented yet: encrypted input.
+    /// The files are encrypted: `aes256` (needs --encryption-key-file).
     #[arg(long)]
     pub encrypt: Option<String>,
-    /// Not implemented yet (goes with --encrypt).
+    /// The key the backup was encrypted with (the same file as for the backup).
     #[arg(long)]
     pub encryption_key_file: Option<PathBuf>,
 }
@@ -277,6 +278,7 @@ pub fn expiration_of(void_time: u32, now_unix: i64) -> Option<Expiration> {
 /// of files read, or the first parse error.
 fn read_all(
     sources: Vec<(usize, Source)>,
+    key: Option<crate::frame::MasterKey>,
     ns_map: Option<(String, String)>,
     senders: Vec<mpsc::Sender<Msg>>,
     counters: Arc<Counters>,
@@ -307,13 +309,11 @@ fn read_all(
             Source::File(p) | Source::Deletes(p) => Box::new(File::open(p).map_err(|e| format!("open {name}: {e}"))?),
             Source::Stdin => Box::new(io::stdin()),
         };
-        let input = io::BufReader::with_capacity(
-            1 << 20,
-            CountingReader {
-                inner: raw,
-                count: counters.bytes.clone(),
-            },
-        );
+        let counted = CountingReader {
+            inner: raw,
+            count: counters.bytes.clone(),
+        };
+        let input = crate::frame::open_reader(Box::new(counted), &name, key.as_ref()).map_err(|e| e.to_string())?;
         let mut reader = AsbReader::new(input, name.clone());
         files += 1;
         loop {
@@ -683,17 +683,20 @@ async fn writer(client: Arc<Client>, cfg: Arc<WriterCfg>, counters: Arc<Counters
 }
 
 pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
-    if args
-        .compress
-        .as_deref()
-        .is_some_and(|c| !c.eq_ignore_ascii_case("none"))
-        || args.encrypt.as_deref().is_some_and(|c| !c.eq_ignore_ascii_case("none"))
-        || args.encryption_key_file.is_some()
-    {
-        return Err("not implemented yet in bolide-backup: --compress / --encrypt on restore".into());
-    }
+    let codec = crate::frame::Codec::from_flags(
+        args.compress.as_deref(),
+        args.encrypt.as_deref(),
+        args.encryption_key_file.as_deref(),
+    )?;
     let start = Instant::now();
     let sources = sources(&args)?;
+    // Every file's header and key before anything is written: a wrong key or a file that needs
+    // one stops the restore with the target untouched.
+    for (_, src) in &sources {
+        if let Source::File(p) | Source::Deletes(p) = src {
+            crate::frame::check_file(p, codec.key.as_ref())?;
+        }
+    }
     let ns_map = namespace_map(args.namespace.as_deref())?;
     let client = Arc::new(connect(&args.host, args.port).await?);
 
@@ -759,7 +762,8 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
     });
 
     let reader_counters = counters.clone();
-    let reader = tokio::task::spawn_blocking(move || read_all(sources, ns_map, senders, reader_counters));
+    let key = codec.key.clone();
+    let reader = tokio::task::spawn_blocking(move || read_all(sources, key, ns_map, senders, reader_counters));
     let read_result = reader.await.map_err(|e| format!("reader task: {e}"))?;
     for w in writers {
         w.await.map_err(|e| format!("writer task: {e}"))?;

@@ -762,7 +762,8 @@ fn round_trip_1m_records_1kib() {
 }
 
 /// A backup killed (SIGKILL) half way, then `--continue <state>`: the files hold exactly the
-/// source's records, each once.
+/// source's records, each once. Plain .asb files, and zstd + AES-256-GCM framed ones (the
+/// resume cuts framed files back to a chunk boundary and seals them).
 #[test]
 fn killed_backup_continues_without_duplicates_or_gaps() {
     let src = Node::start();
@@ -770,55 +771,266 @@ fn killed_backup_continues_without_duplicates_or_gaps() {
     let n = 60_000u32;
     rt.block_on(put_records(src.port, 0..n, 1));
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
-    let bdir = dir.path().join("b");
-    let b = bdir.to_str().expect("utf8").to_string();
+    let key = dir.path().join("key");
+    std::fs::write(&key, b"0123456789abcdef0123456789abcdef").expect("key");
+    let key_s = key.to_str().expect("utf8").to_string();
+    let want: std::collections::HashSet<[u8; 20]> =
+        rt.block_on(async { scan_all(&connect(src.port).await).await.into_keys().collect() });
+    for framed in [false, true] {
+        let bdir = dir.path().join(if framed { "framed" } else { "plain" });
+        let b = bdir.to_str().expect("utf8").to_string();
+        let port = src.port.to_string();
+        let mut args = vec![
+            "backup",
+            "-p",
+            &port,
+            "-n",
+            NS,
+            "-d",
+            &b,
+            "-w",
+            "2",
+            "--file-limit",
+            "1",
+        ];
+        if framed {
+            args.extend([
+                "--compress",
+                "zstd",
+                "--encrypt",
+                "aes256",
+                "--encryption-key-file",
+                &key_s,
+            ]);
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bolide-backup"))
+            .args(&args)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(1500));
+        let killed = child.try_wait().expect("try_wait").is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        let state = bdir.join(format!("{NS}.asb.state"));
+        if killed {
+            assert!(state.exists(), "a killed backup leaves its state");
+            let mut resume: Vec<&str> = args.clone();
+            let s = state.to_str().expect("utf8").to_string();
+            resume.extend(["--continue", &s]);
+            let msg = tool_ok(&resume);
+            assert!(msg.contains("backup done"), "{msg}");
+        } else {
+            eprintln!("the backup finished before the kill; only checking its files");
+        }
+        assert!(!state.exists(), "a finished backup removes its state");
+        let master = bolide_backup::frame::MasterKey::from_bytes(b"0123456789abcdef0123456789abcdef");
+        let mut seen = std::collections::HashSet::new();
+        for entry in std::fs::read_dir(&bdir).expect("dir") {
+            let path = entry.expect("entry").path();
+            let name = path.display().to_string();
+            let file = std::fs::File::open(&path).expect("open");
+            if framed {
+                assert!(bolide_backup::frame::check_file(&path, Some(&master)).expect("header"));
+            }
+            let input = bolide_backup::frame::open_reader(Box::new(file), &name, Some(&master)).expect("open");
+            let mut r = bolide_backup::asb::AsbReader::new(input, name);
+            while let Some(rec) = r.next_record().expect("parse") {
+                assert!(seen.insert(rec.digest), "digest twice in the backup");
+            }
+        }
+        assert_eq!(seen.len(), want.len());
+        assert!(seen == want, "backup record set differs from the source");
+        eprintln!(
+            "framed {framed}: killed mid-backup: {killed}; {} records, each once",
+            seen.len()
+        );
+    }
+}
+
+/// `--compress zstd`, `--encrypt aes256` and both: directory and single-file backups restore to
+/// the source's records; the files are framed (not .asb text) and smaller when compressed.
+#[test]
+fn compressed_and_encrypted_backups_round_trip() {
+    let src = Node::start();
+    let rt = runtime();
+    rt.block_on(put_records_padded(src.port, 0..3000, 1, 200));
+    let want = rt.block_on(async { scan_all(&connect(src.port).await).await });
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
+    let key = dir.path().join("key.pem");
+    std::fs::write(
+        &key,
+        "-----BEGIN KEY-----\nnot a real pem, any bytes do\n-----END KEY-----\n",
+    )
+    .expect("key");
+    let key_s = key.to_str().expect("utf8").to_string();
     let port = src.port.to_string();
-    let args = [
+    let plain = dir.path().join("plain");
+    tool_ok(&["backup", "-p", &port, "-n", NS, "-d", plain.to_str().expect("utf8")]);
+    let plain_bytes = dir_bytes(&plain);
+    for (name, flags) in [
+        ("zstd", vec!["--compress", "zstd"]),
+        ("aes", vec!["--encrypt", "aes256", "--encryption-key-file", &key_s]),
+        (
+            "both",
+            vec![
+                "--compress",
+                "zstd",
+                "--encrypt",
+                "aes256",
+                "--encryption-key-file",
+                &key_s,
+            ],
+        ),
+    ] {
+        let bdir = dir.path().join(name);
+        let b = bdir.to_str().expect("utf8");
+        let mut args = vec!["backup", "-p", &port, "-n", NS, "-d", b, "-w", "2"];
+        args.extend(flags.iter().copied());
+        tool_ok(&args);
+        let first = std::fs::read(bdir.join(format!("{NS}_00000.asb"))).expect("read");
+        assert_eq!(&first[..8], b"BOLIDEBK", "{name}: a framed file");
+        let bytes = dir_bytes(&bdir);
+        if name != "aes" {
+            assert!(bytes < plain_bytes / 2, "{name}: {bytes} vs plain {plain_bytes}");
+        }
+        // One file to restore too.
+        let one = dir.path().join(format!("{name}.asb"));
+        let mut args = vec!["backup", "-p", &port, "-n", NS, "-o", one.to_str().expect("utf8")];
+        args.extend(flags.iter().copied());
+        tool_ok(&args);
+
+        for (source, path) in [("-d", b), ("-i", one.to_str().expect("utf8"))] {
+            let dst = Node::start();
+            let dport = dst.port.to_string();
+            // The restore's spelling: --compress zstd --encrypt aes256 --encryption-key-file.
+            let mut args = vec!["restore", "-p", &dport, source, path];
+            args.extend(flags.iter().copied());
+            let msg = tool_ok(&args);
+            assert!(msg.contains("3000 written"), "{name} {source}: {msg}");
+            let got = rt.block_on(async { scan_all(&connect(dst.port).await).await });
+            assert_same(&want, &got, 5);
+        }
+    }
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").metadata().expect("stat").len())
+        .sum()
+}
+
+fn node_is_empty(port: u16) -> bool {
+    runtime().block_on(async { scan_all(&connect(port).await).await.is_empty() })
+}
+
+/// A wrong key is found before any record is written (every file of the chain is checked
+/// first, even when the first directory is plain); a truncated or corrupted encrypted file stops
+/// the restore with the file named and a non-zero exit.
+#[test]
+fn wrong_key_and_damaged_encrypted_files_fail_clearly() {
+    let src = Node::start();
+    let rt = runtime();
+    rt.block_on(put_records(src.port, 0..4000, 1));
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
+    let (key, wrong) = (dir.path().join("key"), dir.path().join("wrong"));
+    std::fs::write(&key, b"right key").expect("key");
+    std::fs::write(&wrong, b"wrong key").expect("key");
+    let (key_s, wrong_s) = (key.to_str().expect("utf8"), wrong.to_str().expect("utf8"));
+    let port = src.port.to_string();
+    let plain = dir.path().join("plain");
+    let enc = dir.path().join("enc");
+    tool_ok(&["backup", "-p", &port, "-n", NS, "-d", plain.to_str().expect("utf8")]);
+    tool_ok(&[
         "backup",
         "-p",
         &port,
         "-n",
         NS,
         "-d",
-        &b,
-        "-w",
-        "2",
-        "--file-limit",
-        "1",
-    ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bolide-backup"))
-        .args(args)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    std::thread::sleep(Duration::from_millis(1500));
-    let killed = child.try_wait().expect("try_wait").is_none();
-    let _ = child.kill();
-    let _ = child.wait();
-    let state = bdir.join(format!("{NS}.asb.state"));
-    if killed {
-        assert!(state.exists(), "a killed backup leaves its state");
-        let mut resume: Vec<&str> = args.to_vec();
-        let s = state.to_str().expect("utf8").to_string();
-        resume.extend(["--continue", &s]);
-        let msg = tool_ok(&resume);
-        assert!(msg.contains("backup done"), "{msg}");
-    } else {
-        eprintln!("the backup finished before the kill; only checking its files");
-    }
-    assert!(!state.exists(), "a finished backup removes its state");
-    let mut seen = std::collections::HashSet::new();
-    for entry in std::fs::read_dir(&bdir).expect("dir") {
-        let path = entry.expect("entry").path();
-        let bytes = std::fs::read(&path).expect("read");
-        let mut r = bolide_backup::asb::AsbReader::new(&bytes[..], path.display().to_string());
-        while let Some(rec) = r.next_record().expect("parse") {
-            assert!(seen.insert(rec.digest), "digest twice in the backup");
-        }
-    }
-    let want: std::collections::HashSet<[u8; 20]> =
-        rt.block_on(async { scan_all(&connect(src.port).await).await.into_keys().collect() });
-    assert_eq!(seen.len(), want.len());
-    assert!(seen == want, "backup record set differs from the source");
-    eprintln!("killed mid-backup: {killed}; {} records, each once", seen.len());
+        enc.to_str().expect("utf8"),
+        "--encrypt",
+        "aes256",
+        "--encryption-key-file",
+        key_s,
+    ]);
+
+    let dst = Node::start();
+    let dport = dst.port.to_string();
+    let list = format!("{},{}", plain.display(), enc.display());
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["restore", "-p", &dport];
+        args.extend(extra);
+        tool(&args)
+    };
+    // Wrong key: refused before anything is written, even the plain first directory.
+    let out = restore(&[
+        "--directory-list",
+        &list,
+        "--encrypt",
+        "aes256",
+        "--encryption-key-file",
+        wrong_s,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: wrong encryption key",
+            enc.join(format!("{NS}_00000.asb")).display()
+        )),
+        "{err}"
+    );
+    assert!(node_is_empty(dst.port), "nothing written with a wrong key");
+    // No key at all.
+    let out = restore(&["-d", enc.to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --encryption-key-file"));
+    assert!(node_is_empty(dst.port));
+
+    // Truncated: the file is named, with the records restored before the error.
+    let file = enc.join(format!("{NS}_00000.asb"));
+    let bytes = std::fs::read(&file).expect("read");
+    let damaged = dir.path().join("damaged");
+    std::fs::create_dir(&damaged).expect("dir");
+    let cut = damaged.join("cut.asb");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).expect("write");
+    let out = restore(&[
+        "-i",
+        cut.to_str().expect("utf8"),
+        "--encrypt",
+        "aes256",
+        "--encryption-key-file",
+        key_s,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}", cut.display())) && err.contains("truncated"),
+        "{err}"
+    );
+    assert!(err.contains("records restored before the error"), "{err}");
+
+    // Corrupted: one flipped byte in the middle fails the chunk's authentication.
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    let bad = damaged.join("flipped.asb");
+    std::fs::write(&bad, &flipped).expect("write");
+    let out = restore(&[
+        "-i",
+        bad.to_str().expect("utf8"),
+        "--encrypt",
+        "aes256",
+        "--encryption-key-file",
+        key_s,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}", bad.display())) && (err.contains("authentication") || err.contains("corrupt")),
+        "{err}"
+    );
+    assert!(err.contains("records restored before the error"), "{err}");
 }
