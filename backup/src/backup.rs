@@ -61,7 +61,7 @@ pub struct BackupArgs {
         short = 'd',
         long,
         conflicts_with = "output_file",
-        required_unless_present = "output_file"
+        required_unless_present_any = ["output_file", "estimate"]
     )]
     pub directory: Option<PathBuf>,
     /// Back up to a single file; `-` for stdout.
@@ -120,8 +120,9 @@ pub struct BackupArgs {
     /// The key for --encrypt: any non-empty file; its SHA-256 is the master key.
     #[arg(long)]
     pub encryption_key_file: Option<PathBuf>,
-    /// Not implemented yet: estimate the backup size from a sample.
-    #[arg(short = 'e', long)]
+    /// Estimate the backup's record count and size from a sample of about 10 000 records
+    /// (whole partitions), print it, and write nothing.
+    #[arg(short = 'e', long, conflicts_with = "continue_state")]
     pub estimate: bool,
 }
 
@@ -606,13 +607,6 @@ fn write_shared(out: &SharedOut, chunk: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("write output: {e}"))
 }
 
-fn unsupported(args: &BackupArgs) -> Result<(), String> {
-    if args.estimate {
-        return Err("not implemented yet in bolide-backup: --estimate".into());
-    }
-    Ok(())
-}
-
 fn prepare_dir(dir: &Path, remove: bool) -> Result<(), String> {
     fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     for entry in fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {
@@ -645,7 +639,6 @@ pub async fn connect(host: &str, port: u16) -> Result<Client, String> {
 }
 
 pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
-    unsupported(&args)?;
     let codec = Codec::from_flags(
         args.compress.as_deref(),
         args.encrypt.as_deref(),
@@ -881,6 +874,160 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     })
 }
 
+/// Records `--estimate` samples (asbackup samples 10 000).
+pub const ESTIMATE_SAMPLE_RECORDS: u64 = 10_000;
+/// Partitions per sampling scan.
+const ESTIMATE_BLOCK_PARTITIONS: usize = 32;
+
+/// What `--estimate` found.
+#[derive(Debug, Clone)]
+pub struct Estimate {
+    /// Estimated records and .asb bytes of the backup (text, before any compression).
+    pub records: u64,
+    pub bytes: u64,
+    /// Records and bytes sampled, from this many of `partitions_in_scope` partitions.
+    pub sampled_records: u64,
+    pub sampled_bytes: u64,
+    pub sampled_partitions: usize,
+    pub partitions_in_scope: usize,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Estimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "estimate: {} records, {} bytes ({:.1} MiB) of .asb text; sampled {} records ({} bytes) \
+             from {} of {} partitions in {:.2} s; nothing written",
+            self.records,
+            self.bytes,
+            self.bytes as f64 / (1024.0 * 1024.0),
+            self.sampled_records,
+            self.sampled_bytes,
+            self.sampled_partitions,
+            self.partitions_in_scope,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// The sampling order of `--estimate`: the partitions of `pids` in blocks of up to
+/// [`ESTIMATE_BLOCK_PARTITIONS`] contiguous ones, the blocks in a fixed order spread over the
+/// whole range (a stride coprime to the block count), so a prefix is an even sample.
+fn estimate_blocks(pids: &[usize]) -> Vec<(usize, usize)> {
+    let mut blocks = Vec::new();
+    for (begin, count) in partition_ranges(&pids.iter().map(|&p| Unit::Pid(p)).collect::<Vec<_>>()) {
+        let mut b = begin;
+        while b < begin + count {
+            let c = ESTIMATE_BLOCK_PARTITIONS.min(begin + count - b);
+            blocks.push((b, c));
+            b += c;
+        }
+    }
+    let n = blocks.len();
+    let mut stride = (n * 5 / 8) | 1;
+    while n > 1 && gcd(stride, n) != 1 {
+        stride += 2;
+    }
+    (0..n).map(|i| blocks[i * stride % n.max(1)]).collect()
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// `--estimate`: scans whole partitions, with the backup's set, bins and filters, until at
+/// least [`ESTIMATE_SAMPLE_RECORDS`] records are seen (or every partition in scope is), encodes
+/// them as the backup would, and scales records and bytes by the partitions in scope. Writes
+/// nothing. `--partition-list` digests count as their whole partition.
+///
+/// # Errors
+/// Connecting or a scan fails, or a record cannot be encoded.
+pub async fn estimate(args: &BackupArgs) -> Result<Estimate, String> {
+    let start = Instant::now();
+    let pids: Vec<usize> = match &args.partition_list {
+        None => (0..PARTITIONS).collect(),
+        Some(list) => {
+            let mut p: Vec<usize> = parse_partition_list(list)?
+                .iter()
+                .flat_map(Job::units)
+                .map(|u| u.pid())
+                .collect();
+            p.sort_unstable();
+            p.dedup();
+            p
+        }
+    };
+    let mut policy = QueryPolicy::new();
+    policy.include_bin_data = !args.no_bins;
+    policy.base_policy.filter_expression = lut_filter(args.modified_after, args.modified_before);
+    let bins = if args.no_bins {
+        Bins::None
+    } else if args.bin_list.is_empty() {
+        Bins::All
+    } else {
+        Bins::Some(args.bin_list.clone())
+    };
+    let form = if args.compact {
+        BytesForm::Compact
+    } else {
+        BytesForm::Base64
+    };
+    let client = connect(&args.host, args.port).await?;
+    let (mut records, mut bytes, mut partitions) = (0u64, 0u64, 0usize);
+    let mut buf = Vec::new();
+    for (begin, count) in estimate_blocks(&pids) {
+        if records >= ESTIMATE_SAMPLE_RECORDS {
+            break;
+        }
+        let stmt = Statement::new(
+            args.namespace.clone(),
+            args.set.clone().unwrap_or_default(),
+            bins.clone(),
+        );
+        let rs = client
+            .query(&policy, PartitionFilter::by_range(begin, count), stmt)
+            .await
+            .map_err(|e| format!("estimate scan of partitions {begin}-{}: {e}", begin + count - 1))?;
+        let mut stream = rs.into_stream();
+        while let Some(item) = stream.next().await {
+            let rec = item.map_err(|e| format!("estimate scan of partitions {begin}-{}: {e}", begin + count - 1))?;
+            let rec = convert::record_of(&args.namespace, &rec).map_err(|e| format!("estimate: {e}"))?;
+            buf.clear();
+            asb::encode_record(&mut buf, &rec, form);
+            records += 1;
+            bytes += buf.len() as u64;
+        }
+        partitions += count;
+    }
+    let _ = client.close().await;
+    let scale = |x: u64| (x as f64 * pids.len() as f64 / partitions.max(1) as f64).round() as u64;
+    let mut header = Vec::new();
+    asb::encode_header(&mut header, &args.namespace, true);
+    let mut est_records = scale(records);
+    if let Some(max) = args.max_records {
+        est_records = est_records.min(max);
+    }
+    let per_record = if records == 0 {
+        0.0
+    } else {
+        bytes as f64 / records as f64
+    };
+    Ok(Estimate {
+        records: est_records,
+        bytes: header.len() as u64 + (est_records as f64 * per_record).round() as u64,
+        sampled_records: records,
+        sampled_bytes: bytes,
+        sampled_partitions: partitions,
+        partitions_in_scope: pids.len(),
+        elapsed: start.elapsed(),
+    })
+}
+
 /// The last-update-time filter of `--modified-after` / `--modified-before` (Unix seconds; the
 /// expression compares nanoseconds since the Unix epoch, wire spec §3.3 field 43).
 pub fn lut_filter(after: Option<i64>, before: Option<i64>) -> Option<Expression> {
@@ -1030,6 +1177,23 @@ mod tests {
         assert!(matches!(d[0], Job::AfterDigest(_)));
         assert!(parse_partition_list("4095-2").is_err());
         assert!(parse_partition_list("x").is_err());
+    }
+
+    #[test]
+    fn estimate_blocks_cover_the_scope_once_spread_out() {
+        for pids in [
+            (0..PARTITIONS).collect::<Vec<_>>(),
+            (100..300).chain(4000..4096).collect(),
+        ] {
+            let blocks = estimate_blocks(&pids);
+            let mut seen: Vec<usize> = blocks.iter().flat_map(|&(b, c)| b..b + c).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, pids);
+            assert!(blocks.iter().all(|&(_, c)| c <= ESTIMATE_BLOCK_PARTITIONS));
+        }
+        // The first blocks of the full range are far apart.
+        let blocks = estimate_blocks(&(0..PARTITIONS).collect::<Vec<_>>());
+        assert!(blocks[0].0.abs_diff(blocks[1].0) >= 512, "{:?}", &blocks[..3]);
     }
 
     #[test]

@@ -623,6 +623,47 @@ fn incremental_chain_with_deletes_restores_the_exact_state() {
     });
 }
 
+/// `--estimate` on a node with a known content: the record count and size come out within 10 %
+/// of the truth (a real backup of the same node), and nothing is written.
+#[test]
+fn estimate_is_close_and_writes_nothing() {
+    let src = Node::start();
+    let rt = runtime();
+    let n = 30_000u32;
+    rt.block_on(put_records_padded(src.port, 0..n, 1, 100));
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
+    let port = src.port.to_string();
+    let never = dir.path().join("never");
+    let out = tool(&[
+        "backup",
+        "-p",
+        &port,
+        "-n",
+        NS,
+        "-d",
+        never.to_str().expect("utf8"),
+        "--estimate",
+    ]);
+    assert!(out.status.success());
+    assert!(!never.exists(), "--estimate writes nothing");
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|t| !t.is_empty())
+        .take(2)
+        .map(|t| t.parse().expect("number"))
+        .collect();
+    assert!(line.starts_with("estimate: "), "{line}");
+    let (records, bytes) = (nums[0], nums[1]);
+    let real = dir.path().join("real.asb");
+    tool_ok(&["backup", "-p", &port, "-n", NS, "-o", real.to_str().expect("utf8")]);
+    let real_bytes = std::fs::metadata(&real).expect("stat").len();
+    eprintln!("estimate {records} records {bytes} bytes; real {n} records {real_bytes} bytes");
+    assert!(records.abs_diff(u64::from(n)) * 10 <= u64::from(n), "{line}");
+    assert!(bytes.abs_diff(real_bytes) * 10 <= real_bytes, "{line} vs {real_bytes}");
+    assert!(line.contains("sampled"), "{line}");
+}
+
 fn now_utc_string() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
