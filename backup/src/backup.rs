@@ -769,11 +769,22 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
         state,
     });
 
+    // A progress bar on a terminal (against the namespace's object count when the server
+    // reports one), plain lines every --progress-secs otherwise.
+    let bar = if io::stderr().is_terminal() && args.progress_secs > 0 {
+        let total = namespace_objects(&shared.client, &args.namespace).await;
+        Some(progress_bar(total))
+    } else {
+        None
+    };
     let progress = (args.progress_secs > 0).then(|| {
         let s = shared.clone();
-        let every = Duration::from_secs(args.progress_secs);
+        let bar = bar.clone();
+        let every = match bar {
+            Some(_) => Duration::from_millis(200),
+            None => Duration::from_secs(args.progress_secs),
+        };
         tokio::spawn(async move {
-            let terminal = io::stderr().is_terminal();
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
@@ -781,16 +792,17 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
                 let secs = start.elapsed().as_secs_f64();
                 let recs = s.records.load(Ordering::Relaxed);
                 let bytes = s.bytes.load(Ordering::Relaxed);
-                let line = format!(
-                    "backup: {recs} records, {:.1} MiB, {:.0} s, {:.0} records/s",
-                    bytes as f64 / (1024.0 * 1024.0),
-                    secs,
-                    recs as f64 / secs.max(1e-9)
-                );
-                if terminal {
-                    eprint!("\r{line}   ");
-                } else {
-                    eprintln!("{line}");
+                let mib = bytes as f64 / (1024.0 * 1024.0);
+                let rate = recs as f64 / secs.max(1e-9);
+                match &bar {
+                    Some(bar) => {
+                        bar.set_position(recs);
+                        bar.set_message(format!(
+                            "{mib:.1} MiB, {rate:.0} records/s, {:.1} MiB/s",
+                            mib / secs.max(1e-9)
+                        ));
+                    }
+                    None => eprintln!("backup: {recs} records, {mib:.1} MiB, {secs:.0} s, {rate:.0} records/s"),
                 }
             }
         })
@@ -818,9 +830,9 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     }
     if let Some(p) = progress {
         p.abort();
-        if io::stderr().is_terminal() {
-            eprintln!();
-        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     if let Some(e) = first_err {
         if let Err(save) = shared.save_state() {
@@ -872,6 +884,46 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
         files: shared.files.load(Ordering::Relaxed).max(1),
         elapsed: start.elapsed(),
     })
+}
+
+/// The namespace's record count as the servers report it (info `namespace/<ns>`:
+/// `master_objects`, else `objects`, summed over the cluster's nodes); `None` when a node does
+/// not answer or reports neither.
+pub async fn namespace_objects(client: &Client, namespace: &str) -> Option<u64> {
+    let cmd = format!("namespace/{namespace}");
+    let mut total = 0u64;
+    for node in client.nodes() {
+        let info = node
+            .info(&aerospike::AdminPolicy::default(), &[cmd.as_str()])
+            .await
+            .ok()?;
+        let text = info.get(&cmd)?;
+        let field = |name: &str| {
+            text.split(';')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        total += field("master_objects").or_else(|| field("objects"))?;
+    }
+    Some(total)
+}
+
+/// The terminal progress bar: records against `total` (with rate and ETA) when known, a
+/// spinner with the count otherwise.
+fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
+    let style = match total {
+        Some(_) => indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} records, {msg}, ETA {eta}",
+        ),
+        None => indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} records, {msg}"),
+    }
+    .expect("valid progress template");
+    let bar = match total {
+        Some(t) => indicatif::ProgressBar::new(t),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_style(style);
+    bar
 }
 
 /// Records `--estimate` samples (asbackup samples 10 000).

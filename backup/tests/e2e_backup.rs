@@ -662,6 +662,9 @@ fn estimate_is_close_and_writes_nothing() {
     assert!(records.abs_diff(u64::from(n)) * 10 <= u64::from(n), "{line}");
     assert!(bytes.abs_diff(real_bytes) * 10 <= real_bytes, "{line} vs {real_bytes}");
     assert!(line.contains("sampled"), "{line}");
+    // The progress bar's total: the node's object count.
+    let objects = rt.block_on(async { bolide_backup::backup::namespace_objects(&connect(src.port).await, NS).await });
+    assert_eq!(objects, Some(u64::from(n)));
 }
 
 fn now_utc_string() -> String {
