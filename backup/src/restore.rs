@@ -466,36 +466,54 @@ fn prepare(cfg: &WriterCfg, counters: &Counters, rec: &asb::Record) -> Option<Pr
     })
 }
 
+/// Result codes a write is retried on (after a backoff, up to [`MAX_ATTEMPTS`] tries): 18
+/// DEVICE_OVERLOAD, 14 KEY_BUSY, 9 TIMEOUT (server), -11 client timeout (spec §5: the C client
+/// retries 18 too). A retried write is idempotent under restore's policies, except that a retry
+/// of a write that did land is counted as fresher (generation check) or existed (`--unique`).
+const RETRY_CODES: [i32; 4] = [18, 14, 9, -11];
+/// Tries of one write (or batch row) before its last result code counts.
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// The pause before try `attempt` + 1: 20 ms doubling, at most 1 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((20u64 << attempt.min(6)).min(1000))
+}
+
 async fn write_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: asb::Record) {
     let Some(p) = prepare(cfg, counters, &rec) else { return };
     let mut policy = cfg.base.clone();
     policy.expiration = p.expiration;
     policy.send_key = p.send_key;
     policy.generation = p.generation;
-    let code = match client.put(&policy, &p.key, &p.bins).await {
-        Ok(()) => 0,
-        Err(e) => {
-            let code = e.result_code();
-            count_write(cfg, counters, code, || {
-                format!("record {}: {e} (result code {code})", p.key)
-            });
-            return;
+    let mut attempt = 1;
+    loop {
+        match client.put(&policy, &p.key, &p.bins).await {
+            Ok(()) => return count_write(cfg, counters, 0, String::new),
+            Err(e) => {
+                let code = e.result_code();
+                if RETRY_CODES.contains(&code) && attempt < MAX_ATTEMPTS {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+                return count_write(cfg, counters, code, || {
+                    format!("record {}: {e} (result code {code}, {attempt} tries)", p.key)
+                });
+            }
         }
-    };
-    count_write(cfg, counters, code, String::new);
+    }
 }
 
-/// One batch write: the rows of `rows` (writes and deletes) in one request; every row's result
-/// code counted. A whole-batch failure counts each unanswered row with the batch's code.
-async fn write_batch(client: &Client, cfg: &WriterCfg, counters: &Counters, rows: Vec<Msg>) {
-    let mut ops = Vec::with_capacity(rows.len());
-    let mut is_delete = Vec::with_capacity(rows.len());
-    for row in rows {
-        match row {
-            Msg::Record(rec) => {
-                let Some(p) = prepare(cfg, counters, &rec) else {
-                    continue;
-                };
+/// A batch row: a record to write, or a key to delete.
+enum Row {
+    Write(Prepared),
+    Delete(aerospike::Key),
+}
+
+impl Row {
+    fn op(&self, cfg: &WriterCfg) -> BatchOperation {
+        match self {
+            Row::Write(p) => {
                 let policy = BatchWritePolicy {
                     record_exists_action: cfg.base.record_exists_action,
                     generation_policy: cfg.base.generation_policy,
@@ -505,44 +523,64 @@ async fn write_batch(client: &Client, cfg: &WriterCfg, counters: &Counters, rows
                     ..BatchWritePolicy::default()
                 };
                 let bin_ops: Vec<_> = p.bins.iter().map(operations::put).collect();
-                ops.push(BatchOperation::write(&policy, p.key, bin_ops));
-                is_delete.push(false);
+                BatchOperation::write(&policy, p.key.clone(), bin_ops)
             }
+            Row::Delete(key) => BatchOperation::delete(&BatchDeletePolicy::default(), key.clone()),
+        }
+    }
+}
+
+/// One batch write: the rows of `rows` (writes and deletes) in one request; every row's result
+/// code counted. Rows that fail with a [`RETRY_CODES`] code are sent again (a smaller batch)
+/// after a backoff; a whole-batch failure gives each unanswered row the batch's code.
+async fn write_batch(client: &Client, cfg: &WriterCfg, counters: &Counters, msgs: Vec<Msg>) {
+    let mut rows = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        match msg {
+            Msg::Record(rec) => rows.extend(prepare(cfg, counters, &rec).map(Row::Write)),
             Msg::Delete(rec) => {
                 let ns = cfg.target_ns.as_deref().unwrap_or(&rec.namespace);
-                ops.push(BatchOperation::delete(
-                    &BatchDeletePolicy::default(),
-                    convert::key_of(ns, &rec),
-                ));
-                is_delete.push(true);
+                rows.push(Row::Delete(convert::key_of(ns, &rec)));
             }
             Msg::Barrier(_) => unreachable!("barriers are not batched"),
         }
     }
-    if ops.is_empty() {
-        return;
-    }
-    let batch_err = client.batch(&cfg.batch_policy, &mut ops).await.err();
-    for (op, delete) in ops.iter().zip(is_delete) {
-        let code = match (op.result_code(), op.error(), &batch_err) {
-            (Some(rc), _, _) => i32::from(u8::from(rc)),
-            (None, Some(e), _) | (None, None, Some(e)) => e.result_code(),
-            (None, None, None) => NO_RESPONSE,
-        };
-        let what = || {
-            let err = op.error().or(batch_err.as_ref()).map(ToString::to_string);
-            format!(
-                "{} {} in a batch: {} (result code {code})",
-                if delete { "delete" } else { "record" },
-                op.batch_record().key,
-                err.unwrap_or_else(|| "no answer".into())
-            )
-        };
-        if delete {
-            count_delete(cfg, counters, code, what);
-        } else {
-            count_write(cfg, counters, code, what);
+    let mut attempt = 1;
+    while !rows.is_empty() {
+        let mut ops: Vec<BatchOperation> = rows.iter().map(|r| r.op(cfg)).collect();
+        let batch_err = client.batch(&cfg.batch_policy, &mut ops).await.err();
+        let mut retry = Vec::new();
+        for (row, op) in rows.into_iter().zip(&ops) {
+            let code = match (op.result_code(), op.error(), &batch_err) {
+                (Some(rc), _, _) => i32::from(u8::from(rc)),
+                (None, Some(e), _) | (None, None, Some(e)) => e.result_code(),
+                (None, None, None) => NO_RESPONSE,
+            };
+            if RETRY_CODES.contains(&code) && attempt < MAX_ATTEMPTS {
+                retry.push(row);
+                continue;
+            }
+            let delete = matches!(row, Row::Delete(_));
+            let what = || {
+                let err = op.error().or(batch_err.as_ref()).map(ToString::to_string);
+                format!(
+                    "{} {} in a batch: {} (result code {code}, {attempt} tries)",
+                    if delete { "delete" } else { "record" },
+                    op.batch_record().key,
+                    err.unwrap_or_else(|| "no answer".into())
+                )
+            };
+            if delete {
+                count_delete(cfg, counters, code, what);
+            } else {
+                count_write(cfg, counters, code, what);
+            }
         }
+        if !retry.is_empty() {
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+        rows = retry;
     }
 }
 
@@ -569,23 +607,24 @@ fn count_failure(cfg: &WriterCfg, counters: &Counters, code: i32, what: impl FnO
 async fn delete_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: asb::Record) {
     let ns = cfg.target_ns.as_deref().unwrap_or(&rec.namespace);
     let key = convert::key_of(ns, &rec);
-    match client.delete(&WritePolicy::default(), &key).await {
-        Ok(true) => {
-            counters.deleted.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(false) => {
-            counters.delete_absent.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            let code = e.result_code();
-            if code == 2 {
-                counters.delete_absent.fetch_add(1, Ordering::Relaxed);
-            } else {
-                count_failure(cfg, counters, code, || {
-                    format!("delete {key}: {e} (result code {code})")
+    let mut attempt = 1;
+    loop {
+        let code = match client.delete(&WritePolicy::default(), &key).await {
+            Ok(true) => 0,
+            Ok(false) => 2,
+            Err(e) => {
+                let code = e.result_code();
+                if RETRY_CODES.contains(&code) && attempt < MAX_ATTEMPTS {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+                return count_delete(cfg, counters, code, || {
+                    format!("delete {key}: {e} (result code {code}, {attempt} tries)")
                 });
             }
-        }
+        };
+        return count_delete(cfg, counters, code, String::new);
     }
 }
 
