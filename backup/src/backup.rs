@@ -611,7 +611,8 @@ fn prepare_dir(dir: &Path, remove: bool) -> Result<(), String> {
     fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     for entry in fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {
         let path = entry.map_err(|e| format!("read {}: {e}", dir.display()))?.path();
-        if path.extension().is_some_and(|x| x == "asb") {
+        // A deletes.asbd left by an earlier incremental would be applied with this backup.
+        if path.extension().is_some_and(|x| x == "asb") || path.file_name().is_some_and(|n| n == DELETES_FILE) {
             if remove {
                 fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
             } else {

@@ -630,6 +630,14 @@ fn incremental_chain_with_deletes_restores_the_exact_state() {
             assert_eq!(exists, i < 20, "record {i} after the chain");
         }
     });
+
+    // A full backup into an incremental's directory: refused, or with --remove-files the old
+    // deletes.asbd goes too (it would otherwise be applied with the new backup).
+    let i1 = incr1.to_str().expect("utf8");
+    assert!(!tool(&["backup", "-p", &port, "-n", NS, "-d", i1]).status.success());
+    assert!(incr1.join("deletes.asbd").exists());
+    tool_ok(&["backup", "-p", &port, "-n", NS, "-d", i1, "--remove-files"]);
+    assert!(!incr1.join("deletes.asbd").exists());
 }
 
 /// `--estimate` on a node with a known content: the record count and size come out within 10 %
