@@ -103,10 +103,12 @@ pub struct BackupArgs {
     /// Write blobs, lists and maps as raw bytes (`- B!`) instead of base64.
     #[arg(short = 'C', long)]
     pub compact: bool,
-    /// Seconds between progress lines on stderr (0: none).
+    /// Seconds between progress lines on stderr; on a terminal a progress bar instead (0: no
+    /// progress output).
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
-    /// Not implemented yet: resume from a state file.
+    /// Resume a killed or failed directory backup from its state file (`<dir>/<ns>.asb.state`;
+    /// give the same flags as the first run).
     #[arg(short = 'c', long = "continue")]
     pub continue_state: Option<PathBuf>,
     /// Compress the backup files: `zstd` (Bolide's own framing, not asbackup's; see

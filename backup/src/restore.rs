@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,7 +103,8 @@ pub struct RestoreArgs {
     /// Write one record per request instead of batch writes.
     #[arg(long)]
     pub disable_batch_writes: bool,
-    /// Seconds between progress lines on stderr (0: none).
+    /// Seconds between progress lines on stderr; on a terminal a progress bar over the files'
+    /// bytes instead (0: no progress output).
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
     /// The files are compressed: `zstd`. Informational: a framed file's header says how it is
@@ -779,9 +780,36 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
             tokio::spawn(batch_writer(client.clone(), cfg.clone(), counters.clone(), rx))
         });
     }
+    // On a terminal a progress bar over the bytes of the files (stdin: a spinner); plain lines
+    // every --progress-secs otherwise.
+    let bar = (io::stderr().is_terminal() && args.progress_secs > 0).then(|| {
+        let files: Option<u64> = sources
+            .iter()
+            .map(|(_, src)| match src {
+                Source::File(p) | Source::Deletes(p) => fs::metadata(p).ok().map(|m| m.len()),
+                Source::Stdin => None,
+            })
+            .sum();
+        let (bar, template) = match files {
+            Some(total) => (
+                indicatif::ProgressBar::new(total),
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes}, {msg}, ETA {eta}",
+            ),
+            None => (
+                indicatif::ProgressBar::new_spinner(),
+                "{spinner} [{elapsed_precise}] {bytes}, {msg}",
+            ),
+        };
+        bar.set_style(indicatif::ProgressStyle::with_template(template).expect("valid progress template"));
+        bar
+    });
     let progress = (args.progress_secs > 0).then(|| {
         let c = counters.clone();
-        let every = Duration::from_secs(args.progress_secs);
+        let bar = bar.clone();
+        let every = match bar {
+            Some(_) => Duration::from_millis(200),
+            None => Duration::from_secs(args.progress_secs),
+        };
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -789,13 +817,19 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
                 tick.tick().await;
                 let secs = start.elapsed().as_secs_f64();
                 let w = c.written.load(Ordering::Relaxed);
-                eprintln!(
-                    "restore: {} read, {w} written, {} failed, {:.0} s, {:.0} records/s",
+                let line = format!(
+                    "{} read, {w} written, {} failed, {:.0} records/s",
                     c.read.load(Ordering::Relaxed),
                     c.failed.load(Ordering::Relaxed),
-                    secs,
                     w as f64 / secs.max(1e-9)
                 );
+                match &bar {
+                    Some(bar) => {
+                        bar.set_position(c.bytes.load(Ordering::Relaxed));
+                        bar.set_message(line);
+                    }
+                    None => eprintln!("restore: {line}, {secs:.0} s"),
+                }
             }
         })
     });
@@ -809,6 +843,9 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
     }
     if let Some(p) = progress {
         p.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     let _ = client.close().await;
 
