@@ -5,6 +5,7 @@
 //! every job writes its own files, rotated at `--file-limit` MiB; with `--output-file` all jobs
 //! append whole records to one shared file (or stdout).
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -204,13 +205,6 @@ impl Job {
     }
 }
 
-fn filter_of(unit: &Unit, namespace: &str) -> PartitionFilter {
-    match unit {
-        Unit::Pid(p) => PartitionFilter::by_id(*p),
-        Unit::After(_, d) => PartitionFilter::by_key(&Key::with_digest(namespace, "", None, *d)),
-    }
-}
-
 /// Splits units into at most `parts` contiguous, non-empty groups.
 fn split_units<T>(units: Vec<T>, parts: usize) -> Vec<Vec<T>> {
     let parts = parts.clamp(1, units.len().max(1));
@@ -377,7 +371,7 @@ impl Shared {
 }
 
 impl Shared {
-    /// Adds `mark` to the job's pending marks and, when `force`d, when the job has no open file,
+    /// Adds `marks` to the job's pending marks and, when `force`d, when the job has no open file,
     /// or at most every [`STATE_SAVE_INTERVAL`], flushes the file and records the marks with its
     /// length ([`Shared::checkpoint`]). Deferring keeps the chunks of a framed file (one per
     /// flush) large; marks lost to a kill are only redone on resume.
@@ -385,10 +379,10 @@ impl Shared {
         &self,
         file: Option<&mut DirFile>,
         pending: &mut PendingMarks,
-        mark: Option<Mark>,
+        marks: impl IntoIterator<Item = Mark>,
         force: bool,
     ) -> Result<(), String> {
-        pending.marks.extend(mark);
+        pending.marks.extend(marks);
         if !force && file.is_some() && pending.since.elapsed() < STATE_SAVE_INTERVAL {
             return Ok(());
         }
@@ -459,8 +453,62 @@ fn finish_file(f: DirFile) -> Result<(), String> {
     file.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))
 }
 
-/// Runs one job's scans (its units, one after the other) to their end; returns the records it
-/// wrote.
+/// One query of a job: a run of contiguous whole partitions, or the rest of one partition after
+/// a digest (a resumed partial one, or a `--partition-list` digest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    Range(usize, usize),
+    After(usize, [u8; 20]),
+}
+
+impl Scan {
+    fn filter(&self, namespace: &str) -> PartitionFilter {
+        match *self {
+            Scan::Range(begin, count) => PartitionFilter::by_range(begin, count),
+            Scan::After(_, d) => PartitionFilter::by_key(&Key::with_digest(namespace, "", None, d)),
+        }
+    }
+
+    fn pids(&self) -> std::ops::Range<usize> {
+        match *self {
+            Scan::Range(begin, count) => begin..begin + count,
+            Scan::After(pid, _) => pid..pid + 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Scan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scan::Range(b, 1) => write!(f, "partition {b}"),
+            Scan::Range(b, c) => write!(f, "partitions {b}-{}", b + c - 1),
+            Scan::After(p, d) => write!(f, "partition {p} after {}", B64.encode(d)),
+        }
+    }
+}
+
+/// A job's units as queries: consecutive whole partitions coalesced into ranges. One query per
+/// range instead of one per partition: each query costs a round of set-up on the server.
+fn scans_of(units: &[Unit]) -> Vec<Scan> {
+    let mut out: Vec<Scan> = Vec::new();
+    for u in units {
+        match (*u, out.last_mut()) {
+            (Unit::Pid(p), Some(Scan::Range(b, c))) if *b + *c == p => *c += 1,
+            (Unit::Pid(p), _) => out.push(Scan::Range(p, 1)),
+            (Unit::After(p, d), _) => out.push(Scan::After(p, d)),
+        }
+    }
+    out
+}
+
+/// Runs one job's scans (its units, one query per run of contiguous partitions) to their end;
+/// returns the records it wrote.
+///
+/// Directory mode checkpoints: every record's partition is known from its digest, and records
+/// of one partition come in digest order, so at any point "partial `<pid>` `<last digest
+/// written>`" is true for every partition seen, whatever order the partitions of a range come
+/// in; a partition is marked done only when its query has ended. A resume scans a partial
+/// partition after its digest and an unmarked one whole: nothing missing, nothing twice.
 async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
     let mut chunk = Vec::with_capacity(CHUNK_BYTES + 4096);
     let mut file: Option<DirFile> = None;
@@ -470,40 +518,46 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
     };
     let mut n = 0u64;
     let mut result = Ok(());
-    'units: for unit in units {
+    'scans: for scan in scans_of(&units) {
         if shared.failed.load(Ordering::Relaxed) {
             break;
         }
-        let pid = unit.pid();
         let stmt = Statement::new(shared.namespace.clone(), shared.set.clone(), shared.bins.clone());
         let rs = match shared
             .client
-            .query(&shared.policy, filter_of(&unit, &shared.namespace), stmt)
+            .query(&shared.policy, scan.filter(&shared.namespace), stmt)
             .await
         {
             Ok(rs) => rs,
             Err(e) => {
-                result = Err(format!("scan {unit:?}: {e}"));
+                result = Err(format!("scan of {scan}: {e}"));
                 break;
             }
         };
         let mut stream = rs.into_stream();
         let mut since_checkpoint = 0u64;
-        let mut last_digest = None;
+        // The last digest written of each partition seen since the last mark.
+        let mut seen: BTreeMap<usize, [u8; 20]> = BTreeMap::new();
+        let partials = |seen: &mut BTreeMap<usize, [u8; 20]>| {
+            std::mem::take(seen)
+                .into_iter()
+                .map(|(p, d)| Mark::Partial(p, d))
+                .collect::<Vec<_>>()
+        };
         while let Some(item) = stream.next().await {
             if shared.failed.load(Ordering::Relaxed) {
-                break 'units;
+                break 'scans;
             }
             let rec = match item {
                 Ok(rec) => rec,
                 Err(e) => {
-                    result = Err(format!("scan {unit:?}: {e}"));
-                    break 'units;
+                    result = Err(format!("scan of {scan}: {e}"));
+                    break 'scans;
                 }
             };
             if let Some(max) = shared.max_records {
                 if shared.taken.fetch_add(1, Ordering::Relaxed) >= max {
-                    break 'units;
+                    break 'scans;
                 }
             }
             let rec = match convert::record_of(&shared.namespace, &rec) {
@@ -513,7 +567,7 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                         "record {}: {e}",
                         B64.encode(rec.key.map(|k| k.digest()).unwrap_or_default())
                     ));
-                    break 'units;
+                    break 'scans;
                 }
             };
             let before = chunk.len();
@@ -528,11 +582,10 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                     // final length goes into the state first.
                     if file.as_ref().is_some_and(|f| f.written >= *limit_bytes) {
                         let mut old = file.take().expect("checked");
-                        let mark = last_digest.map(|d| Mark::Partial(pid, d));
-                        let r = shared.mark(Some(&mut old), &mut pending, mark, true);
+                        let r = shared.mark(Some(&mut old), &mut pending, partials(&mut seen), true);
                         if let Err(e) = r.and_then(|()| finish_file(old)) {
                             result = Err(e);
-                            break 'units;
+                            break 'scans;
                         }
                     }
                     if file.is_none() {
@@ -540,25 +593,29 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                             Ok(f) => file = Some(f),
                             Err(e) => {
                                 result = Err(e);
-                                break 'units;
+                                break 'scans;
                             }
                         }
                     }
                     let f = file.as_mut().expect("opened above");
                     if let Err(e) = f.writer.write_all(&chunk) {
                         result = Err(format!("write {}: {e}", f.path.display()));
-                        break 'units;
+                        break 'scans;
                     }
                     f.written += chunk.len() as u64;
                     chunk.clear();
-                    last_digest = Some(rec.digest);
+                    let pid = state::pid_of(&rec.digest);
+                    if !scan.pids().contains(&pid) {
+                        result = Err(format!("scan of {scan} returned a record of partition {pid}"));
+                        break 'scans;
+                    }
+                    seen.insert(pid, rec.digest);
                     since_checkpoint += 1;
                     if since_checkpoint >= CHECKPOINT_RECORDS {
                         since_checkpoint = 0;
-                        let mark = Some(Mark::Partial(pid, rec.digest));
-                        if let Err(e) = shared.mark(file.as_mut(), &mut pending, mark, false) {
+                        if let Err(e) = shared.mark(file.as_mut(), &mut pending, partials(&mut seen), false) {
                             result = Err(e);
-                            break 'units;
+                            break 'scans;
                         }
                     }
                 }
@@ -566,14 +623,16 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                     if chunk.len() >= CHUNK_BYTES {
                         if let Err(e) = write_shared(out, &chunk) {
                             result = Err(e);
-                            break 'units;
+                            break 'scans;
                         }
                         chunk.clear();
                     }
                 }
             }
         }
-        if let Err(e) = shared.mark(file.as_mut(), &mut pending, Some(Mark::Done(pid)), false) {
+        // The query ended: every partition of it is done (partials are superseded).
+        seen.clear();
+        if let Err(e) = shared.mark(file.as_mut(), &mut pending, scan.pids().map(Mark::Done), false) {
             result = Err(e);
             break;
         }
@@ -1232,6 +1291,32 @@ mod tests {
         assert!(matches!(d[0], Job::AfterDigest(_)));
         assert!(parse_partition_list("4095-2").is_err());
         assert!(parse_partition_list("x").is_err());
+    }
+
+    #[test]
+    fn scans_coalesce_contiguous_partitions() {
+        let d = [7u8; 20];
+        let units = vec![
+            Unit::After(3, d),
+            Unit::Pid(4),
+            Unit::Pid(5),
+            Unit::Pid(6),
+            Unit::Pid(9),
+            Unit::After(10, d),
+            Unit::Pid(11),
+        ];
+        assert_eq!(
+            scans_of(&units),
+            vec![
+                Scan::After(3, d),
+                Scan::Range(4, 3),
+                Scan::Range(9, 1),
+                Scan::After(10, d),
+                Scan::Range(11, 1)
+            ]
+        );
+        let all: Vec<Unit> = (0..PARTITIONS).map(Unit::Pid).collect();
+        assert_eq!(scans_of(&all), vec![Scan::Range(0, PARTITIONS)]);
     }
 
     #[test]

@@ -913,6 +913,9 @@ fn killed_backup_continues_without_duplicates_or_gaps() {
             "2",
             "--file-limit",
             "1",
+            // Slow enough (6 s) that the kill below lands mid-backup.
+            "--records-per-second",
+            "10000",
         ];
         if framed {
             args.extend([
@@ -929,21 +932,31 @@ fn killed_backup_continues_without_duplicates_or_gaps() {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn");
-        std::thread::sleep(Duration::from_millis(1500));
+        // Kill (SIGKILL) as soon as the saved state records some progress.
+        let state = bdir.join(format!("{NS}.asb.state"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&state).unwrap_or_default();
+            if text.contains("\nfile ") && (text.contains("\npartial ") || text.contains("\ndone ")) {
+                break;
+            }
+            assert!(
+                child.try_wait().expect("try_wait").is_none(),
+                "the backup ended before any checkpoint"
+            );
+            assert!(Instant::now() < deadline, "no checkpoint within 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let killed = child.try_wait().expect("try_wait").is_none();
         let _ = child.kill();
         let _ = child.wait();
-        let state = bdir.join(format!("{NS}.asb.state"));
-        if killed {
-            assert!(state.exists(), "a killed backup leaves its state");
-            let mut resume: Vec<&str> = args.clone();
-            let s = state.to_str().expect("utf8").to_string();
-            resume.extend(["--continue", &s]);
-            let msg = tool_ok(&resume);
-            assert!(msg.contains("backup done"), "{msg}");
-        } else {
-            eprintln!("the backup finished before the kill; only checking its files");
-        }
+        assert!(killed, "the backup (at 10 000 records/s) ended before the kill");
+        assert!(state.exists(), "a killed backup leaves its state");
+        let mut resume: Vec<&str> = args.clone();
+        let s = state.to_str().expect("utf8").to_string();
+        resume.extend(["--continue", &s]);
+        let msg = tool_ok(&resume);
+        assert!(msg.contains("backup done"), "{msg}");
         assert!(!state.exists(), "a finished backup removes its state");
         let master = bolide_backup::frame::MasterKey::from_bytes(b"0123456789abcdef0123456789abcdef");
         let mut seen = std::collections::HashSet::new();
@@ -963,7 +976,7 @@ fn killed_backup_continues_without_duplicates_or_gaps() {
         assert_eq!(seen.len(), want.len());
         assert!(seen == want, "backup record set differs from the source");
         eprintln!(
-            "framed {framed}: killed mid-backup: {killed}; {} records, each once",
+            "framed {framed}: killed mid-backup, resumed; {} records, each once",
             seen.len()
         );
     }
