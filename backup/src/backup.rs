@@ -1004,6 +1004,9 @@ pub struct Estimate {
     pub sampled_bytes: u64,
     pub sampled_partitions: usize,
     pub partitions_in_scope: usize,
+    /// With `--compress zstd`: the estimated stored bytes (the sample compressed in 1 MiB chunks,
+    /// as the backup compresses, scaled the same way).
+    pub compressed_bytes: Option<u64>,
     pub elapsed: Duration,
 }
 
@@ -1011,11 +1014,18 @@ impl std::fmt::Display for Estimate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "estimate: {} records, {} bytes ({:.1} MiB) of .asb text; sampled {} records ({} bytes) \
+            "estimate: {} records, {} bytes ({:.1} MiB) of .asb text{}; sampled {} records ({} bytes) \
              from {} of {} partitions in {:.2} s; nothing written",
             self.records,
             self.bytes,
             self.bytes as f64 / (1024.0 * 1024.0),
+            match self.compressed_bytes {
+                Some(c) => format!(
+                    ", {c} bytes ({:.1} MiB) with --compress zstd",
+                    c as f64 / (1024.0 * 1024.0)
+                ),
+                None => String::new(),
+            },
             self.sampled_records,
             self.sampled_bytes,
             self.sampled_partitions,
@@ -1093,6 +1103,11 @@ pub async fn estimate(args: &BackupArgs) -> Result<Estimate, String> {
     };
     let client = connect(&args.host, args.port).await?;
     let (mut records, mut bytes, mut partitions) = (0u64, 0u64, 0usize);
+    let zstd = Codec::from_flags(args.compress.as_deref(), None, None)?.zstd;
+    // The sample text, kept for compression (bounded: the sample stops near 10 000 records, and
+    // text past this cap is not kept).
+    const SAMPLE_TEXT_MAX_BYTES: usize = 64 << 20;
+    let mut sample = Vec::new();
     let mut buf = Vec::new();
     for (begin, count) in estimate_blocks(&pids) {
         if records >= ESTIMATE_SAMPLE_RECORDS {
@@ -1115,6 +1130,9 @@ pub async fn estimate(args: &BackupArgs) -> Result<Estimate, String> {
             asb::encode_record(&mut buf, &rec, form);
             records += 1;
             bytes += buf.len() as u64;
+            if zstd && sample.len() + buf.len() <= SAMPLE_TEXT_MAX_BYTES {
+                sample.extend_from_slice(&buf);
+            }
         }
         partitions += count;
     }
@@ -1131,9 +1149,27 @@ pub async fn estimate(args: &BackupArgs) -> Result<Estimate, String> {
     } else {
         bytes as f64 / records as f64
     };
+    let est_bytes = header.len() as u64 + (est_records as f64 * per_record).round() as u64;
+    let compressed_bytes = if zstd {
+        let mut packed = 0usize;
+        for chunk in sample.chunks(crate::frame::CHUNK_PLAIN_BYTES) {
+            packed += zstd::bulk::compress(chunk, crate::frame::ZSTD_LEVEL)
+                .map_err(|e| format!("estimate: zstd: {e}"))?
+                .len();
+        }
+        let ratio = if sample.is_empty() {
+            1.0
+        } else {
+            packed as f64 / sample.len() as f64
+        };
+        Some((est_bytes as f64 * ratio).round() as u64)
+    } else {
+        None
+    };
     Ok(Estimate {
         records: est_records,
-        bytes: header.len() as u64 + (est_records as f64 * per_record).round() as u64,
+        bytes: est_bytes,
+        compressed_bytes,
         sampled_records: records,
         sampled_bytes: bytes,
         sampled_partitions: partitions,

@@ -679,6 +679,35 @@ fn estimate_is_close_and_writes_nothing() {
     assert!(records.abs_diff(u64::from(n)) * 10 <= u64::from(n), "{line}");
     assert!(bytes.abs_diff(real_bytes) * 10 <= real_bytes, "{line} vs {real_bytes}");
     assert!(line.contains("sampled"), "{line}");
+
+    // With --compress zstd: the stored size too, within 15 % of a real compressed backup.
+    let out = tool(&["backup", "-p", &port, "-n", NS, "--estimate", "--compress", "zstd"]);
+    assert!(out.status.success());
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let packed: u64 = line
+        .split(" bytes (")
+        .nth(1)
+        .and_then(|rest| rest.rsplit(", ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no compressed size in {line}"));
+    let zst = dir.path().join("real.asb.zst");
+    tool_ok(&[
+        "backup",
+        "-p",
+        &port,
+        "-n",
+        NS,
+        "-o",
+        zst.to_str().expect("utf8"),
+        "--compress",
+        "zstd",
+    ]);
+    let zst_bytes = std::fs::metadata(&zst).expect("stat").len();
+    eprintln!("compressed estimate {packed} bytes; real {zst_bytes} bytes");
+    assert!(
+        packed.abs_diff(zst_bytes) * 100 <= zst_bytes * 15,
+        "{line} vs {zst_bytes}"
+    );
     // The progress bar's total: the node's object count.
     let objects = rt.block_on(async { bolide_backup::backup::namespace_objects(&connect(src.port).await, NS).await });
     assert_eq!(objects, Some(u64::from(n)));
