@@ -187,6 +187,7 @@ struct Counters {
     failed: AtomicU64,
     failed_by_code: Mutex<BTreeMap<i32, u64>>,
     skipped_global: AtomicU64,
+    files: AtomicU64,
     bytes: Arc<AtomicU64>,
     deletes_read: AtomicU64,
     deleted: AtomicU64,
@@ -317,6 +318,7 @@ fn read_all(
         let input = crate::frame::open_reader(Box::new(counted), &name, key.as_ref()).map_err(|e| e.to_string())?;
         let mut reader = AsbReader::new(input, name.clone());
         files += 1;
+        counters.files.fetch_add(1, Ordering::Relaxed);
         loop {
             let entry = match reader.next_entry() {
                 Ok(Some(e)) => e,
@@ -857,7 +859,8 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
         fresher: counters.fresher.load(Ordering::Relaxed),
         failed: counters.failed.load(Ordering::Relaxed),
         failed_by_code: counters.failed_by_code.lock().expect("counter lock").clone(),
-        files: *read_result.as_ref().unwrap_or(&0),
+        // Files opened, also those before a read error.
+        files: counters.files.load(Ordering::Relaxed),
         bytes: counters.bytes.load(Ordering::Relaxed),
         skipped_global: counters.skipped_global.load(Ordering::Relaxed),
         deletes_read: counters.deletes_read.load(Ordering::Relaxed),

@@ -1095,7 +1095,9 @@ fn node_is_empty(port: u16) -> bool {
 fn wrong_key_and_damaged_encrypted_files_fail_clearly() {
     let src = Node::start();
     let rt = runtime();
-    rt.block_on(put_records(src.port, 0..4000, 1));
+    // About 3 MB of .asb text: three 1 MiB chunks, so that damage past the first one leaves
+    // records restored before it.
+    rt.block_on(put_records_padded(src.port, 0..4000, 1, 300));
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
     let (key, wrong) = (dir.path().join("key"), dir.path().join("wrong"));
     std::fs::write(&key, b"right key").expect("key");
@@ -1146,6 +1148,25 @@ fn wrong_key_and_damaged_encrypted_files_fail_clearly() {
         "{err}"
     );
     assert!(node_is_empty(dst.port), "nothing written with a wrong key");
+    // Stdin: the header is checked before the first record too.
+    let out = Command::new(env!("CARGO_BIN_EXE_bolide-backup"))
+        .args([
+            "restore",
+            "-p",
+            &dport,
+            "-i",
+            "-",
+            "--encrypt",
+            "aes256",
+            "--encryption-key-file",
+            wrong_s,
+        ])
+        .stdin(std::fs::File::open(enc.join(format!("{NS}_00000.asb"))).expect("open"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("<stdin>: wrong encryption key"));
+    assert!(node_is_empty(dst.port));
     // No key at all.
     let out = restore(&["-d", enc.to_str().expect("utf8")]);
     assert!(!out.status.success());
@@ -1173,7 +1194,12 @@ fn wrong_key_and_damaged_encrypted_files_fail_clearly() {
         err.contains(&format!("{}", cut.display())) && err.contains("truncated"),
         "{err}"
     );
-    assert!(err.contains("records restored before the error"), "{err}");
+    let before = restored_before(&err);
+    assert!(before > 0 && before < 4000, "{err}");
+    assert_eq!(
+        rt.block_on(async { scan_all(&connect(dst.port).await).await.len() as u64 }),
+        before
+    );
 
     // Corrupted: one flipped byte in the middle fails the chunk's authentication.
     let mut flipped = bytes.clone();
@@ -1196,4 +1222,13 @@ fn wrong_key_and_damaged_encrypted_files_fail_clearly() {
         "{err}"
     );
     assert!(err.contains("records restored before the error"), "{err}");
+}
+
+/// The count in "N records restored before the error".
+fn restored_before(err: &str) -> u64 {
+    err.split(" records restored before the error")
+        .next()
+        .and_then(|head| head.rsplit(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no restored count in {err}"))
 }
