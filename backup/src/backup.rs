@@ -5,6 +5,7 @@
 //! every job writes its own files, rotated at `--file-limit` MiB; with `--output-file` all jobs
 //! append whole records to one shared file (or stdout).
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aerospike::expressions::{and, ge, int_val, last_update, lt};
+use aerospike::expressions::{and, ge, int_val, is_tombstone, last_update, lt, Expression};
 use aerospike::query::PartitionFilter;
 use aerospike::{Bins, Client, ClientPolicy, Key, QueryPolicy, Statement};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -21,12 +22,17 @@ use futures::StreamExt;
 
 use crate::asb::{self, BytesForm};
 use crate::convert;
+use crate::frame::{Codec, FileWriter};
 use crate::state::{self, State, Unit};
 
 /// A job in directory mode checkpoints its place at least every this many records.
 const CHECKPOINT_RECORDS: u64 = 5000;
 /// The resume state is written to disk at most this often.
 const STATE_SAVE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The deletions an incremental directory backup captured (a Bolide extension): `+ ` record
+/// headers with `+ b 0`, in a file asrestore does not read (it reads `*.asb` only).
+pub const DELETES_FILE: &str = "deletes.asbd";
 
 /// Number of partitions (wire spec §4).
 pub const PARTITIONS: usize = 4096;
@@ -56,7 +62,7 @@ pub struct BackupArgs {
         short = 'd',
         long,
         conflicts_with = "output_file",
-        required_unless_present = "output_file"
+        required_unless_present_any = ["output_file", "estimate"]
     )]
     pub directory: Option<PathBuf>,
     /// Back up to a single file; `-` for stdout.
@@ -98,23 +104,28 @@ pub struct BackupArgs {
     /// Write blobs, lists and maps as raw bytes (`- B!`) instead of base64.
     #[arg(short = 'C', long)]
     pub compact: bool,
-    /// Seconds between progress lines on stderr (0: none).
+    /// Seconds between progress lines on stderr; on a terminal a progress bar instead (0: no
+    /// progress output).
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
-    /// Not implemented yet: resume from a state file.
+    /// Resume a killed or failed directory backup from its state file (`<dir>/<ns>.asb.state`;
+    /// give the same flags as the first run).
     #[arg(short = 'c', long = "continue")]
     pub continue_state: Option<PathBuf>,
-    /// Not implemented yet: zstd compression.
+    /// Compress the backup files: `zstd` (Bolide's own framing, not asbackup's; see
+    /// docs/OPERATIONS.md).
     #[arg(short = 'z', long)]
     pub compress: Option<String>,
-    /// Not implemented yet: aes128/aes256 encryption.
+    /// Encrypt the backup files: `aes256` (AES-256-GCM in Bolide's own framing; needs
+    /// --encryption-key-file).
     #[arg(long)]
     pub encrypt: Option<String>,
-    /// Not implemented yet (goes with --encrypt).
+    /// The key for --encrypt: any non-empty file; its SHA-256 is the master key.
     #[arg(long)]
     pub encryption_key_file: Option<PathBuf>,
-    /// Not implemented yet: estimate the backup size from a sample.
-    #[arg(short = 'e', long)]
+    /// Estimate the backup's record count and size from a sample of about 10 000 records
+    /// (whole partitions), print it, and write nothing.
+    #[arg(short = 'e', long, conflicts_with = "continue_state")]
     pub estimate: bool,
 }
 
@@ -194,22 +205,15 @@ impl Job {
     }
 }
 
-fn filter_of(unit: &Unit, namespace: &str) -> PartitionFilter {
-    match unit {
-        Unit::Pid(p) => PartitionFilter::by_id(*p),
-        Unit::After(_, d) => PartitionFilter::by_key(&Key::with_digest(namespace, "", None, *d)),
-    }
-}
-
 /// Splits units into at most `parts` contiguous, non-empty groups.
-fn split_units(units: Vec<Unit>, parts: usize) -> Vec<Vec<Unit>> {
+fn split_units<T>(units: Vec<T>, parts: usize) -> Vec<Vec<T>> {
     let parts = parts.clamp(1, units.len().max(1));
     let n = units.len();
     let mut out = Vec::with_capacity(parts);
     let mut it = units.into_iter();
     for i in 0..parts {
         let take = n * (i + 1) / parts - n * i / parts;
-        let group: Vec<Unit> = it.by_ref().take(take).collect();
+        let group: Vec<T> = it.by_ref().take(take).collect();
         if !group.is_empty() {
             out.push(group);
         }
@@ -260,6 +264,9 @@ pub fn split_range(begin: usize, count: usize, parts: usize) -> Vec<Job> {
 #[derive(Debug, Clone)]
 pub struct BackupSummary {
     pub records: u64,
+    /// Deletions captured by the deletion pass of an incremental directory backup (`None`: no
+    /// deletion pass ran).
+    pub deletes: Option<u64>,
     pub bytes: u64,
     pub files: u64,
     pub elapsed: Duration,
@@ -277,7 +284,11 @@ impl std::fmt::Display for BackupSummary {
             secs,
             self.records as f64 / secs,
             self.bytes as f64 / secs / (1024.0 * 1024.0)
-        )
+        )?;
+        if let Some(d) = self.deletes {
+            write!(f, "; {d} deletion(s) in {DELETES_FILE}")?;
+        }
+        Ok(())
     }
 }
 
@@ -289,12 +300,13 @@ enum Output {
         limit_bytes: u64,
         next_index: AtomicU64,
     },
-    /// One shared stream; each chunk holds whole records.
-    Shared(Mutex<Box<dyn Write + Send>>),
+    /// One shared stream; each chunk holds whole records. `None` once finished.
+    Shared(Mutex<Option<FileWriter<Box<dyn Write + Send>>>>),
 }
 
 struct Shared {
     client: Client,
+    codec: Codec,
     namespace: String,
     set: String,
     bins: Bins,
@@ -312,14 +324,21 @@ struct Shared {
 }
 
 /// What a checkpoint says about the job's current partition.
+#[derive(Clone, Copy)]
 enum Mark {
     Done(usize),
     Partial(usize, [u8; 20]),
 }
 
+/// A job's marks not yet in the resume state, and when it last recorded some.
+struct PendingMarks {
+    marks: Vec<Mark>,
+    since: Instant,
+}
+
 /// The current file of one job in directory mode.
 struct DirFile {
-    writer: BufWriter<File>,
+    writer: FileWriter<BufWriter<File>>,
     path: PathBuf,
     written: u64,
 }
@@ -336,11 +355,10 @@ impl Shared {
             .create_new(true)
             .open(&path)
             .map_err(|e| format!("create {}: {e}", path.display()))?;
-        let mut writer = BufWriter::with_capacity(1 << 20, file);
         let mut header = Vec::new();
         asb::encode_header(&mut header, &self.namespace, index == 0);
-        writer
-            .write_all(&header)
+        let writer = FileWriter::new(BufWriter::with_capacity(1 << 20, file), &self.codec)
+            .and_then(|mut w| w.write_all(&header).map(|()| w))
             .map_err(|e| format!("write {}: {e}", path.display()))?;
         self.files.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(header.len() as u64, Ordering::Relaxed);
@@ -353,8 +371,29 @@ impl Shared {
 }
 
 impl Shared {
-    /// Flushes the job's file and records it, with `mark`, in the resume state.
-    fn checkpoint(&self, file: Option<&mut DirFile>, mark: Mark) -> Result<(), String> {
+    /// Adds `marks` to the job's pending marks and, when `force`d, when the job has no open file,
+    /// or at most every [`STATE_SAVE_INTERVAL`], flushes the file and records the marks with its
+    /// length ([`Shared::checkpoint`]). Deferring keeps the chunks of a framed file (one per
+    /// flush) large; marks lost to a kill are only redone on resume.
+    fn mark(
+        &self,
+        file: Option<&mut DirFile>,
+        pending: &mut PendingMarks,
+        marks: impl IntoIterator<Item = Mark>,
+        force: bool,
+    ) -> Result<(), String> {
+        pending.marks.extend(marks);
+        if !force && file.is_some() && pending.since.elapsed() < STATE_SAVE_INTERVAL {
+            return Ok(());
+        }
+        self.checkpoint(file, &pending.marks)?;
+        pending.marks.clear();
+        pending.since = Instant::now();
+        Ok(())
+    }
+
+    /// Flushes the job's file and records it, with `marks` (in order), in the resume state.
+    fn checkpoint(&self, file: Option<&mut DirFile>, marks: &[Mark]) -> Result<(), String> {
         let Some((path, st)) = &self.state else { return Ok(()) };
         let mut entry = None;
         if let Some(f) = file {
@@ -367,20 +406,23 @@ impl Shared {
                 .and_then(|n| n.to_str())
                 .unwrap_or_default()
                 .to_string();
-            entry = Some((name, f.written));
+            // A chunk boundary of a framed file (flush ends the chunk).
+            entry = Some((name, f.writer.bytes_out()));
         }
         let mut guard = st.lock().map_err(|_| "state lock poisoned".to_string())?;
         let (st, last_save) = &mut *guard;
         if let Some((name, len)) = entry {
             st.files.insert(name, len);
         }
-        match mark {
-            Mark::Done(pid) => {
-                st.partial.remove(&pid);
-                st.done.insert(pid);
-            }
-            Mark::Partial(pid, d) => {
-                st.partial.insert(pid, d);
+        for mark in marks {
+            match *mark {
+                Mark::Done(pid) => {
+                    st.partial.remove(&pid);
+                    st.done.insert(pid);
+                }
+                Mark::Partial(pid, d) => {
+                    st.partial.insert(pid, d);
+                }
             }
         }
         // The state in memory only ever holds flushed lengths with the marks they cover, so
@@ -404,52 +446,118 @@ impl Shared {
 fn finish_file(f: DirFile) -> Result<(), String> {
     let DirFile { writer, path, .. } = f;
     let file = writer
+        .finish()
+        .map_err(|e| format!("write {}: {e}", path.display()))?
         .into_inner()
         .map_err(|e| format!("write {}: {}", path.display(), e.error()))?;
     file.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))
 }
 
-/// Runs one job's scans (its units, one after the other) to their end; returns the records it
-/// wrote.
+/// One query of a job: a run of contiguous whole partitions, or the rest of one partition after
+/// a digest (a resumed partial one, or a `--partition-list` digest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    Range(usize, usize),
+    After(usize, [u8; 20]),
+}
+
+impl Scan {
+    fn filter(&self, namespace: &str) -> PartitionFilter {
+        match *self {
+            Scan::Range(begin, count) => PartitionFilter::by_range(begin, count),
+            Scan::After(_, d) => PartitionFilter::by_key(&Key::with_digest(namespace, "", None, d)),
+        }
+    }
+
+    fn pids(&self) -> std::ops::Range<usize> {
+        match *self {
+            Scan::Range(begin, count) => begin..begin + count,
+            Scan::After(pid, _) => pid..pid + 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Scan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scan::Range(b, 1) => write!(f, "partition {b}"),
+            Scan::Range(b, c) => write!(f, "partitions {b}-{}", b + c - 1),
+            Scan::After(p, d) => write!(f, "partition {p} after {}", B64.encode(d)),
+        }
+    }
+}
+
+/// A job's units as queries: consecutive whole partitions coalesced into ranges. One query per
+/// range instead of one per partition: each query costs a round of set-up on the server.
+fn scans_of(units: &[Unit]) -> Vec<Scan> {
+    let mut out: Vec<Scan> = Vec::new();
+    for u in units {
+        match (*u, out.last_mut()) {
+            (Unit::Pid(p), Some(Scan::Range(b, c))) if *b + *c == p => *c += 1,
+            (Unit::Pid(p), _) => out.push(Scan::Range(p, 1)),
+            (Unit::After(p, d), _) => out.push(Scan::After(p, d)),
+        }
+    }
+    out
+}
+
+/// Runs one job's scans (its units, one query per run of contiguous partitions) to their end;
+/// returns the records it wrote.
+///
+/// Directory mode checkpoints: every record's partition is known from its digest, and records
+/// of one partition come in digest order, so at any point "partial `<pid>` `<last digest
+/// written>`" is true for every partition seen, whatever order the partitions of a range come
+/// in; a partition is marked done only when its query has ended. A resume scans a partial
+/// partition after its digest and an unmarked one whole: nothing missing, nothing twice.
 async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
     let mut chunk = Vec::with_capacity(CHUNK_BYTES + 4096);
     let mut file: Option<DirFile> = None;
+    let mut pending = PendingMarks {
+        marks: Vec::new(),
+        since: Instant::now(),
+    };
     let mut n = 0u64;
     let mut result = Ok(());
-    'units: for unit in units {
+    'scans: for scan in scans_of(&units) {
         if shared.failed.load(Ordering::Relaxed) {
             break;
         }
-        let pid = unit.pid();
         let stmt = Statement::new(shared.namespace.clone(), shared.set.clone(), shared.bins.clone());
         let rs = match shared
             .client
-            .query(&shared.policy, filter_of(&unit, &shared.namespace), stmt)
+            .query(&shared.policy, scan.filter(&shared.namespace), stmt)
             .await
         {
             Ok(rs) => rs,
             Err(e) => {
-                result = Err(format!("scan {unit:?}: {e}"));
+                result = Err(format!("scan of {scan}: {e}"));
                 break;
             }
         };
         let mut stream = rs.into_stream();
         let mut since_checkpoint = 0u64;
-        let mut last_digest = None;
+        // The last digest written of each partition seen since the last mark.
+        let mut seen: BTreeMap<usize, [u8; 20]> = BTreeMap::new();
+        let partials = |seen: &mut BTreeMap<usize, [u8; 20]>| {
+            std::mem::take(seen)
+                .into_iter()
+                .map(|(p, d)| Mark::Partial(p, d))
+                .collect::<Vec<_>>()
+        };
         while let Some(item) = stream.next().await {
             if shared.failed.load(Ordering::Relaxed) {
-                break 'units;
+                break 'scans;
             }
             let rec = match item {
                 Ok(rec) => rec,
                 Err(e) => {
-                    result = Err(format!("scan {unit:?}: {e}"));
-                    break 'units;
+                    result = Err(format!("scan of {scan}: {e}"));
+                    break 'scans;
                 }
             };
             if let Some(max) = shared.max_records {
                 if shared.taken.fetch_add(1, Ordering::Relaxed) >= max {
-                    break 'units;
+                    break 'scans;
                 }
             }
             let rec = match convert::record_of(&shared.namespace, &rec) {
@@ -459,7 +567,7 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                         "record {}: {e}",
                         B64.encode(rec.key.map(|k| k.digest()).unwrap_or_default())
                     ));
-                    break 'units;
+                    break 'scans;
                 }
             };
             let before = chunk.len();
@@ -474,15 +582,10 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                     // final length goes into the state first.
                     if file.as_ref().is_some_and(|f| f.written >= *limit_bytes) {
                         let mut old = file.take().expect("checked");
-                        // With no record of this unit in it, the old file's length is already
-                        // in the state (the previous unit's Done checkpoint).
-                        let r = match last_digest {
-                            Some(d) => shared.checkpoint(Some(&mut old), Mark::Partial(pid, d)),
-                            None => Ok(()),
-                        };
+                        let r = shared.mark(Some(&mut old), &mut pending, partials(&mut seen), true);
                         if let Err(e) = r.and_then(|()| finish_file(old)) {
                             result = Err(e);
-                            break 'units;
+                            break 'scans;
                         }
                     }
                     if file.is_none() {
@@ -490,24 +593,29 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                             Ok(f) => file = Some(f),
                             Err(e) => {
                                 result = Err(e);
-                                break 'units;
+                                break 'scans;
                             }
                         }
                     }
                     let f = file.as_mut().expect("opened above");
                     if let Err(e) = f.writer.write_all(&chunk) {
                         result = Err(format!("write {}: {e}", f.path.display()));
-                        break 'units;
+                        break 'scans;
                     }
                     f.written += chunk.len() as u64;
                     chunk.clear();
-                    last_digest = Some(rec.digest);
+                    let pid = state::pid_of(&rec.digest);
+                    if !scan.pids().contains(&pid) {
+                        result = Err(format!("scan of {scan} returned a record of partition {pid}"));
+                        break 'scans;
+                    }
+                    seen.insert(pid, rec.digest);
                     since_checkpoint += 1;
                     if since_checkpoint >= CHECKPOINT_RECORDS {
                         since_checkpoint = 0;
-                        if let Err(e) = shared.checkpoint(file.as_mut(), Mark::Partial(pid, rec.digest)) {
+                        if let Err(e) = shared.mark(file.as_mut(), &mut pending, partials(&mut seen), false) {
                             result = Err(e);
-                            break 'units;
+                            break 'scans;
                         }
                     }
                 }
@@ -515,22 +623,25 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                     if chunk.len() >= CHUNK_BYTES {
                         if let Err(e) = write_shared(out, &chunk) {
                             result = Err(e);
-                            break 'units;
+                            break 'scans;
                         }
                         chunk.clear();
                     }
                 }
             }
         }
-        if let Err(e) = shared.checkpoint(file.as_mut(), Mark::Done(pid)) {
+        // The query ended: every partition of it is done (partials are superseded).
+        seen.clear();
+        if let Err(e) = shared.mark(file.as_mut(), &mut pending, scan.pids().map(Mark::Done), false) {
             result = Err(e);
             break;
         }
     }
     if result.is_ok() {
-        if let Output::Shared(out) = &shared.output {
-            result = write_shared(out, &chunk);
-        }
+        result = match &shared.output {
+            Output::Shared(out) => write_shared(out, &chunk),
+            Output::Dir { .. } => shared.mark(file.as_mut(), &mut pending, None, true),
+        };
     }
     if let Some(f) = file.take() {
         let closed = finish_file(f);
@@ -544,41 +655,25 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
     result.map(|()| n)
 }
 
-fn write_shared(out: &Mutex<Box<dyn Write + Send>>, chunk: &[u8]) -> Result<(), String> {
+type SharedOut = Mutex<Option<FileWriter<Box<dyn Write + Send>>>>;
+
+fn write_shared(out: &SharedOut, chunk: &[u8]) -> Result<(), String> {
     if chunk.is_empty() {
         return Ok(());
     }
     let mut w = out.lock().map_err(|_| "output lock poisoned".to_string())?;
-    w.write_all(chunk).map_err(|e| format!("write output: {e}"))
-}
-
-fn unsupported(args: &BackupArgs) -> Result<(), String> {
-    let mut missing = Vec::new();
-    if args
-        .compress
-        .as_deref()
-        .is_some_and(|c| !c.eq_ignore_ascii_case("none"))
-    {
-        missing.push("--compress");
-    }
-    if args.encrypt.as_deref().is_some_and(|c| !c.eq_ignore_ascii_case("none")) || args.encryption_key_file.is_some() {
-        missing.push("--encrypt");
-    }
-    if args.estimate {
-        missing.push("--estimate");
-    }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("not implemented yet in bolide-backup: {}", missing.join(", ")))
-    }
+    w.as_mut()
+        .ok_or_else(|| "output already finished".to_string())?
+        .write_all(chunk)
+        .map_err(|e| format!("write output: {e}"))
 }
 
 fn prepare_dir(dir: &Path, remove: bool) -> Result<(), String> {
     fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     for entry in fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {
         let path = entry.map_err(|e| format!("read {}: {e}", dir.display()))?.path();
-        if path.extension().is_some_and(|x| x == "asb") {
+        // A deletes.asbd left by an earlier incremental would be applied with this backup.
+        if path.extension().is_some_and(|x| x == "asb") || path.file_name().is_some_and(|n| n == DELETES_FILE) {
             if remove {
                 fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
             } else {
@@ -606,7 +701,11 @@ pub async fn connect(host: &str, port: u16) -> Result<Client, String> {
 }
 
 pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
-    unsupported(&args)?;
+    let codec = Codec::from_flags(
+        args.compress.as_deref(),
+        args.encrypt.as_deref(),
+        args.encryption_key_file.as_deref(),
+    )?;
     let start = Instant::now();
     let resumed = match &args.continue_state {
         Some(path) => {
@@ -628,7 +727,14 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     let output = match (&args.directory, &args.output_file) {
         (Some(dir), _) => {
             let next = match &resumed {
-                Some(st) => state::rewind_dir(dir, st, &args.namespace)?,
+                Some(st) => {
+                    let next = state::rewind_dir(dir, st, &args.namespace)?;
+                    // A framed file cut back to its last checkpoint gets its final chunk.
+                    for name in st.files.keys() {
+                        crate::frame::seal_truncated(&dir.join(name), codec.key.as_ref())?;
+                    }
+                    next
+                }
                 None => {
                     prepare_dir(dir, args.remove_files)?;
                     0
@@ -641,7 +747,7 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
             }
         }
         (None, Some(path)) => {
-            let mut w: Box<dyn Write + Send> = if path == "-" {
+            let w: Box<dyn Write + Send> = if path == "-" {
                 Box::new(BufWriter::with_capacity(1 << 20, io::stdout()))
             } else {
                 let p = Path::new(path);
@@ -655,8 +761,10 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
             };
             let mut header = Vec::new();
             asb::encode_header(&mut header, &args.namespace, true);
-            w.write_all(&header).map_err(|e| format!("write {path}: {e}"))?;
-            Output::Shared(Mutex::new(w))
+            let w = FileWriter::new(w, &codec)
+                .and_then(|mut w| w.write_all(&header).map(|()| w))
+                .map_err(|e| format!("write {path}: {e}"))?;
+            Output::Shared(Mutex::new(Some(w)))
         }
         (None, None) => return Err("give --directory or --output-file".into()),
     };
@@ -666,13 +774,8 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     if let Some(rps) = args.records_per_second {
         policy.records_per_second = (rps / u32::from(args.parallel).min(jobs.len() as u32)).max(1);
     }
-    let lut_ns = |secs: i64| int_val(secs.saturating_mul(1_000_000_000));
-    policy.base_policy.filter_expression = match (args.modified_after, args.modified_before) {
-        (Some(a), Some(b)) => Some(and(vec![ge(last_update(), lut_ns(a)), lt(last_update(), lut_ns(b))])),
-        (Some(a), None) => Some(ge(last_update(), lut_ns(a))),
-        (None, Some(b)) => Some(lt(last_update(), lut_ns(b))),
-        (None, None) => None,
-    };
+    let lut_range = lut_filter(args.modified_after, args.modified_before);
+    policy.base_policy.filter_expression = lut_range.clone();
     let bins = if args.no_bins {
         Bins::None
     } else if args.bin_list.is_empty() {
@@ -689,7 +792,7 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
                 .clone()
                 .unwrap_or_else(|| dir.join(format!("{}.asb.state", args.namespace)));
             let st = resumed.clone().unwrap_or(State {
-                units,
+                units: units.clone(),
                 ..State::default()
             });
             st.save(&path)?;
@@ -698,10 +801,17 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
         _ => None,
     };
     let files_before = resumed.as_ref().map_or(0, |st| st.files.len() as u64);
+    // The deletion pass covers whole partitions of the backup's units (a partial partition of a
+    // resumed backup included: the pass is redone whole on every run).
+    let all_units: Vec<Unit> = match (&resumed, &args.partition_list) {
+        (Some(st), _) => st.units.clone(),
+        _ => units.clone(),
+    };
 
     let client = connect(&args.host, args.port).await?;
     let shared = Arc::new(Shared {
         client,
+        codec,
         namespace: args.namespace.clone(),
         set: args.set.clone().unwrap_or_default(),
         bins,
@@ -721,11 +831,22 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
         state,
     });
 
+    // A progress bar on a terminal (against the namespace's object count when the server
+    // reports one), plain lines every --progress-secs otherwise.
+    let bar = if io::stderr().is_terminal() && args.progress_secs > 0 {
+        let total = namespace_objects(&shared.client, &args.namespace).await;
+        Some(progress_bar(total))
+    } else {
+        None
+    };
     let progress = (args.progress_secs > 0).then(|| {
         let s = shared.clone();
-        let every = Duration::from_secs(args.progress_secs);
+        let bar = bar.clone();
+        let every = match bar {
+            Some(_) => Duration::from_millis(200),
+            None => Duration::from_secs(args.progress_secs),
+        };
         tokio::spawn(async move {
-            let terminal = io::stderr().is_terminal();
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
@@ -733,16 +854,17 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
                 let secs = start.elapsed().as_secs_f64();
                 let recs = s.records.load(Ordering::Relaxed);
                 let bytes = s.bytes.load(Ordering::Relaxed);
-                let line = format!(
-                    "backup: {recs} records, {:.1} MiB, {:.0} s, {:.0} records/s",
-                    bytes as f64 / (1024.0 * 1024.0),
-                    secs,
-                    recs as f64 / secs.max(1e-9)
-                );
-                if terminal {
-                    eprint!("\r{line}   ");
-                } else {
-                    eprintln!("{line}");
+                let mib = bytes as f64 / (1024.0 * 1024.0);
+                let rate = recs as f64 / secs.max(1e-9);
+                match &bar {
+                    Some(bar) => {
+                        bar.set_position(recs);
+                        bar.set_message(format!(
+                            "{mib:.1} MiB, {rate:.0} records/s, {:.1} MiB/s",
+                            mib / secs.max(1e-9)
+                        ));
+                    }
+                    None => eprintln!("backup: {recs} records, {mib:.1} MiB, {secs:.0} s, {rate:.0} records/s"),
                 }
             }
         })
@@ -770,9 +892,9 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     }
     if let Some(p) = progress {
         p.abort();
-        if io::stderr().is_terminal() {
-            eprintln!();
-        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     if let Some(e) = first_err {
         if let Err(save) = shared.save_state() {
@@ -791,20 +913,390 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
             }
         }
         Output::Shared(out) => {
-            let mut w = out.lock().map_err(|_| "output lock poisoned".to_string())?;
-            w.flush().map_err(|e| format!("flush output: {e}"))?;
+            let w = out
+                .lock()
+                .map_err(|_| "output lock poisoned".to_string())?
+                .take()
+                .ok_or_else(|| "output already finished".to_string())?;
+            w.finish()
+                .and_then(|mut w| w.flush())
+                .map_err(|e| format!("finish output: {e}"))?;
         }
     }
+    // Incremental: the deletions in the same LUT range, after the records (the state stays
+    // until this pass is done, so a killed run redoes it on --continue).
+    let deletes = match (&lut_range, &args.directory) {
+        (Some(range), Some(dir)) => {
+            Some(deletion_pass(&shared, &all_units, range.clone(), args.parallel as usize, dir).await?)
+        }
+        (Some(_), None) => {
+            eprintln!("note: deletions are captured only in directory mode (--directory); none recorded");
+            None
+        }
+        _ => None,
+    };
     if let Some((path, _)) = &shared.state {
         fs::remove_file(path).map_err(|e| format!("remove {}: {e}", path.display()))?;
     }
     let _ = shared.client.close().await;
     Ok(BackupSummary {
         records: shared.records.load(Ordering::Relaxed),
+        deletes,
         bytes: shared.bytes.load(Ordering::Relaxed),
         files: shared.files.load(Ordering::Relaxed).max(1),
         elapsed: start.elapsed(),
     })
+}
+
+/// The namespace's record count as the servers report it (info `namespace/<ns>`:
+/// `master_objects`, else `objects`, summed over the cluster's nodes); `None` when a node does
+/// not answer or reports neither.
+pub async fn namespace_objects(client: &Client, namespace: &str) -> Option<u64> {
+    let cmd = format!("namespace/{namespace}");
+    let mut total = 0u64;
+    for node in client.nodes() {
+        let info = node
+            .info(&aerospike::AdminPolicy::default(), &[cmd.as_str()])
+            .await
+            .ok()?;
+        let text = info.get(&cmd)?;
+        let field = |name: &str| {
+            text.split(';')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        total += field("master_objects").or_else(|| field("objects"))?;
+    }
+    Some(total)
+}
+
+/// The terminal progress bar: records against `total` (with rate and ETA) when known, a
+/// spinner with the count otherwise.
+fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
+    let style = match total {
+        Some(_) => indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} records, {msg}, ETA {eta}",
+        ),
+        None => indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} records, {msg}"),
+    }
+    .expect("valid progress template");
+    let bar = match total {
+        Some(t) => indicatif::ProgressBar::new(t),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_style(style);
+    bar
+}
+
+/// Records `--estimate` samples (asbackup samples 10 000).
+pub const ESTIMATE_SAMPLE_RECORDS: u64 = 10_000;
+/// Partitions per sampling scan.
+const ESTIMATE_BLOCK_PARTITIONS: usize = 32;
+
+/// What `--estimate` found.
+#[derive(Debug, Clone)]
+pub struct Estimate {
+    /// Estimated records and .asb bytes of the backup (text, before any compression).
+    pub records: u64,
+    pub bytes: u64,
+    /// Records and bytes sampled, from this many of `partitions_in_scope` partitions.
+    pub sampled_records: u64,
+    pub sampled_bytes: u64,
+    pub sampled_partitions: usize,
+    pub partitions_in_scope: usize,
+    /// With `--compress zstd`: the estimated stored bytes (the sample compressed in 1 MiB chunks,
+    /// as the backup compresses, scaled the same way).
+    pub compressed_bytes: Option<u64>,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Estimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "estimate: {} records, {} bytes ({:.1} MiB) of .asb text{}; sampled {} records ({} bytes) \
+             from {} of {} partitions in {:.2} s; nothing written",
+            self.records,
+            self.bytes,
+            self.bytes as f64 / (1024.0 * 1024.0),
+            match self.compressed_bytes {
+                Some(c) => format!(
+                    ", {c} bytes ({:.1} MiB) with --compress zstd",
+                    c as f64 / (1024.0 * 1024.0)
+                ),
+                None => String::new(),
+            },
+            self.sampled_records,
+            self.sampled_bytes,
+            self.sampled_partitions,
+            self.partitions_in_scope,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// The sampling order of `--estimate`: the partitions of `pids` in blocks of up to
+/// [`ESTIMATE_BLOCK_PARTITIONS`] contiguous ones, the blocks in a fixed order spread over the
+/// whole range (a stride coprime to the block count), so a prefix is an even sample.
+fn estimate_blocks(pids: &[usize]) -> Vec<(usize, usize)> {
+    let mut blocks = Vec::new();
+    for (begin, count) in partition_ranges(&pids.iter().map(|&p| Unit::Pid(p)).collect::<Vec<_>>()) {
+        let mut b = begin;
+        while b < begin + count {
+            let c = ESTIMATE_BLOCK_PARTITIONS.min(begin + count - b);
+            blocks.push((b, c));
+            b += c;
+        }
+    }
+    let n = blocks.len();
+    let mut stride = (n * 5 / 8) | 1;
+    while n > 1 && gcd(stride, n) != 1 {
+        stride += 2;
+    }
+    (0..n).map(|i| blocks[i * stride % n.max(1)]).collect()
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// `--estimate`: scans whole partitions, with the backup's set, bins and filters, until at
+/// least [`ESTIMATE_SAMPLE_RECORDS`] records are seen (or every partition in scope is), encodes
+/// them as the backup would, and scales records and bytes by the partitions in scope. Writes
+/// nothing. `--partition-list` digests count as their whole partition.
+///
+/// # Errors
+/// Connecting or a scan fails, or a record cannot be encoded.
+pub async fn estimate(args: &BackupArgs) -> Result<Estimate, String> {
+    let start = Instant::now();
+    let pids: Vec<usize> = match &args.partition_list {
+        None => (0..PARTITIONS).collect(),
+        Some(list) => {
+            let mut p: Vec<usize> = parse_partition_list(list)?
+                .iter()
+                .flat_map(Job::units)
+                .map(|u| u.pid())
+                .collect();
+            p.sort_unstable();
+            p.dedup();
+            p
+        }
+    };
+    let mut policy = QueryPolicy::new();
+    policy.include_bin_data = !args.no_bins;
+    policy.base_policy.filter_expression = lut_filter(args.modified_after, args.modified_before);
+    let bins = if args.no_bins {
+        Bins::None
+    } else if args.bin_list.is_empty() {
+        Bins::All
+    } else {
+        Bins::Some(args.bin_list.clone())
+    };
+    let form = if args.compact {
+        BytesForm::Compact
+    } else {
+        BytesForm::Base64
+    };
+    let client = connect(&args.host, args.port).await?;
+    let (mut records, mut bytes, mut partitions) = (0u64, 0u64, 0usize);
+    let zstd = Codec::from_flags(args.compress.as_deref(), None, None)?.zstd;
+    // The sample text, kept for compression (bounded: the sample stops near 10 000 records, and
+    // text past this cap is not kept).
+    const SAMPLE_TEXT_MAX_BYTES: usize = 64 << 20;
+    let mut sample = Vec::new();
+    let mut buf = Vec::new();
+    for (begin, count) in estimate_blocks(&pids) {
+        if records >= ESTIMATE_SAMPLE_RECORDS {
+            break;
+        }
+        let stmt = Statement::new(
+            args.namespace.clone(),
+            args.set.clone().unwrap_or_default(),
+            bins.clone(),
+        );
+        let rs = client
+            .query(&policy, PartitionFilter::by_range(begin, count), stmt)
+            .await
+            .map_err(|e| format!("estimate scan of partitions {begin}-{}: {e}", begin + count - 1))?;
+        let mut stream = rs.into_stream();
+        while let Some(item) = stream.next().await {
+            let rec = item.map_err(|e| format!("estimate scan of partitions {begin}-{}: {e}", begin + count - 1))?;
+            let rec = convert::record_of(&args.namespace, &rec).map_err(|e| format!("estimate: {e}"))?;
+            buf.clear();
+            asb::encode_record(&mut buf, &rec, form);
+            records += 1;
+            bytes += buf.len() as u64;
+            if zstd && sample.len() + buf.len() <= SAMPLE_TEXT_MAX_BYTES {
+                sample.extend_from_slice(&buf);
+            }
+        }
+        partitions += count;
+    }
+    let _ = client.close().await;
+    let scale = |x: u64| (x as f64 * pids.len() as f64 / partitions.max(1) as f64).round() as u64;
+    let mut header = Vec::new();
+    asb::encode_header(&mut header, &args.namespace, true);
+    let mut est_records = scale(records);
+    if let Some(max) = args.max_records {
+        est_records = est_records.min(max);
+    }
+    let per_record = if records == 0 {
+        0.0
+    } else {
+        bytes as f64 / records as f64
+    };
+    let est_bytes = header.len() as u64 + (est_records as f64 * per_record).round() as u64;
+    let compressed_bytes = if zstd {
+        let mut packed = 0usize;
+        for chunk in sample.chunks(crate::frame::CHUNK_PLAIN_BYTES) {
+            packed += zstd::bulk::compress(chunk, crate::frame::ZSTD_LEVEL)
+                .map_err(|e| format!("estimate: zstd: {e}"))?
+                .len();
+        }
+        let ratio = if sample.is_empty() {
+            1.0
+        } else {
+            packed as f64 / sample.len() as f64
+        };
+        Some((est_bytes as f64 * ratio).round() as u64)
+    } else {
+        None
+    };
+    Ok(Estimate {
+        records: est_records,
+        bytes: est_bytes,
+        compressed_bytes,
+        sampled_records: records,
+        sampled_bytes: bytes,
+        sampled_partitions: partitions,
+        partitions_in_scope: pids.len(),
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The last-update-time filter of `--modified-after` / `--modified-before` (Unix seconds; the
+/// expression compares nanoseconds since the Unix epoch, wire spec §3.3 field 43).
+pub fn lut_filter(after: Option<i64>, before: Option<i64>) -> Option<Expression> {
+    let lut_ns = |secs: i64| int_val(secs.saturating_mul(1_000_000_000));
+    match (after, before) {
+        (Some(a), Some(b)) => Some(and(vec![ge(last_update(), lut_ns(a)), lt(last_update(), lut_ns(b))])),
+        (Some(a), None) => Some(ge(last_update(), lut_ns(a))),
+        (None, Some(b)) => Some(lt(last_update(), lut_ns(b))),
+        (None, None) => None,
+    }
+}
+
+/// Whole-partition scan filters covering `units`: contiguous partitions coalesced into ranges.
+fn partition_ranges(units: &[Unit]) -> Vec<(usize, usize)> {
+    let mut pids: Vec<usize> = units.iter().map(Unit::pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for p in pids {
+        match out.last_mut() {
+            Some((b, c)) if *b + *c == p => *c += 1,
+            _ => out.push((p, 1)),
+        }
+    }
+    out
+}
+
+/// The deletion pass of an incremental directory backup: scans `units`' partitions with
+/// `and(is_tombstone(), lut_range)` and writes every zero-bin record returned (a deletion, see
+/// `docs/ARCHITECTURE.md`, "Tombstone scans") to `<dir>/deletes.asbd`, replacing any such file.
+/// Against a real Aerospike server the scan returns nothing and the file holds only its header.
+/// Returns the number of deletions written.
+///
+/// # Errors
+/// A scan or write failure, naming the partitions or the file.
+async fn deletion_pass(
+    shared: &Arc<Shared>,
+    units: &[Unit],
+    lut_range: Expression,
+    parallel: usize,
+    dir: &Path,
+) -> Result<u64, String> {
+    let path = dir.join(DELETES_FILE);
+    let mut policy = shared.policy.clone();
+    policy.include_bin_data = false;
+    policy.base_policy.filter_expression = Some(and(vec![is_tombstone(), lut_range]));
+    let file = File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+    let mut header = Vec::new();
+    asb::encode_header(&mut header, &shared.namespace, false);
+    let writer = FileWriter::new(BufWriter::with_capacity(1 << 20, file), &shared.codec)
+        .and_then(|mut w| w.write_all(&header).map(|()| w))
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
+    let out = Arc::new(Mutex::new(writer));
+    let ranges = partition_ranges(units);
+    let groups = split_units(ranges, parallel);
+    let mut tasks = Vec::new();
+    for group in groups {
+        let (shared, out, policy, path) = (shared.clone(), out.clone(), policy.clone(), path.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            for (begin, count) in group {
+                let stmt = Statement::new(shared.namespace.clone(), shared.set.clone(), Bins::None);
+                let rs = shared
+                    .client
+                    .query(&policy, PartitionFilter::by_range(begin, count), stmt)
+                    .await
+                    .map_err(|e| format!("deletion scan of partitions {begin}-{}: {e}", begin + count - 1))?;
+                let mut stream = rs.into_stream();
+                let mut chunk = Vec::new();
+                while let Some(item) = stream.next().await {
+                    let rec =
+                        item.map_err(|e| format!("deletion scan of partitions {begin}-{}: {e}", begin + count - 1))?;
+                    // Only a zero-bin record is a deletion (a live record always has bins).
+                    if !rec.bins.is_empty() {
+                        continue;
+                    }
+                    let rec = convert::record_of(&shared.namespace, &rec).map_err(|e| format!("deletion: {e}"))?;
+                    asb::encode_record(&mut chunk, &rec, BytesForm::Base64);
+                    n += 1;
+                    if chunk.len() >= CHUNK_BYTES {
+                        out.lock()
+                            .map_err(|_| "output lock poisoned".to_string())?
+                            .write_all(&chunk)
+                            .map_err(|e| format!("write {}: {e}", path.display()))?;
+                        chunk.clear();
+                    }
+                }
+                out.lock()
+                    .map_err(|_| "output lock poisoned".to_string())?
+                    .write_all(&chunk)
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+            }
+            Ok::<u64, String>(n)
+        }));
+    }
+    let mut total = 0;
+    let mut first_err = None;
+    for t in tasks {
+        match t.await.map_err(|e| format!("deletion scan task: {e}")).and_then(|r| r) {
+            Ok(n) => total += n,
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let writer = Arc::try_unwrap(out)
+        .map_err(|_| "deletion writer still shared".to_string())?
+        .into_inner()
+        .map_err(|_| "output lock poisoned".to_string())?;
+    let file = writer
+        .finish()
+        .map_err(|e| format!("write {}: {e}", path.display()))?
+        .into_inner()
+        .map_err(|e| format!("write {}: {}", path.display(), e.error()))?;
+    file.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))?;
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -835,6 +1327,49 @@ mod tests {
         assert!(matches!(d[0], Job::AfterDigest(_)));
         assert!(parse_partition_list("4095-2").is_err());
         assert!(parse_partition_list("x").is_err());
+    }
+
+    #[test]
+    fn scans_coalesce_contiguous_partitions() {
+        let d = [7u8; 20];
+        let units = vec![
+            Unit::After(3, d),
+            Unit::Pid(4),
+            Unit::Pid(5),
+            Unit::Pid(6),
+            Unit::Pid(9),
+            Unit::After(10, d),
+            Unit::Pid(11),
+        ];
+        assert_eq!(
+            scans_of(&units),
+            vec![
+                Scan::After(3, d),
+                Scan::Range(4, 3),
+                Scan::Range(9, 1),
+                Scan::After(10, d),
+                Scan::Range(11, 1)
+            ]
+        );
+        let all: Vec<Unit> = (0..PARTITIONS).map(Unit::Pid).collect();
+        assert_eq!(scans_of(&all), vec![Scan::Range(0, PARTITIONS)]);
+    }
+
+    #[test]
+    fn estimate_blocks_cover_the_scope_once_spread_out() {
+        for pids in [
+            (0..PARTITIONS).collect::<Vec<_>>(),
+            (100..300).chain(4000..4096).collect(),
+        ] {
+            let blocks = estimate_blocks(&pids);
+            let mut seen: Vec<usize> = blocks.iter().flat_map(|&(b, c)| b..b + c).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, pids);
+            assert!(blocks.iter().all(|&(_, c)| c <= ESTIMATE_BLOCK_PARTITIONS));
+        }
+        // The first blocks of the full range are far apart.
+        let blocks = estimate_blocks(&(0..PARTITIONS).collect::<Vec<_>>());
+        assert!(blocks[0].0.abs_diff(blocks[1].0) >= 512, "{:?}", &blocks[..3]);
     }
 
     #[test]

@@ -7,5 +7,6 @@
 pub mod asb;
 pub mod backup;
 pub mod convert;
+pub mod frame;
 pub mod restore;
 pub mod state;

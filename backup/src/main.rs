@@ -39,6 +39,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.cmd {
+        Cmd::Backup(args) if args.estimate => runtime.block_on(backup::estimate(&args)).map(|e| {
+            println!("{e}");
+        }),
         Cmd::Backup(args) => runtime.block_on(backup::run(args)).map(|s| {
             eprintln!("{s}");
         }),

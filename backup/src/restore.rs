@@ -3,18 +3,32 @@
 //! One reader thread parses the files in order (a directory's files by name; the directories of
 //! `--directory-list` in the order given, so a chain full + incrementals restores in order) and
 //! hands each record to one of `--threads` writer tasks chosen by the record's partition, so the
-//! versions of one record are written in file order. Each writer keeps up to
-//! [`IN_FLIGHT_PER_THREAD`] puts outstanding.
+//! versions of one record are written in file order. By default each writer gathers up to
+//! `--batch-size` records into one batch write (wire spec §7.1, as asrestore does) and keeps up
+//! to [`BATCHES_IN_FLIGHT`] batches outstanding; a batch goes out when it is full or when the
+//! writer's queue is momentarily empty. Every row carries the same per-record write policy a
+//! single put would (generation GT by default, create-only, replace, TTL, send-key), and every
+//! row's result code is counted. `--disable-batch-writes` writes one record per put instead,
+//! up to [`IN_FLIGHT_PER_THREAD`] puts outstanding per writer.
+//!
+//! A directory's `deletes.asbd` (the deletions an incremental backup captured, see
+//! [`crate::backup::DELETES_FILE`]) is applied after the directory's .asb files, once every
+//! write of them is done: each record in it is deleted by digest (not found counts as done).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aerospike::{Bin, Client, Expiration, GenerationPolicy, RecordExistsAction, WritePolicy};
+use aerospike::operations;
+use aerospike::{
+    BatchDeletePolicy, BatchOperation, BatchPolicy, BatchWritePolicy, Bin, Client, Expiration, GenerationPolicy,
+    RecordExistsAction, WritePolicy,
+};
+use futures::future::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
@@ -24,8 +38,12 @@ use crate::convert;
 
 /// Seconds between the Unix epoch and the Citrusleaf epoch (2010-01-01, wire spec §10.5).
 pub const CITRUSLEAF_EPOCH_SECS: i64 = 1_262_304_000;
-/// Puts one writer task keeps outstanding.
+/// Puts one writer task keeps outstanding (`--disable-batch-writes`).
 const IN_FLIGHT_PER_THREAD: usize = 8;
+/// Batch writes one writer task keeps outstanding.
+pub const BATCHES_IN_FLIGHT: usize = 2;
+/// Result code the client reports for a batch row the server never answered.
+const NO_RESPONSE: i32 = -15;
 /// Records queued per writer task between the reader and the writer.
 const QUEUE_PER_THREAD: usize = 1024;
 
@@ -79,16 +97,24 @@ pub struct RestoreArgs {
     /// Count record-specific errors (too big, key mismatch, bin name, bin type...) and go on.
     #[arg(long)]
     pub ignore_record_error: bool,
-    /// Seconds between progress lines on stderr (0: none).
+    /// Records per batch write (1-5000).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub batch_size: u32,
+    /// Write one record per request instead of batch writes.
+    #[arg(long)]
+    pub disable_batch_writes: bool,
+    /// Seconds between progress lines on stderr; on a terminal a progress bar over the files'
+    /// bytes instead (0: no progress output).
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
-    /// Not implemented yet: zstd-compressed input.
+    /// The files are compressed: `zstd`. Informational: a framed file's header says how it is
+    /// compressed, and plain files are read as they are.
     #[arg(short = 'z', long)]
     pub compress: Option<String>,
-    /// Not implemented yet: encrypted input.
+    /// The files are encrypted: `aes256` (needs --encryption-key-file).
     #[arg(long)]
     pub encrypt: Option<String>,
-    /// Not implemented yet (goes with --encrypt).
+    /// The key the backup was encrypted with (the same file as for the backup).
     #[arg(long)]
     pub encryption_key_file: Option<PathBuf>,
 }
@@ -109,8 +135,14 @@ pub struct RestoreSummary {
     /// Failures by server result code (negative: client-side).
     pub failed_by_code: BTreeMap<i32, u64>,
     pub files: u64,
+    /// Bytes of backup files read (as stored: compressed / encrypted size when framed).
+    pub bytes: u64,
     /// Index and UDF entries found and not restored.
     pub skipped_global: u64,
+    /// Deletions read from `deletes.asbd` files, applied, and found already absent.
+    pub deletes_read: u64,
+    pub deleted: u64,
+    pub delete_absent: u64,
     pub elapsed: Duration,
 }
 
@@ -125,10 +157,23 @@ impl std::fmt::Display for RestoreSummary {
         for (code, n) in &self.failed_by_code {
             write!(f, " [result code {code}: {n}]")?;
         }
+        if self.deletes_read > 0 {
+            write!(
+                f,
+                "; {} deletion(s) read, {} deleted, {} already absent",
+                self.deletes_read, self.deleted, self.delete_absent
+            )?;
+        }
         if self.skipped_global > 0 {
             write!(f, "; {} index/UDF entries not restored", self.skipped_global)?;
         }
-        write!(f, "; {:.2} s, {:.0} records/s", secs, self.written as f64 / secs)
+        write!(
+            f,
+            "; {:.2} s, {:.0} records/s, {:.2} MiB/s of backup files",
+            secs,
+            self.written as f64 / secs,
+            self.bytes as f64 / secs / (1024.0 * 1024.0)
+        )
     }
 }
 
@@ -142,26 +187,34 @@ struct Counters {
     failed: AtomicU64,
     failed_by_code: Mutex<BTreeMap<i32, u64>>,
     skipped_global: AtomicU64,
+    files: AtomicU64,
+    bytes: Arc<AtomicU64>,
+    deletes_read: AtomicU64,
+    deleted: AtomicU64,
+    delete_absent: AtomicU64,
     abort: AtomicBool,
     first_failure: Mutex<Option<String>>,
 }
 
 enum Source {
     File(PathBuf),
+    /// A directory's `deletes.asbd`.
+    Deletes(PathBuf),
     Stdin,
 }
 
 impl Source {
     fn name(&self) -> String {
         match self {
-            Source::File(p) => p.display().to_string(),
+            Source::File(p) | Source::Deletes(p) => p.display().to_string(),
             Source::Stdin => "<stdin>".into(),
         }
     }
 }
 
-/// The sources in order, each tagged with its place in the chain (one directory, or the input
-/// file, is one element).
+/// The sources in order, each tagged with its place in the chain: a directory's .asb files are
+/// one element, its `deletes.asbd` the next (so it is applied after every write before it), the
+/// input file the last.
 fn sources(args: &RestoreArgs) -> Result<Vec<(usize, Source)>, String> {
     let mut dirs: Vec<PathBuf> = args.directory.iter().cloned().collect();
     dirs.extend(args.directory_list.iter().cloned());
@@ -178,11 +231,15 @@ fn sources(args: &RestoreArgs) -> Result<Vec<(usize, Source)>, String> {
             return Err(format!("no .asb files in {}", dir.display()));
         }
         files.sort();
-        out.extend(files.into_iter().map(|f| (element, Source::File(f))));
+        out.extend(files.into_iter().map(|f| (2 * element, Source::File(f))));
+        let deletes = dir.join(crate::backup::DELETES_FILE);
+        if deletes.is_file() {
+            out.push((2 * element + 1, Source::Deletes(deletes)));
+        }
     }
     match args.input_file.as_deref() {
-        Some("-") => out.push((dirs.len(), Source::Stdin)),
-        Some(f) => out.push((dirs.len(), Source::File(PathBuf::from(f)))),
+        Some("-") => out.push((2 * dirs.len(), Source::Stdin)),
+        Some(f) => out.push((2 * dirs.len(), Source::File(PathBuf::from(f)))),
         None => {}
     }
     if out.is_empty() {
@@ -223,6 +280,7 @@ pub fn expiration_of(void_time: u32, now_unix: i64) -> Option<Expiration> {
 /// of files read, or the first parse error.
 fn read_all(
     sources: Vec<(usize, Source)>,
+    key: Option<crate::frame::MasterKey>,
     ns_map: Option<(String, String)>,
     senders: Vec<mpsc::Sender<Msg>>,
     counters: Arc<Counters>,
@@ -249,15 +307,18 @@ fn read_all(
         }
         chain_element = Some(element);
         let name = src.name();
-        let input: Box<dyn BufRead> = match &src {
-            Source::File(p) => Box::new(BufReader::with_capacity(
-                1 << 20,
-                File::open(p).map_err(|e| format!("open {name}: {e}"))?,
-            )),
-            Source::Stdin => Box::new(BufReader::with_capacity(1 << 20, io::stdin())),
+        let raw: Box<dyn io::Read + Send> = match &src {
+            Source::File(p) | Source::Deletes(p) => Box::new(File::open(p).map_err(|e| format!("open {name}: {e}"))?),
+            Source::Stdin => Box::new(io::stdin()),
         };
+        let counted = CountingReader {
+            inner: raw,
+            count: counters.bytes.clone(),
+        };
+        let input = crate::frame::open_reader(Box::new(counted), &name, key.as_ref()).map_err(|e| e.to_string())?;
         let mut reader = AsbReader::new(input, name.clone());
         files += 1;
+        counters.files.fetch_add(1, Ordering::Relaxed);
         loop {
             let entry = match reader.next_entry() {
                 Ok(Some(e)) => e,
@@ -285,11 +346,17 @@ fn read_all(
                     ));
                 }
             }
-            counters.read.fetch_add(1, Ordering::Relaxed);
+            let msg = if matches!(src, Source::Deletes(_)) {
+                counters.deletes_read.fetch_add(1, Ordering::Relaxed);
+                Msg::Delete(rec)
+            } else {
+                counters.read.fetch_add(1, Ordering::Relaxed);
+                Msg::Record(rec)
+            };
             // Same partition → same writer: a chain's versions of a record stay in order.
-            let pid = u16::from_le_bytes([rec.digest[0], rec.digest[1]]) as usize % 4096;
+            let pid = u16::from_le_bytes([rec_digest(&msg)[0], rec_digest(&msg)[1]]) as usize % 4096;
             let tx = &senders[pid % senders.len()];
-            if tx.blocking_send(Msg::Record(rec)).is_err() {
+            if tx.blocking_send(msg).is_err() {
                 // The writers stopped (abort).
                 return Ok(files);
             }
@@ -301,9 +368,32 @@ fn read_all(
     Ok(files)
 }
 
+fn rec_digest(msg: &Msg) -> &[u8; 20] {
+    match msg {
+        Msg::Record(r) | Msg::Delete(r) => &r.digest,
+        Msg::Barrier(_) => unreachable!("barriers carry no record"),
+    }
+}
+
+/// Counts the bytes read from a source (as stored).
+struct CountingReader<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: io::Read> io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// What the reader hands a writer.
 enum Msg {
     Record(asb::Record),
+    /// A deletion from `deletes.asbd`: delete the record by digest.
+    Delete(asb::Record),
     /// Finish every outstanding put, then answer: the reader waits for all writers between two
     /// backups of a chain, so a later backup's version of a record is never written before (or
     /// concurrently with) an earlier one's.
@@ -313,58 +403,291 @@ enum Msg {
 struct WriterCfg {
     target_ns: Option<String>,
     base: WritePolicy,
+    batch_policy: BatchPolicy,
+    batch_size: usize,
     check_generation: bool,
     unique: bool,
     ignore_record_error: bool,
 }
 
-async fn write_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: asb::Record) {
+/// Counts the outcome of one record write with result code `code` (0 = written).
+fn count_write(cfg: &WriterCfg, counters: &Counters, code: i32, what: impl FnOnce() -> String) {
+    if code == 0 {
+        counters.written.fetch_add(1, Ordering::Relaxed);
+    } else if code == 3 && cfg.check_generation {
+        counters.fresher.fetch_add(1, Ordering::Relaxed);
+    } else if code == 5 && cfg.unique {
+        counters.existed.fetch_add(1, Ordering::Relaxed);
+    } else {
+        count_failure(cfg, counters, code, what);
+    }
+}
+
+/// Counts the outcome of one delete with result code `code` (0 = deleted, 2 = already absent).
+fn count_delete(cfg: &WriterCfg, counters: &Counters, code: i32, what: impl FnOnce() -> String) {
+    match code {
+        0 => {
+            counters.deleted.fetch_add(1, Ordering::Relaxed);
+        }
+        2 => {
+            counters.delete_absent.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => count_failure(cfg, counters, code, what),
+    }
+}
+
+/// A file record ready to write: key, bins and the per-record policy fields; `None` (counted
+/// as expired) when its void time has passed.
+struct Prepared {
+    key: aerospike::Key,
+    bins: Vec<Bin>,
+    expiration: Expiration,
+    send_key: bool,
+    generation: u32,
+}
+
+fn prepare(cfg: &WriterCfg, counters: &Counters, rec: &asb::Record) -> Option<Prepared> {
     let Some(expiration) = expiration_of(rec.expiration, now_unix_secs()) else {
         counters.expired.fetch_add(1, Ordering::Relaxed);
-        return;
+        return None;
     };
     let ns = cfg.target_ns.as_deref().unwrap_or(&rec.namespace);
-    let key = convert::key_of(ns, &rec);
-    let bins: Vec<Bin> = rec
-        .bins
-        .iter()
-        .filter_map(|b| convert::value_of(&b.value).map(|v| Bin::new(b.name.clone(), v)))
-        .collect();
+    Some(Prepared {
+        key: convert::key_of(ns, rec),
+        bins: rec
+            .bins
+            .iter()
+            .filter_map(|b| convert::value_of(&b.value).map(|v| Bin::new(b.name.clone(), v)))
+            .collect(),
+        expiration,
+        send_key: rec.key.is_some(),
+        generation: if cfg.check_generation {
+            u32::from(rec.generation)
+        } else {
+            0
+        },
+    })
+}
+
+/// Result codes a write is retried on (after a backoff, up to [`MAX_ATTEMPTS`] tries): 18
+/// DEVICE_OVERLOAD, 14 KEY_BUSY, 9 TIMEOUT (server), -11 client timeout (spec §5: the C client
+/// retries 18 too). A retried write is idempotent under restore's policies, except that a retry
+/// of a write that did land is counted as fresher (generation check) or existed (`--unique`).
+const RETRY_CODES: [i32; 4] = [18, 14, 9, -11];
+/// Tries of one write (or batch row) before its last result code counts.
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// The pause before try `attempt` + 1: 20 ms doubling, at most 1 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((20u64 << attempt.min(6)).min(1000))
+}
+
+async fn write_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: asb::Record) {
+    let Some(p) = prepare(cfg, counters, &rec) else { return };
     let mut policy = cfg.base.clone();
-    policy.expiration = expiration;
-    policy.send_key = rec.key.is_some();
-    if cfg.check_generation {
-        policy.generation = u32::from(rec.generation);
-    }
-    match client.put(&policy, &key, &bins).await {
-        Ok(()) => {
-            counters.written.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            let code = e.result_code();
-            if code == 3 && cfg.check_generation {
-                counters.fresher.fetch_add(1, Ordering::Relaxed);
-            } else if code == 5 && cfg.unique {
-                counters.existed.fetch_add(1, Ordering::Relaxed);
-            } else {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                *counters
-                    .failed_by_code
-                    .lock()
-                    .expect("counter lock")
-                    .entry(code)
-                    .or_default() += 1;
-                if !(cfg.ignore_record_error && RECORD_ERRORS.contains(&code)) {
-                    counters
-                        .first_failure
-                        .lock()
-                        .expect("failure lock")
-                        .get_or_insert_with(|| format!("record {key}: {e} (result code {code})"));
-                    counters.abort.store(true, Ordering::Relaxed);
+    policy.expiration = p.expiration;
+    policy.send_key = p.send_key;
+    policy.generation = p.generation;
+    let mut attempt = 1;
+    loop {
+        match client.put(&policy, &p.key, &p.bins).await {
+            Ok(()) => return count_write(cfg, counters, 0, String::new),
+            Err(e) => {
+                let code = e.result_code();
+                if RETRY_CODES.contains(&code) && attempt < MAX_ATTEMPTS {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
                 }
+                return count_write(cfg, counters, code, || {
+                    format!("record {}: {e} (result code {code}, {attempt} tries)", p.key)
+                });
             }
         }
     }
+}
+
+/// A batch row: a record to write, or a key to delete.
+enum Row {
+    Write(Prepared),
+    Delete(aerospike::Key),
+}
+
+impl Row {
+    fn op(&self, cfg: &WriterCfg) -> BatchOperation {
+        match self {
+            Row::Write(p) => {
+                let policy = BatchWritePolicy {
+                    record_exists_action: cfg.base.record_exists_action,
+                    generation_policy: cfg.base.generation_policy,
+                    generation: p.generation,
+                    expiration: p.expiration,
+                    send_key: p.send_key,
+                    ..BatchWritePolicy::default()
+                };
+                let bin_ops: Vec<_> = p.bins.iter().map(operations::put).collect();
+                BatchOperation::write(&policy, p.key.clone(), bin_ops)
+            }
+            Row::Delete(key) => BatchOperation::delete(&BatchDeletePolicy::default(), key.clone()),
+        }
+    }
+}
+
+/// One batch write: the rows of `rows` (writes and deletes) in one request; every row's result
+/// code counted. Rows that fail with a [`RETRY_CODES`] code are sent again (a smaller batch)
+/// after a backoff; a whole-batch failure gives each unanswered row the batch's code.
+async fn write_batch(client: &Client, cfg: &WriterCfg, counters: &Counters, msgs: Vec<Msg>) {
+    let mut rows = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        match msg {
+            Msg::Record(rec) => rows.extend(prepare(cfg, counters, &rec).map(Row::Write)),
+            Msg::Delete(rec) => {
+                let ns = cfg.target_ns.as_deref().unwrap_or(&rec.namespace);
+                rows.push(Row::Delete(convert::key_of(ns, &rec)));
+            }
+            Msg::Barrier(_) => unreachable!("barriers are not batched"),
+        }
+    }
+    let mut attempt = 1;
+    while !rows.is_empty() {
+        let mut ops: Vec<BatchOperation> = rows.iter().map(|r| r.op(cfg)).collect();
+        let batch_err = client.batch(&cfg.batch_policy, &mut ops).await.err();
+        let mut retry = Vec::new();
+        for (row, op) in rows.into_iter().zip(&ops) {
+            let code = match (op.result_code(), op.error(), &batch_err) {
+                (Some(rc), _, _) => i32::from(u8::from(rc)),
+                (None, Some(e), _) | (None, None, Some(e)) => e.result_code(),
+                (None, None, None) => NO_RESPONSE,
+            };
+            if RETRY_CODES.contains(&code) && attempt < MAX_ATTEMPTS {
+                retry.push(row);
+                continue;
+            }
+            let delete = matches!(row, Row::Delete(_));
+            let what = || {
+                let err = op.error().or(batch_err.as_ref()).map(ToString::to_string);
+                format!(
+                    "{} {} in a batch: {} (result code {code}, {attempt} tries)",
+                    if delete { "delete" } else { "record" },
+                    op.batch_record().key,
+                    err.unwrap_or_else(|| "no answer".into())
+                )
+            };
+            if delete {
+                count_delete(cfg, counters, code, what);
+            } else {
+                count_write(cfg, counters, code, what);
+            }
+        }
+        if !retry.is_empty() {
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+        rows = retry;
+    }
+}
+
+/// Counts a failed record write or delete with result code `code` and stops the restore unless
+/// it is a record error `--ignore-record-error` skips.
+fn count_failure(cfg: &WriterCfg, counters: &Counters, code: i32, what: impl FnOnce() -> String) {
+    counters.failed.fetch_add(1, Ordering::Relaxed);
+    *counters
+        .failed_by_code
+        .lock()
+        .expect("counter lock")
+        .entry(code)
+        .or_default() += 1;
+    if !(cfg.ignore_record_error && RECORD_ERRORS.contains(&code)) {
+        counters
+            .first_failure
+            .lock()
+            .expect("failure lock")
+            .get_or_insert_with(what);
+        counters.abort.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn delete_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: asb::Record) {
+    let ns = cfg.target_ns.as_deref().unwrap_or(&rec.namespace);
+    let key = convert::key_of(ns, &rec);
+    let mut attempt = 1;
+    loop {
+        let code = match client.delete(&WritePolicy::default(), &key).await {
+            Ok(true) => 0,
+            Ok(false) => 2,
+            Err(e) => {
+                let code = e.result_code();
+                if RETRY_CODES.contains(&code) && attempt < MAX_ATTEMPTS {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+                return count_delete(cfg, counters, code, || {
+                    format!("delete {key}: {e} (result code {code}, {attempt} tries)")
+                });
+            }
+        };
+        return count_delete(cfg, counters, code, String::new);
+    }
+}
+
+/// A writer in batch mode (see the module doc).
+async fn batch_writer(client: Arc<Client>, cfg: Arc<WriterCfg>, counters: Arc<Counters>, mut rx: mpsc::Receiver<Msg>) {
+    use tokio::sync::mpsc::error::TryRecvError;
+    let mut in_flight = FuturesUnordered::new();
+    let mut rows: Vec<Msg> = Vec::with_capacity(cfg.batch_size);
+    let dispatch = |rows: &mut Vec<Msg>, in_flight: &mut FuturesUnordered<_>| {
+        if rows.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(rows, Vec::with_capacity(cfg.batch_size));
+        let (client, cfg, counters) = (client.clone(), cfg.clone(), counters.clone());
+        in_flight.push(async move { write_batch(&client, &cfg, &counters, batch).await });
+    };
+    loop {
+        if counters.abort.load(Ordering::Relaxed) {
+            break;
+        }
+        if in_flight.len() >= BATCHES_IN_FLIGHT {
+            in_flight.next().await;
+            continue;
+        }
+        let msg = if rows.is_empty() {
+            tokio::select! {
+                msg = rx.recv() => msg,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(msg) => Some(msg),
+                Err(TryRecvError::Empty) => {
+                    // Nothing more queued now: send what there is rather than wait.
+                    dispatch(&mut rows, &mut in_flight);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => None,
+            }
+        };
+        match msg {
+            Some(Msg::Barrier(ack)) => {
+                dispatch(&mut rows, &mut in_flight);
+                while in_flight.next().await.is_some() {}
+                let _ = ack.send(());
+            }
+            Some(row) => {
+                rows.push(row);
+                if rows.len() >= cfg.batch_size {
+                    dispatch(&mut rows, &mut in_flight);
+                }
+            }
+            None => break,
+        }
+    }
+    if !counters.abort.load(Ordering::Relaxed) {
+        dispatch(&mut rows, &mut in_flight);
+    }
+    while in_flight.next().await.is_some() {}
+    rx.close();
 }
 
 async fn writer(client: Arc<Client>, cfg: Arc<WriterCfg>, counters: Arc<Counters>, mut rx: mpsc::Receiver<Msg>) {
@@ -381,7 +704,11 @@ async fn writer(client: Arc<Client>, cfg: Arc<WriterCfg>, counters: Arc<Counters
             msg = rx.recv() => match msg {
                 Some(Msg::Record(rec)) => {
                     let (client, cfg, counters) = (client.clone(), cfg.clone(), counters.clone());
-                    in_flight.push(async move { write_one(&client, &cfg, &counters, rec).await });
+                    in_flight.push(async move { write_one(&client, &cfg, &counters, rec).await }.boxed());
+                }
+                Some(Msg::Delete(rec)) => {
+                    let (client, cfg, counters) = (client.clone(), cfg.clone(), counters.clone());
+                    in_flight.push(async move { delete_one(&client, &cfg, &counters, rec).await }.boxed());
                 }
                 Some(Msg::Barrier(ack)) => {
                     while in_flight.next().await.is_some() {}
@@ -398,17 +725,20 @@ async fn writer(client: Arc<Client>, cfg: Arc<WriterCfg>, counters: Arc<Counters
 }
 
 pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
-    if args
-        .compress
-        .as_deref()
-        .is_some_and(|c| !c.eq_ignore_ascii_case("none"))
-        || args.encrypt.as_deref().is_some_and(|c| !c.eq_ignore_ascii_case("none"))
-        || args.encryption_key_file.is_some()
-    {
-        return Err("not implemented yet in bolide-backup: --compress / --encrypt on restore".into());
-    }
+    let codec = crate::frame::Codec::from_flags(
+        args.compress.as_deref(),
+        args.encrypt.as_deref(),
+        args.encryption_key_file.as_deref(),
+    )?;
     let start = Instant::now();
     let sources = sources(&args)?;
+    // Every file's header and key before anything is written: a wrong key or a file that needs
+    // one stops the restore with the target untouched.
+    for (_, src) in &sources {
+        if let Source::File(p) | Source::Deletes(p) = src {
+            crate::frame::check_file(p, codec.key.as_ref())?;
+        }
+    }
     let ns_map = namespace_map(args.namespace.as_deref())?;
     let client = Arc::new(connect(&args.host, args.port).await?);
 
@@ -433,6 +763,8 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
     let cfg = Arc::new(WriterCfg {
         target_ns: ns_map.as_ref().map(|(_, dst)| dst.clone()),
         base,
+        batch_policy: BatchPolicy::default(),
+        batch_size: args.batch_size as usize,
         check_generation,
         unique: args.unique,
         ignore_record_error: args.ignore_record_error,
@@ -444,11 +776,42 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
     for _ in 0..args.threads {
         let (tx, rx) = mpsc::channel(QUEUE_PER_THREAD);
         senders.push(tx);
-        writers.push(tokio::spawn(writer(client.clone(), cfg.clone(), counters.clone(), rx)));
+        writers.push(if args.disable_batch_writes {
+            tokio::spawn(writer(client.clone(), cfg.clone(), counters.clone(), rx))
+        } else {
+            tokio::spawn(batch_writer(client.clone(), cfg.clone(), counters.clone(), rx))
+        });
     }
+    // On a terminal a progress bar over the bytes of the files (stdin: a spinner); plain lines
+    // every --progress-secs otherwise.
+    let bar = (io::stderr().is_terminal() && args.progress_secs > 0).then(|| {
+        let files: Option<u64> = sources
+            .iter()
+            .map(|(_, src)| match src {
+                Source::File(p) | Source::Deletes(p) => fs::metadata(p).ok().map(|m| m.len()),
+                Source::Stdin => None,
+            })
+            .sum();
+        let (bar, template) = match files {
+            Some(total) => (
+                indicatif::ProgressBar::new(total),
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes}, {msg}, ETA {eta}",
+            ),
+            None => (
+                indicatif::ProgressBar::new_spinner(),
+                "{spinner} [{elapsed_precise}] {bytes}, {msg}",
+            ),
+        };
+        bar.set_style(indicatif::ProgressStyle::with_template(template).expect("valid progress template"));
+        bar
+    });
     let progress = (args.progress_secs > 0).then(|| {
         let c = counters.clone();
-        let every = Duration::from_secs(args.progress_secs);
+        let bar = bar.clone();
+        let every = match bar {
+            Some(_) => Duration::from_millis(200),
+            None => Duration::from_secs(args.progress_secs),
+        };
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -456,25 +819,35 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
                 tick.tick().await;
                 let secs = start.elapsed().as_secs_f64();
                 let w = c.written.load(Ordering::Relaxed);
-                eprintln!(
-                    "restore: {} read, {w} written, {} failed, {:.0} s, {:.0} records/s",
+                let line = format!(
+                    "{} read, {w} written, {} failed, {:.0} records/s",
                     c.read.load(Ordering::Relaxed),
                     c.failed.load(Ordering::Relaxed),
-                    secs,
                     w as f64 / secs.max(1e-9)
                 );
+                match &bar {
+                    Some(bar) => {
+                        bar.set_position(c.bytes.load(Ordering::Relaxed));
+                        bar.set_message(line);
+                    }
+                    None => eprintln!("restore: {line}, {secs:.0} s"),
+                }
             }
         })
     });
 
     let reader_counters = counters.clone();
-    let reader = tokio::task::spawn_blocking(move || read_all(sources, ns_map, senders, reader_counters));
+    let key = codec.key.clone();
+    let reader = tokio::task::spawn_blocking(move || read_all(sources, key, ns_map, senders, reader_counters));
     let read_result = reader.await.map_err(|e| format!("reader task: {e}"))?;
     for w in writers {
         w.await.map_err(|e| format!("writer task: {e}"))?;
     }
     if let Some(p) = progress {
         p.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     let _ = client.close().await;
 
@@ -486,8 +859,13 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
         fresher: counters.fresher.load(Ordering::Relaxed),
         failed: counters.failed.load(Ordering::Relaxed),
         failed_by_code: counters.failed_by_code.lock().expect("counter lock").clone(),
-        files: *read_result.as_ref().unwrap_or(&0),
+        // Files opened, also those before a read error.
+        files: counters.files.load(Ordering::Relaxed),
+        bytes: counters.bytes.load(Ordering::Relaxed),
         skipped_global: counters.skipped_global.load(Ordering::Relaxed),
+        deletes_read: counters.deletes_read.load(Ordering::Relaxed),
+        deleted: counters.deleted.load(Ordering::Relaxed),
+        delete_absent: counters.delete_absent.load(Ordering::Relaxed),
         elapsed: start.elapsed(),
     };
     if let Err(e) = read_result {

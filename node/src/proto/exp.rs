@@ -271,6 +271,7 @@ pub trait RecordView {
 pub struct Expr {
     root: Node,
     reads_bins: bool,
+    mentions_tombstone: bool,
 }
 
 impl Expr {
@@ -278,6 +279,12 @@ impl Expr {
     /// metadata alone, without reading the record from the device.
     pub fn reads_bins(&self) -> bool {
         self.reads_bins
+    }
+
+    /// Whether the expression references `is_tombstone` (op 72) anywhere. A scan whose filter
+    /// does also visits tombstones (a Bolide extension, `docs/ARCHITECTURE.md`, "Scans").
+    pub fn mentions_tombstone(&self) -> bool {
+        self.mentions_tombstone
     }
 }
 
@@ -568,7 +575,10 @@ pub fn compile(bytes: &[u8]) -> Result<Expr, ExpError> {
         return Err(ExpError::Malformed("bytes after the expression"));
     }
     // Pass 2: build and type-check. Pass 1 bounds every count and the recursion depth.
-    let mut b = Builder { reads_bins: false };
+    let mut b = Builder {
+        reads_bins: false,
+        mentions_tombstone: false,
+    };
     let (root, ty) = b.node(&mut Reader::new(bytes))?;
     if ty != Ty::Bool {
         return Err(ExpError::NotBoolean);
@@ -576,11 +586,13 @@ pub fn compile(bytes: &[u8]) -> Result<Expr, ExpError> {
     Ok(Expr {
         root,
         reads_bins: b.reads_bins,
+        mentions_tombstone: b.mentions_tombstone,
     })
 }
 
 struct Builder {
     reads_bins: bool,
+    mentions_tombstone: bool,
 }
 
 impl Builder {
@@ -667,7 +679,10 @@ impl Builder {
             OP_TTL => meta(Meta::Ttl, Ty::Int),
             OP_SET_NAME => meta(Meta::SetName, Ty::Str),
             OP_KEY_EXISTS => meta(Meta::KeyExists, Ty::Bool),
-            OP_IS_TOMBSTONE => meta(Meta::IsTombstone, Ty::Bool),
+            OP_IS_TOMBSTONE => {
+                self.mentions_tombstone = true;
+                meta(Meta::IsTombstone, Ty::Bool)
+            }
             OP_MEMORY_SIZE => meta(Meta::MemorySize, Ty::Int),
             OP_RECORD_SIZE => meta(Meta::RecordSize, Ty::Int),
             OP_BIN => {
@@ -1348,6 +1363,12 @@ mod tests {
         assert!(run(&[0x93, 0x01, 0x91, 0x49, 0x00], &rec));
         let e = compile(&[0x93, 0x01, 0x91, 0x4a, 0xcc, 0x80]).unwrap();
         assert!(!e.reads_bins());
+        assert!(!e.mentions_tombstone());
+        // is_tombstone alone, and nested: and(is_tombstone(), not(key_exists())).
+        assert!(compile(&[0x91, 0x48]).unwrap().mentions_tombstone());
+        let nested = compile(&[0x93, 0x10, 0x91, 0x48, 0x92, 0x12, 0x91, 0x47]).unwrap();
+        assert!(nested.mentions_tombstone());
+        assert!(!compile(&[0x92, 0x12, 0x91, 0x47]).unwrap().mentions_tombstone());
     }
 
     #[test]

@@ -10,6 +10,17 @@
 //! The coordinator (the worker that holds the client connection) grants one chunk of credit at a
 //! time: the task fills at most [`CHUNK_BYTES`] (plus one record) of messages, sends them, and
 //! waits for the next credit, so a slow client holds back the scan instead of filling memory.
+//!
+//! **Tombstones (a Bolide extension).** When the scan's filter expression references
+//! `is_tombstone` (op 72, [`exp::Expr::mentions_tombstone`]) the task also visits tombstone index
+//! entries (not expired ones, not ones a truncate covers) and evaluates the filter on their
+//! metadata alone (`is_tombstone` true; digest, LUT, generation from the entry; set name and bins
+//! unknown, so a filter that needs them is false). A passing tombstone leaves as a record message
+//! with its generation and digest and **zero bins**: no device read. Aerospike never returns
+//! tombstones from a scan, and a record without bins cannot exist there, so a client can tell a
+//! deletion apart. The set of a tombstone is not in the index entry: a set-scoped scan returns the
+//! passing tombstones of every set, without a SET field. Without an `is_tombstone` reference
+//! nothing changes. See `docs/ARCHITECTURE.md`, "Scans".
 
 use super::codec::ScanSpec;
 use crate::clock::Clock;
@@ -35,6 +46,29 @@ enum Slot {
     Waiting(u64),
     /// Read (or found gone: `None`).
     Ready(Option<Record>),
+    /// A tombstone that passed the filter (tombstone scans only): sent as a zero-bin record.
+    Tombstone(IndexEntry),
+}
+
+impl Slot {
+    fn is_ready(&self) -> bool {
+        !matches!(self, Slot::Waiting(_))
+    }
+}
+
+/// What [`ScanTask::fill`] found in the index: a record to read, or a tombstone to send.
+enum Next {
+    Read(Digest),
+    Tombstone(IndexEntry),
+}
+
+impl Next {
+    fn digest(&self) -> Digest {
+        match self {
+            Next::Read(d) => *d,
+            Next::Tombstone(e) => e.digest(),
+        }
+    }
 }
 
 /// One worker's part of one scan.
@@ -60,6 +94,8 @@ pub struct ScanTask {
     pub budget: u64,
     /// A result code that ends the scan (a record that could not be read).
     pub error: u8,
+    /// The filter references `is_tombstone`: tombstones are visited too.
+    tombstones: bool,
 }
 
 /// An index entry as a filter expression sees it before the record is read: metadata known,
@@ -88,6 +124,9 @@ impl RecordView for EntryView {
     fn key_stored(&self) -> Option<bool> {
         None
     }
+    fn is_tombstone(&self) -> bool {
+        self.entry.is_tombstone()
+    }
     fn bins_loaded(&self) -> bool {
         false
     }
@@ -99,6 +138,7 @@ impl RecordView for EntryView {
 impl ScanTask {
     pub fn new(coord: usize, conn: usize, scan_id: u64, spec: Arc<ScanSpec>, parts: Vec<ScanPartition>) -> ScanTask {
         let issue_after = parts.first().and_then(|p| p.after);
+        let tombstones = spec.filter.as_ref().is_some_and(exp::Expr::mentions_tombstone);
         ScanTask {
             coord,
             conn,
@@ -114,6 +154,7 @@ impl ScanTask {
             credit: true,
             budget: u64::MAX,
             error: 0,
+            tombstones,
         }
     }
 
@@ -133,7 +174,7 @@ impl ScanTask {
         }
         let can_issue = self.error == 0 && self.issue_part < self.parts.len() && !self.capped();
         self.chunk_due()
-            || matches!(self.window.front(), Some(Slot::Ready(_)))
+            || self.window.front().is_some_and(Slot::is_ready)
             || (can_issue && self.window.len() < SCAN_WINDOW)
     }
 
@@ -154,7 +195,7 @@ impl ScanTask {
         let now_s = shard.clock().now_cl_s();
         let now_ms = shard.clock().now_cl_ms();
         let mut issued = false;
-        let mut batch: Vec<Digest> = Vec::with_capacity(SCAN_WINDOW);
+        let mut batch: Vec<Next> = Vec::with_capacity(SCAN_WINDOW);
         while self.error == 0 && self.window.len() < SCAN_WINDOW && !self.capped() {
             let Some(part) = self.parts.get(self.issue_part) else {
                 break;
@@ -171,7 +212,10 @@ impl ScanTask {
                 }
                 let digest = e.digest();
                 self.issue_after = Some(digest);
-                if e.is_tombstone() || is_expired(e, now_s) || truncate.covers_namespace(e.lut_ms()) {
+                if (e.is_tombstone() && !self.tombstones)
+                    || is_expired(e, now_s)
+                    || truncate.covers_namespace(e.lut_ms())
+                {
                     continue;
                 }
                 if let Some(f) = &self.spec.filter {
@@ -179,13 +223,28 @@ impl ScanTask {
                         digest: digest.0,
                         entry: *e,
                     };
-                    if exp::eval_trilean(f, &view, now_ms) == Trilean::False {
-                        continue;
+                    match exp::eval_trilean(f, &view, now_ms) {
+                        Trilean::False => continue,
+                        // A tombstone has only its metadata: unknown is false.
+                        Trilean::Unknown if e.is_tombstone() => continue,
+                        _ => {}
                     }
                 }
-                batch.push(digest);
+                batch.push(if e.is_tombstone() {
+                    Next::Tombstone(*e)
+                } else {
+                    Next::Read(digest)
+                });
             }
-            for (i, d) in batch.iter().enumerate() {
+            for (i, next) in batch.iter().enumerate() {
+                let d = match next {
+                    Next::Read(d) => d,
+                    Next::Tombstone(e) => {
+                        self.window.push_back(Slot::Tombstone(*e));
+                        issued = true;
+                        continue;
+                    }
+                };
                 *next_token += 1;
                 let token = *next_token;
                 match shard.get(d, token) {
@@ -197,7 +256,11 @@ impl ScanTask {
                     Err(ReadError::NotFound) => {}
                     Err(ReadError::Overload) => {
                         // Try this digest again on a later turn: resume just before it.
-                        self.issue_after = if i == 0 { start_after } else { Some(batch[i - 1]) };
+                        self.issue_after = if i == 0 {
+                            start_after
+                        } else {
+                            Some(batch[i - 1].digest())
+                        };
                         return issued;
                     }
                     Err(e) => {
@@ -240,9 +303,18 @@ impl ScanTask {
     /// Returns whether anything left the window.
     pub fn emit(&mut self, truncate: &TruncateTable, now_ms: u64) -> bool {
         let mut moved = false;
-        while let Some(Slot::Ready(_)) = self.window.front() {
-            let Some(Slot::Ready(rec)) = self.window.pop_front() else {
-                unreachable!()
+        while self.window.front().is_some_and(Slot::is_ready) {
+            let rec = match self.window.pop_front() {
+                Some(Slot::Ready(rec)) => rec,
+                Some(Slot::Tombstone(e)) => {
+                    moved = true;
+                    if self.spec.max_records > 0 && self.produced >= self.spec.max_records {
+                        continue;
+                    }
+                    self.write_tombstone(&e);
+                    continue;
+                }
+                _ => unreachable!("front slot is ready"),
             };
             moved = true;
             let Some(rec) = rec else { continue };
@@ -268,6 +340,24 @@ impl ScanTask {
             }
         }
         moved
+    }
+
+    /// Appends a tombstone's record message: generation, void time and digest from the index
+    /// entry, no set (not in the index), no key, zero bins.
+    fn write_tombstone(&mut self, e: &IndexEntry) {
+        let digest = e.digest();
+        let meta = crate::proto::scan::ScanRecord {
+            namespace: &self.spec.namespace,
+            set: &[],
+            digest: &digest,
+            key: None,
+            generation: u32::from(e.generation()),
+            void_time: e.void_time(),
+        };
+        crate::proto::scan::write_record_header(&mut self.chunk, &meta, 0, self.spec.no_bin_data);
+        self.ends
+            .push(u32::try_from(self.chunk.len()).expect("chunk under 4 GiB"));
+        self.produced += 1;
     }
 }
 
@@ -356,7 +446,13 @@ mod tests {
 
     /// Runs a task to the end as the worker would, taking every chunk; returns the digests of
     /// the record messages in the order they were produced.
-    fn run(shard: &mut SimShard, mut task: ScanTask) -> (Vec<Digest>, u8) {
+    fn run(shard: &mut SimShard, task: ScanTask) -> (Vec<Digest>, u8) {
+        let (msgs, err) = run_msgs(shard, task);
+        (msgs.into_iter().map(|(d, _, _)| d).collect(), err)
+    }
+
+    /// As [`run`], with each record message's `n_ops` and generation.
+    fn run_msgs(shard: &mut SimShard, mut task: ScanTask) -> (Vec<(Digest, u16, u32)>, u8) {
         let mut out = Vec::new();
         let mut token = 0;
         let mut issued = Vec::new();
@@ -381,7 +477,11 @@ mod tests {
                 for &end in &task.ends {
                     let msg = Msg::parse(&task.chunk[start..end as usize]).expect("record message");
                     assert_eq!(msg.field(field_type::NAMESPACE), Some(&b"test"[..]));
-                    out.push(msg.digest().expect("digest field"));
+                    out.push((
+                        msg.digest().expect("digest field"),
+                        msg.header.n_ops,
+                        msg.header.generation,
+                    ));
                     start = end as usize;
                 }
                 assert_eq!(start, task.chunk.len(), "chunk holds only whole record messages");
@@ -495,5 +595,89 @@ mod tests {
         }
         assert_eq!(seen.len(), want.len());
         assert!(pages > 5);
+    }
+
+    fn spec_with_filter(filter: &[u8]) -> Arc<ScanSpec> {
+        Arc::new(ScanSpec {
+            namespace: b"test".to_vec(),
+            set: Vec::new(),
+            bins: None,
+            no_bin_data: false,
+            filter: Some(exp::compile(filter).expect("filter compiles")),
+            max_records: 0,
+            records_per_second: 0,
+        })
+    }
+
+    /// Index entries of `parts` in scan order that `keep` accepts (expired ones never).
+    fn entries_where(shard: &SimShard, parts: &[ScanPartition], keep: impl Fn(&IndexEntry) -> bool) -> Vec<IndexEntry> {
+        let now_s = shard.clock().now_cl_s();
+        let mut v = Vec::new();
+        for p in parts {
+            for e in shard.index().iter_partition_after(p.pid, p.after.as_ref()) {
+                if !is_expired(e, now_s) && keep(e) {
+                    v.push(*e);
+                }
+            }
+        }
+        v
+    }
+
+    // is_tombstone()                          91 48
+    const IS_TOMBSTONE: &[u8] = &[0x91, 0x48];
+    // or(is_tombstone(), not(is_tombstone())) 93 11 91 48 92 12 91 48
+    const EITHER: &[u8] = &[0x93, 0x11, 0x91, 0x48, 0x92, 0x12, 0x91, 0x48];
+    // ge(last_update(), 0)                    93 04 91 42 00
+    const LUT_GE_0: &[u8] = &[0x93, 0x04, 0x91, 0x42, 0x00];
+
+    #[test]
+    fn an_is_tombstone_filter_returns_deletions_as_zero_bin_records() {
+        let (mut shard, _clock) = shard_with(2000, 10);
+        let parts = all_parts();
+        let tombs = entries_where(&shard, &parts, IndexEntry::is_tombstone);
+        assert!(tombs.len() > 100, "the fixture deletes every 5th set-less record");
+        let reads_before = shard.stats().reads_device;
+        let (got, err) = run_msgs(
+            &mut shard,
+            ScanTask::new(0, 1, 1, spec_with_filter(IS_TOMBSTONE), parts.clone()),
+        );
+        assert_eq!(err, 0);
+        let want: Vec<(Digest, u16, u32)> = tombs
+            .iter()
+            .map(|e| (e.digest(), 0, u32::from(e.generation())))
+            .collect();
+        assert_eq!(got, want, "every held tombstone, zero bins, its generation");
+        assert_eq!(
+            shard.stats().reads_device,
+            reads_before,
+            "tombstones need no device read"
+        );
+        // Deleted after one write: the tombstone's generation is 2.
+        assert!(got.iter().all(|&(_, _, g)| g == 2));
+
+        // Live records and tombstones together, in digest order within each partition.
+        let both = entries_where(&shard, &parts, |_| true);
+        let (got, _) = run_msgs(&mut shard, ScanTask::new(0, 1, 2, spec_with_filter(EITHER), parts));
+        assert_eq!(got.len(), both.len());
+        for ((d, n_ops, _), e) in got.iter().zip(&both) {
+            assert_eq!(*d, e.digest());
+            assert_eq!(*n_ops == 0, e.is_tombstone(), "live records carry their two bins");
+        }
+    }
+
+    #[test]
+    fn without_an_is_tombstone_reference_tombstones_stay_hidden() {
+        let (mut shard, _clock) = shard_with(2000, 11);
+        let parts = all_parts();
+        let tombs: BTreeSet<Digest> = entries_where(&shard, &parts, IndexEntry::is_tombstone)
+            .iter()
+            .map(IndexEntry::digest)
+            .collect();
+        assert!(!tombs.is_empty());
+        let want = expected(&shard, &parts, b"");
+        let (got, err) = run_msgs(&mut shard, ScanTask::new(0, 1, 1, spec_with_filter(LUT_GE_0), parts));
+        assert_eq!(err, 0);
+        assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), want);
+        assert!(got.iter().all(|&(d, n_ops, _)| n_ops == 2 && !tombs.contains(&d)));
     }
 }
