@@ -359,6 +359,9 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             self.check_device();
             self.run_sync();
             self.flush_outbox();
+            // Reads and group-commit flushes queued after drive_shard (scans, batch rows,
+            // re-replication) go to the device now, not after the next wake-up.
+            self.shard.submit_queued();
             self.publish();
             if self.id == 0 {
                 self.shared.latencies.tick(Instant::now());

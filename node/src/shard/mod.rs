@@ -885,6 +885,19 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         self.dev.in_flight()
     }
 
+    /// Hands the device every I/O queued since the last turn (record reads, and the flush of a
+    /// write waiting for commit_to_device) without reaping. A poll loop calls it before it
+    /// sleeps, so work queued late in a turn does not wait for the next wake-up.
+    pub fn submit_queued(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.start_flushes();
+        if let Err(e) = self.dev.submit() {
+            self.fail(e);
+        }
+    }
+
     fn turn(&mut self) {
         self.run_nsup();
         self.start_flushes();
