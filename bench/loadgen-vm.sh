@@ -26,26 +26,9 @@ CEILING=${CEILING-ru50:RU,50}
 PLOT=${PLOT:-0}
 WORKLOADS=${WORKLOADS:-"loadgen-ru50-uniform-1k=RU,50:uniform loadgen-ru95-uniform-1k=RU,95:uniform loadgen-ycsb-a-1k=YCSB-A loadgen-ycsb-b-1k=YCSB-B"}
 
-cargo build --release --locked -p bolide-node --bin bolide -p bolide-bench --bin bolide-bench
-TARGET=${CARGO_TARGET_DIR:-target}
-BOLIDE=$(realpath "$TARGET/release/bolide")
-BENCH=$(realpath "$TARGET/release/bolide-bench")
+. bench/node-lib.sh
+bench_build
 mkdir -p "$OUT"
-
-node_pid=""
-data_dir=""
-stop_node() {
-  if [[ -n "$node_pid" ]]; then
-    kill -TERM "$node_pid" 2>/dev/null || true
-    wait "$node_pid" 2>/dev/null || true
-    node_pid=""
-  fi
-  if [[ -n "$data_dir" ]]; then
-    rm -rf "$data_dir"
-    data_dir=""
-  fi
-}
-trap stop_node EXIT
 
 for entry in $WORKLOADS; do
   name=${entry%%=*}
@@ -56,12 +39,7 @@ for entry in $WORKLOADS; do
 
   data_dir=$(mktemp -d "$DATA_PARENT/bolide-loadgen.XXXXXX")
   printf 'listen = "127.0.0.1:%s"\n' "$PORT" > "$data_dir/bolide.toml"
-  (cd "$data_dir" && exec "$BOLIDE" serve --config bolide.toml 2> node.log) &
-  node_pid=$!
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-  done
+  start_node "$data_dir" --config bolide.toml
 
   cmd=("$BENCH" -h "127.0.0.1:$PORT" -n test -s testset -k "$KEYS" -o B1024 -w "$workload" "${key_dist[@]}"
        --load -t "$DURATION" --warmup "$WARMUP" -c "$IN_FLIGHT" --server-pid "$node_pid"

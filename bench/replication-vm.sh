@@ -22,26 +22,9 @@ IN_FLIGHT=${IN_FLIGHT:-16}
 DATA_PARENT=${DATA_PARENT:-/var/tmp}
 CASES=${CASES:-"1:0 2:0 1:1 2:1"}
 
-cargo build --release --locked -p bolide-node --bin bolide -p bolide-bench --bin bolide-bench
-TARGET=${CARGO_TARGET_DIR:-target}
-BOLIDE=$(realpath "$TARGET/release/bolide")
-BENCH=$(realpath "$TARGET/release/bolide-bench")
+. bench/node-lib.sh
+bench_build
 mkdir -p "$OUT"
-
-node_pid=""
-data_dir=""
-stop_node() {
-  if [[ -n "$node_pid" ]]; then
-    kill -TERM "$node_pid" 2>/dev/null || true
-    wait "$node_pid" 2>/dev/null || true
-    node_pid=""
-  fi
-  if [[ -n "$data_dir" ]]; then
-    rm -rf "$data_dir"
-    data_dir=""
-  fi
-}
-trap stop_node EXIT
 
 for c in $CASES; do
   factor=${c%%:*}
@@ -72,12 +55,7 @@ driver = "kernel"
 polling = "interrupt"
 PROFILE
   printf 'listen = "127.0.0.1:%s"\nreplication_factor = %s\n' "$PORT" "$factor" > "$data_dir/bolide.toml"
-  (cd "$data_dir" && exec "$BOLIDE" serve --config bolide.toml --profile profile.toml 2> node.log) &
-  node_pid=$!
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-  done
+  start_node "$data_dir" --config bolide.toml --profile profile.toml
   cmd=("$BENCH" -h "127.0.0.1:$PORT" -n test -s testset -k "$KEYS" -o B1024 -w RU,0 --key-dist uniform
        --load -t "$DURATION" --warmup "$WARMUP" -c "$IN_FLIGHT" --server-pid "$node_pid"
        --output-json "$OUT/$name.json")

@@ -1451,19 +1451,7 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
             }
             other => other,
         };
-        let entry = self.shard.peek(&cmd.digest);
-        let cur = Existing {
-            record: rec.as_ref(),
-            generation: entry.map_or(0, |e| e.generation()),
-            void_time: entry.map_or(0, |e| e.void_time()),
-        };
-        let filter = codec::filter_for(&cmd, self.shard.clock().now_cl_ms());
-        let now_s = self.shard.clock().now_cl_s();
-        let action = match &filter {
-            Ok(Some(f)) => exec::apply(&cmd, cur, Some(&|r: &crate::record::Record| f(r)), now_s),
-            Ok(None) => exec::apply(&cmd, cur, None, now_s),
-            Err(code) => Action::Reply(Reply::code(*code)),
-        };
+        let action = self.decide(&cmd, rec.as_ref(), self.shard.peek(&cmd.digest));
         let replica = self.shared.pmap.get(cmd.digest.partition_id()).replica();
         match action {
             Action::Reply(r) => self.finish(origin, &cmd, r),
@@ -1594,23 +1582,28 @@ impl<D: BlockDevice, C: Clock> Worker<D, C> {
         self.finish(origin, &cmd, reply);
     }
 
-    /// Answers a read-only command from this shard's replica copy (see [`CoreMsg::ReplicaRead`]).
-    fn cont_replica_read(&mut self, origin: Origin, cmd: Box<Command>, rec: Option<Record>) {
-        let rec = rec.filter(|r| !self.truncate.covers(r.meta.lut_ms, &r.set_name));
-        let entry = self.shard.index().get(&cmd.digest).copied().filter(|_| rec.is_some());
+    /// What `cmd` does to the record as stored here (`rec`: its bins when read, `None` when
+    /// there is none or they were not needed; `entry`: its live index entry), with the
+    /// command's filter applied.
+    fn decide(&self, cmd: &Command, rec: Option<&Record>, entry: Option<crate::index::IndexEntry>) -> Action {
         let cur = Existing {
-            record: rec.as_ref(),
+            record: rec,
             generation: entry.map_or(0, |e| e.generation()),
             void_time: entry.map_or(0, |e| e.void_time()),
         };
-        let filter = codec::filter_for(&cmd, self.shard.clock().now_cl_ms());
         let now_s = self.shard.clock().now_cl_s();
-        let action = match &filter {
-            Ok(Some(f)) => exec::apply(&cmd, cur, Some(&|r: &Record| f(r)), now_s),
-            Ok(None) => exec::apply(&cmd, cur, None, now_s),
-            Err(code) => Action::Reply(Reply::code(*code)),
-        };
-        let reply = match action {
+        match codec::filter_for(cmd, self.shard.clock().now_cl_ms()) {
+            Ok(Some(f)) => exec::apply(cmd, cur, Some(&|r: &Record| f(r)), now_s),
+            Ok(None) => exec::apply(cmd, cur, None, now_s),
+            Err(code) => Action::Reply(Reply::code(code)),
+        }
+    }
+
+    /// Answers a read-only command from this shard's replica copy (see [`CoreMsg::ReplicaRead`]).
+    fn cont_replica_read(&mut self, origin: Origin, cmd: Box<Command>, rec: Option<Record>) {
+        let rec = rec.filter(|r| !self.truncate.covers(r.meta.lut_ms, &r.set_name));
+        let entry = self.shard.peek(&cmd.digest).filter(|_| rec.is_some());
+        let reply = match self.decide(&cmd, rec.as_ref(), entry) {
             Action::Reply(r) => r,
             // A read-only command never writes; refuse rather than write on a replica.
             Action::Put(..) | Action::Delete(..) => Reply::code(proto::result_code::SERVER_ERROR),
