@@ -488,21 +488,33 @@ async fn write_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: a
     policy.expiration = p.expiration;
     policy.send_key = p.send_key;
     policy.generation = p.generation;
+    match retrying(|| client.put(&policy, &p.key, &p.bins)).await {
+        (Ok(()), _) => count_write(cfg, counters, 0, String::new),
+        (Err(e), tries) => {
+            let code = e.result_code();
+            count_write(cfg, counters, code, || {
+                format!("record {}: {e} (result code {code}, {tries} tries)", p.key)
+            })
+        }
+    }
+}
+
+/// Runs `op` until it succeeds or fails with a code not in [`RETRY_CODES`], at most
+/// [`MAX_ATTEMPTS`] times with [`backoff`] between tries; returns the last result and the
+/// number of tries.
+async fn retrying<T, F, Fut>(mut op: F) -> (Result<T, aerospike::Error>, u32)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, aerospike::Error>>,
+{
     let mut attempt = 1;
     loop {
-        match client.put(&policy, &p.key, &p.bins).await {
-            Ok(()) => return count_write(cfg, counters, 0, String::new),
-            Err(e) => {
-                let code = e.result_code();
-                if RETRY_CODES.contains(&code) && attempt < MAX_ATTEMPTS {
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                    continue;
-                }
-                return count_write(cfg, counters, code, || {
-                    format!("record {}: {e} (result code {code}, {attempt} tries)", p.key)
-                });
+        match op().await {
+            Err(e) if RETRY_CODES.contains(&e.result_code()) && attempt < MAX_ATTEMPTS => {
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
             }
+            other => return (other, attempt),
         }
     }
 }
@@ -610,24 +622,16 @@ fn count_failure(cfg: &WriterCfg, counters: &Counters, code: i32, what: impl FnO
 async fn delete_one(client: &Client, cfg: &WriterCfg, counters: &Counters, rec: asb::Record) {
     let ns = cfg.target_ns.as_deref().unwrap_or(&rec.namespace);
     let key = convert::key_of(ns, &rec);
-    let mut attempt = 1;
-    loop {
-        let code = match client.delete(&WritePolicy::default(), &key).await {
-            Ok(true) => 0,
-            Ok(false) => 2,
-            Err(e) => {
-                let code = e.result_code();
-                if RETRY_CODES.contains(&code) && attempt < MAX_ATTEMPTS {
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                    continue;
-                }
-                return count_delete(cfg, counters, code, || {
-                    format!("delete {key}: {e} (result code {code}, {attempt} tries)")
-                });
-            }
-        };
-        return count_delete(cfg, counters, code, String::new);
+    let policy = WritePolicy::default();
+    match retrying(|| client.delete(&policy, &key)).await {
+        (Ok(true), _) => count_delete(cfg, counters, 0, String::new),
+        (Ok(false), _) => count_delete(cfg, counters, 2, String::new),
+        (Err(e), tries) => {
+            let code = e.result_code();
+            count_delete(cfg, counters, code, || {
+                format!("delete {key}: {e} (result code {code}, {tries} tries)")
+            })
+        }
     }
 }
 
