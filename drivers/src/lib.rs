@@ -10,6 +10,9 @@
 //!
 //! [`conformance`] is the one behaviour suite every backend must pass.
 //!
+//! [`net::NetQueue`] is one core's queue to the network, with backends `epoll`, `uring` and
+//! `sim` and its own suite ([`net::conformance`]).
+//!
 //! Buffers handed to a device are [`IoBuf`]s: 4 KiB-aligned, owned by the driver while the I/O is
 //! in flight and given back in the [`Completion`].
 //!
@@ -21,6 +24,7 @@ pub mod buf;
 pub mod conformance;
 pub mod device;
 pub mod fault;
+pub mod net;
 pub mod sim;
 #[cfg(target_os = "linux")]
 pub mod uring;
