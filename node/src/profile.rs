@@ -104,9 +104,15 @@ pub struct MeasuredDevice {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NicDriver {
-    /// Kernel sockets.
+    /// Kernel sockets through the node's default backend (io_uring).
     #[default]
     Kernel,
+    /// Kernel sockets through epoll.
+    Epoll,
+    /// Kernel sockets through io_uring (multishot accept, provided receive buffers, batched
+    /// sends).
+    #[serde(rename = "io_uring")]
+    IoUring,
     /// A DPDK-polled port (needs `port`).
     Dpdk,
 }

@@ -45,12 +45,43 @@ pub struct Node {
     target_tmp: String,
 }
 
+/// A free loopback port followed by 7 more free ones (per-core mode puts worker `k` on
+/// port + `k`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    for _ in 0..100 {
+        let p = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if p < 65_000 && (1..8).all(|k| TcpListener::bind(("127.0.0.1", p + k)).is_ok()) {
+            return p;
+        }
+    }
+    panic!("no run of 8 free loopback ports");
+}
+
+/// Config lines the environment asks every test node to use: `BOLIDE_TEST_LISTEN_MODE`
+/// (`shared`, `per-core`) and `BOLIDE_TEST_NETWORK` (`io_uring`, `epoll`), so that the whole
+/// suite runs against each listener mode and network backend (scripts/test.sh). A key the test
+/// sets itself wins.
+fn env_config(text: &str) -> String {
+    let mut extra = String::new();
+    for (var, key) in [("BOLIDE_TEST_LISTEN_MODE", "listen_mode"), ("BOLIDE_TEST_NETWORK", "network_driver")] {
+        if let Ok(v) = std::env::var(var) {
+            let set = text.lines().any(|l| l.trim_start().starts_with(key));
+            if !v.is_empty() && !set {
+                extra.push_str(&format!("{key} = \"{v}\"\n"));
+            }
+        }
+    }
+    extra
+}
+
+/// Whether the test nodes run every core as its own node (`BOLIDE_TEST_LISTEN_MODE=per-core`):
+/// then per-node figures (`objects`) must be summed over the workers' ports.
+pub fn per_core_mode() -> bool {
+    std::env::var("BOLIDE_TEST_LISTEN_MODE").is_ok_and(|v| v == "per-core")
 }
 
 impl Node {
@@ -99,6 +130,8 @@ impl Node {
         profile: Option<&std::path::Path>,
     ) -> Node {
         let cfg = dir.path().join("bolide.toml");
+        // Top-level keys must come before any [table] line.
+        let config = format!("{}{config}", env_config(config));
         std::fs::write(&cfg, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
         let mut cmd = Command::new(bolide_bin(target_tmp));

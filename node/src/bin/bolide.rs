@@ -10,7 +10,8 @@ use bolide_drivers::uring::{UringDevice, UringOptions};
 use bolide_node::clock::SystemClock;
 use bolide_node::config::StorageConfig;
 use bolide_node::profile::HardwareProfile;
-use bolide_node::server::{Server, ServerConfig};
+use bolide_drivers::net::NetDriver;
+use bolide_node::server::{ListenMode, Server, ServerConfig};
 use bolide_node::shard::{OpenMode, Region, Shard};
 
 /// A shard on an io_uring device that the `fail-device` info command can fail (when
@@ -92,6 +93,20 @@ struct NodeConfig {
     /// Enables the `fail-device:worker=N` info command, which fails a worker's device as if it
     /// died (tests and drills only).
     fault_injection: bool,
+    /// How workers present themselves: `"shared"` (one node on `listen`, the kernel spreads
+    /// connections over the workers) or `"per-core"` (every core is a node: worker `k` on
+    /// `listen`'s port + `k`; partition-aware clients send each command to its owner).
+    listen_mode: String,
+    /// Kernel-socket backend: `"io_uring"` or `"epoll"`; empty: the profile's `[network]
+    /// driver`, else io_uring.
+    network_driver: String,
+    /// `"interrupt"` (sleep when idle) or `"busy"` (never sleep); empty: the profile's
+    /// `[network] polling`.
+    polling: String,
+    /// Reply bytes a connection may leave unread before its requests stop being read.
+    max_unsent_reply_bytes: usize,
+    /// Close client connections idle this long, ms (Aerospike's `proto-fd-idle-ms`); 0 = never.
+    proto_fd_idle_ms: u64,
     storage: StorageConfig,
 }
 
@@ -109,6 +124,11 @@ impl Default for NodeConfig {
             replication_factor: 1,
             rereplication_records_per_second: 50_000,
             fault_injection: false,
+            listen_mode: "shared".into(),
+            network_driver: String::new(),
+            polling: String::new(),
+            max_unsent_reply_bytes: 16 << 20,
+            proto_fd_idle_ms: 0,
             storage: StorageConfig::default(),
         }
     }
@@ -173,7 +193,53 @@ fn load_config(path: Option<&Path>, profile: Option<&HardwareProfile>) -> Result
     if cfg.max_connections == 0 {
         return Err("config key `max_connections`: must be at least 1".into());
     }
+    if ListenMode::parse(&cfg.listen_mode).is_none() {
+        return Err(format!(
+            "config key `listen_mode`: {:?} is not \"shared\" or \"per-core\"",
+            cfg.listen_mode
+        ));
+    }
+    if !cfg.network_driver.is_empty() && NetDriver::parse(&cfg.network_driver).is_none() {
+        return Err(format!(
+            "config key `network_driver`: {:?} is not \"io_uring\" or \"epoll\"",
+            cfg.network_driver
+        ));
+    }
+    if !matches!(cfg.polling.as_str(), "" | "interrupt" | "busy") {
+        return Err(format!(
+            "config key `polling`: {:?} is not \"interrupt\" or \"busy\"",
+            cfg.polling
+        ));
+    }
+    if cfg.max_unsent_reply_bytes < 64 * 1024 {
+        return Err(format!(
+            "config key `max_unsent_reply_bytes`: {} is under 65536 (one scan chunk must fit)",
+            cfg.max_unsent_reply_bytes
+        ));
+    }
     Ok(cfg)
+}
+
+/// The network backend, listener layout and polling mode: the config's keys, else the
+/// profile's `[network]` section, else io_uring, interrupt-driven.
+fn network_settings(cfg: &NodeConfig, profile: Option<&HardwareProfile>) -> Result<(NetDriver, ListenMode, bool), String> {
+    use bolide_node::profile::{NicDriver, PollingMode};
+    let driver = match (cfg.network_driver.as_str(), profile.map(|p| p.network.driver)) {
+        ("", Some(NicDriver::Epoll)) => NetDriver::Epoll,
+        ("", _) => NetDriver::Uring,
+        (name, _) => NetDriver::parse(name).expect("validated"),
+    };
+    let mode = ListenMode::parse(&cfg.listen_mode).expect("validated");
+    let busy = match (cfg.polling.as_str(), profile.map(|p| p.network.polling)) {
+        ("busy", _) => true,
+        ("interrupt", _) => false,
+        (_, Some(PollingMode::Busy)) => true,
+        _ => false,
+    };
+    if mode == ListenMode::PerCore && cfg.listen.port() == 0 {
+        return Err("config key `listen`: per-core mode needs a fixed port (worker k listens on port + k)".into());
+    }
+    Ok((driver, mode, busy))
 }
 
 fn main() {
@@ -381,8 +447,23 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             tracing::info!(worker = w, removed, "truncate table re-applied");
         }
     }
+    let (network, listen_mode, busy_poll) = network_settings(&cfg, profile.as_ref())?;
+    if listen_mode == ListenMode::PerCore && u32::from(cfg.listen.port()) + workers as u32 > 65_536 {
+        return Err(format!(
+            "config key `listen`: per-core mode needs ports {}..{} and they run past 65535",
+            cfg.listen.port(),
+            u32::from(cfg.listen.port()) + workers as u32
+        ));
+    }
     let server_cfg = ServerConfig {
         listen: cfg.listen,
+        listen_mode,
+        network,
+        busy_poll,
+        conn_limits: bolide_node::server::conn::ConnLimits {
+            max_unsent_bytes: cfg.max_unsent_reply_bytes,
+            idle_ms: cfg.proto_fd_idle_ms,
+        },
         namespace: cfg.namespace.clone(),
         node_name: node_name(&cfg),
         cluster_name: cfg.cluster_name.clone(),
@@ -401,9 +482,10 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         .collect();
     let server = Server::start(&server_cfg, shards, pins).map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidInput => e.to_string(),
+        _ if e.to_string().starts_with("cannot listen") => e.to_string(),
         _ => format!("cannot listen on {}: {e}", cfg.listen),
     })?;
-    tracing::info!(listen = %cfg.listen, namespace = %cfg.namespace, node = %server_cfg.node_name, workers, replication_factor = cfg.replication_factor, "serving");
+    tracing::info!(listen = %server.shared.listen, namespace = %cfg.namespace, node = %server_cfg.node_name, workers, replication_factor = cfg.replication_factor, network = ?network, listen_mode = ?listen_mode, busy_poll, "serving");
     while !stop.load(Ordering::Relaxed) && !server.stopping() {
         std::thread::sleep(Duration::from_millis(50));
         if cfg.replication_factor == 2 {

@@ -347,6 +347,18 @@ pub trait InfoSource {
         1
     }
 
+    /// The other nodes of the cluster for `peers-*`: (node name, service address). Default
+    /// none (a single node).
+    fn peers(&self) -> Vec<(String, SocketAddr)> {
+        Vec::new()
+    }
+
+    /// The `replicas` columns of this node: for each copy (master first) the 512-byte bitmap
+    /// of the partitions it holds (spec §2.4). Default: one column, every partition.
+    fn replica_bitmaps(&self) -> Vec<[u8; PARTITION_BITMAP_BYTES]> {
+        vec![[0xFF; PARTITION_BITMAP_BYTES]]
+    }
+
     /// `peers-generation`, also the first field of the `peers-*` values (spec §2.2).
     fn peers_generation(&self) -> u32 {
         1
@@ -481,15 +493,21 @@ fn answer(cmd: &InfoCommand<'_>, src: &mut dyn InfoSource, out: &mut Vec<u8>) {
         "cluster-name" => out.extend_from_slice(src.cluster_name().as_bytes()),
         "peers-clear-std" | "peers-clear-alt" | "peers-tls-std" | "peers-tls-alt" | "alumni-clear-std"
         | "alumni-clear-alt" | "alumni-tls-std" | "alumni-tls-alt" => {
-            // A single node has no peers (spec §2.2): `<gen>,<default-port>,[]`.
-            put(
-                out,
-                format_args!("{},{},[]", src.peers_generation(), src.service_endpoint().port()),
-            );
+            // `<gen>,<default-port>,[[<node>,<tls-name>,[<host>:<port>]],...]` (spec §2.2); a
+            // single node has no peers: `<gen>,<port>,[]`. TLS and alumni lists are empty.
+            let port = src.service_endpoint().port();
+            put(out, format_args!("{},{},[", src.peers_generation(), port));
+            if matches!(cmd.name, "peers-clear-std" | "peers-clear-alt") {
+                let peers = src.peers();
+                join(out, &peers, b',', |out, (name, addr)| {
+                    put(out, format_args!("[{name},,[{addr}]]"))
+                });
+            }
+            out.push(b']');
         }
-        "replicas" => replicas(out, &src.namespaces(), "0,1,"),
-        "replicas-all" => replicas(out, &src.namespaces(), "1,"),
-        "replicas-master" => replicas(out, &src.namespaces(), ""),
+        "replicas" => replicas(out, &src.namespaces(), &src.replica_bitmaps(), true, true),
+        "replicas-all" => replicas(out, &src.namespaces(), &src.replica_bitmaps(), false, true),
+        "replicas-master" => replicas(out, &src.namespaces(), &src.replica_bitmaps()[..1], false, false),
         "partitions" => put(out, format_args!("{N_PARTITIONS}")),
         // `SocketAddr` prints IPv6 in brackets, as the clients expect (spec §2.2).
         "service" | "service-clear-std" | "service-clear-alt" => put(out, format_args!("{}", src.service_endpoint())),
@@ -516,19 +534,33 @@ fn answer(cmd: &InfoCommand<'_>, src: &mut dyn InfoSource, out: &mut Vec<u8>) {
     }
 }
 
-/// The `replicas` family (spec §2.4): every partition of every namespace is owned by this node.
-fn replicas(out: &mut Vec<u8>, namespaces: &[String], columns: &str) {
-    let bitmap = partition_bitmap_all();
+/// The `replicas` family (spec §2.4): `<ns>:[<regime>,]<n>,<b64>,...` per namespace, joined
+/// with `;` (no trailing `;`). `replicas-master` passes one column and no count.
+fn replicas(
+    out: &mut Vec<u8>,
+    namespaces: &[String],
+    columns: &[[u8; PARTITION_BITMAP_BYTES]],
+    regime: bool,
+    count: bool,
+) {
+    let encoded: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            let b = base64::engine::general_purpose::STANDARD.encode(c);
+            debug_assert_eq!(b.len(), PARTITION_BITMAP_B64_LEN);
+            b
+        })
+        .collect();
     join(out, namespaces, b';', |out, ns| {
-        put(out, format_args!("{ns}:{columns}{bitmap}"))
+        put(out, format_args!("{ns}:"));
+        if regime {
+            out.extend_from_slice(b"0,");
+        }
+        if count {
+            put(out, format_args!("{},", encoded.len()));
+        }
+        join(out, &encoded, b',', |out, b| out.extend_from_slice(b.as_bytes()));
     });
-}
-
-/// Base64 (standard, padded) of a bitmap with every partition's bit set (spec §2.4).
-fn partition_bitmap_all() -> String {
-    let bitmap = base64::engine::general_purpose::STANDARD.encode([0xFF; PARTITION_BITMAP_BYTES]);
-    debug_assert_eq!(bitmap.len(), PARTITION_BITMAP_B64_LEN);
-    bitmap
 }
 
 fn pairs(out: &mut Vec<u8>, pairs: &[(String, String)]) {
@@ -900,7 +932,10 @@ mod tests {
     fn replicas_bitmap_format() {
         let mut src = Fake::new();
         assert_eq!(BITMAP.len(), PARTITION_BITMAP_B64_LEN);
-        assert_eq!(partition_bitmap_all(), BITMAP);
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.encode([0xFF; PARTITION_BITMAP_BYTES]),
+            BITMAP
+        );
         assert!(BITMAP.ends_with("8=") && !BITMAP.ends_with("=="));
         let decoded = base64::engine::general_purpose::STANDARD.decode(BITMAP).unwrap();
         assert_eq!(decoded, vec![0xFF; 512]);

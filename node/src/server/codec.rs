@@ -2,7 +2,7 @@
 //! reply), encoding a [`Reply`], info requests, and filter expressions.
 
 use super::exec::{CmdOp, Command, Reply};
-use super::NodeShared;
+use super::{NodeShared, NodeView};
 use crate::proto::batch::{self, BatchIndex, BatchRow};
 use crate::proto::msg::{field_type, info1, Msg, Reply as W};
 use crate::proto::msg::{info2, Op};
@@ -378,27 +378,78 @@ pub fn filter_for(cmd: &Command, now_cl_ms: u64) -> Result<Option<impl Fn(&Recor
 
 /// The node state behind info commands: settings and the gauges the workers publish; `now_cl_ms`
 /// is the worker's clock (ms since 2010) for truncates without a `lut`.
-struct Source<'a>(&'a NodeShared, u64);
+struct Source<'a> {
+    s: &'a NodeShared,
+    view: NodeView,
+    now_cl_ms: u64,
+    /// The node name this view answers with.
+    name: String,
+}
+
+impl Source<'_> {
+    /// `objects` of this view: the worker's master copies, or the whole node's.
+    fn objects(&self) -> u64 {
+        match self.view.worker {
+            Some(w) => self.s.worker_objects(w),
+            None => self.s.objects(),
+        }
+    }
+
+    fn gauge(&self, f: impl Fn(&super::WorkerGauges) -> &std::sync::atomic::AtomicU64) -> u64 {
+        match self.view.worker {
+            Some(w) => f(&self.s.workers[w]).load(Ordering::Relaxed),
+            None => self.s.sum(f),
+        }
+    }
+}
 
 impl info::InfoSource for Source<'_> {
     fn node_name(&self) -> &str {
-        &self.0.node_name
+        &self.name
+    }
+    fn partition_generation(&self) -> u32 {
+        self.s.pmap.generation()
+    }
+    fn peers(&self) -> Vec<(String, std::net::SocketAddr)> {
+        match self.view.worker {
+            Some(me) => (0..self.s.workers.len())
+                .filter(|&w| w != me)
+                .map(|w| (self.s.worker_node_name(w), self.s.worker_endpoint(w)))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+    fn replica_bitmaps(&self) -> Vec<[u8; info::PARTITION_BITMAP_BYTES]> {
+        match self.view.worker {
+            Some(w) => {
+                let [master, replica] = self.s.pmap.bitmaps(w);
+                if self.s.replication_factor > 1 {
+                    vec![master, replica]
+                } else {
+                    vec![master]
+                }
+            }
+            None => vec![[0xFF; info::PARTITION_BITMAP_BYTES]],
+        }
     }
     fn cluster_name(&self) -> &str {
-        &self.0.cluster_name
+        &self.s.cluster_name
     }
     fn service_endpoint(&self) -> std::net::SocketAddr {
-        self.0.listen
+        match self.view.worker {
+            Some(w) => self.s.worker_endpoint(w),
+            None => self.s.listen,
+        }
     }
     fn namespaces(&self) -> Vec<String> {
-        vec![self.0.namespace.clone()]
+        vec![self.s.namespace.clone()]
     }
     fn namespace_stats(&self, ns: &str) -> Option<info::NamespaceStats> {
-        (ns == self.0.namespace).then(|| info::NamespaceStats {
-            objects: self.0.objects(),
+        (ns == self.s.namespace).then(|| info::NamespaceStats {
+            objects: self.objects(),
             tombstones: 0,
-            data_used_bytes: self.0.sum(&self.0.live_bytes),
-            data_total_bytes: self.0.sum(&self.0.capacity_bytes),
+            data_used_bytes: self.gauge(|w| &w.live_bytes),
+            data_total_bytes: self.gauge(|w| &w.capacity_bytes),
             extra: vec![
                 ("storage-engine".into(), "device".into()),
                 ("default-ttl".into(), "0".into()),
@@ -406,7 +457,7 @@ impl info::InfoSource for Source<'_> {
         })
     }
     fn statistics(&self) -> Vec<(String, String)> {
-        let s = self.0;
+        let s = self.s;
         let failed = s.failed_devices();
         let unreplicated = if s.replication_factor > 1 {
             s.pmap.unreplicated()
@@ -415,7 +466,7 @@ impl info::InfoSource for Source<'_> {
         };
         vec![
             ("cluster_size".into(), "1".into()),
-            ("objects".into(), s.objects().to_string()),
+            ("objects".into(), self.objects().to_string()),
             (
                 "client_connections".into(),
                 s.connections.load(Ordering::Relaxed).to_string(),
@@ -444,7 +495,7 @@ impl info::InfoSource for Source<'_> {
         ]
     }
     fn fail_device(&mut self, worker: Option<&str>, device: Option<&str>) -> Result<(), String> {
-        let s = self.0;
+        let s = self.s;
         if s.fault_switches.is_empty() {
             return Err("fault injection is disabled (config key fault_injection)".into());
         }
@@ -474,13 +525,13 @@ impl info::InfoSource for Source<'_> {
         Vec::new()
     }
     fn truncate(&mut self, ns: &str, set: Option<&str>, lut_nanos: Option<u64>) -> Result<(), info::TruncateError> {
-        if ns != self.0.namespace {
+        if ns != self.s.namespace {
             return Err(info::TruncateError::UnknownNamespace);
         }
-        truncate(self.0, set.map(str::as_bytes), lut_nanos, self.1)
+        truncate(self.s, set.map(str::as_bytes), lut_nanos, self.now_cl_ms)
     }
     fn latencies(&self) -> Vec<info::LatencyHist> {
-        self.0.latencies.hists(&self.0.namespace)
+        self.s.latencies.hists(&self.s.namespace)
     }
 }
 
@@ -538,10 +589,20 @@ pub fn truncate(
 }
 
 /// Answers an info request: a type-1 proto whose body is `respond`'s text (spec §2.1).
-pub fn info_reply(body: &[u8], shared: &NodeShared, now_cl_ms: u64) -> Vec<u8> {
+pub fn info_reply(body: &[u8], shared: &NodeShared, view: NodeView, now_cl_ms: u64) -> Vec<u8> {
     let mut out = Vec::new();
     let start = W::begin(&mut out);
-    info::respond(body, &mut Source(shared, now_cl_ms), &mut out);
+    let name = match view.worker {
+        Some(w) => shared.worker_node_name(w),
+        None => shared.node_name.clone(),
+    };
+    let mut src = Source {
+        s: shared,
+        view,
+        now_cl_ms,
+        name,
+    };
+    info::respond(body, &mut src, &mut out);
     W::finish(&mut out, start, PROTO_TYPE_INFO);
     out
 }

@@ -1,35 +1,85 @@
-//! The Aerospike-protocol server: one [`worker`] per core drives its shard from client
-//! connections; [`exec`] holds the single-record command semantics and [`codec`] the glue to
-//! the wire codec in [`crate::proto`].
+//! The Aerospike-protocol server: one [`reactor`] per core drives its shard from client
+//! connections. Each concern has its module: [`conn`] (framing, reply buffers,
+//! back-pressure), [`cmd`] and [`owner`] (the per-command state machine on a partition's
+//! owner), [`batch`] and [`scan_coord`]/[`scan`] (streams), [`repl`] (replication, failover,
+//! reconciliation), [`msg`] (what crosses the rings), [`exec`] (single-record semantics) and
+//! [`codec`] (the glue to the wire codec in [`crate::proto`]).
+//!
+//! [`Server::start`] is the composition root: it picks the network backend
+//! ([`ServerConfig::network`]) and the listener layout ([`ListenMode`]), then starts one
+//! pinned thread per shard.
 
+pub mod batch;
+pub mod cmd;
 pub mod codec;
+pub mod conn;
 pub mod exec;
+pub mod msg;
+pub mod owner;
+pub mod reactor;
+pub mod repl;
 pub mod replica;
 pub mod ring;
 pub mod scan;
+pub mod scan_coord;
 pub mod stats;
 pub mod sync;
-pub mod worker;
 
 use crate::clock::Clock;
 use crate::shard::Shard;
 use crate::truncate::TruncateTable;
 use bolide_drivers::fault::FaultSwitch;
+use bolide_drivers::net::{Doorbell, EventFdDoorbell, ListenOptions, NetDriver, NetError, NetQueue};
 use bolide_drivers::BlockDevice;
+use conn::ConnLimits;
+use reactor::{Reactor, ReactorOptions};
 use replica::{PartitionMap, Roles};
+use ring::Parking;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, RwLock};
 
+/// How the workers present themselves to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenMode {
+    /// One node: every worker accepts on `listen` (`SO_REUSEPORT`, the kernel spreads
+    /// connections); a request for a partition another worker owns crosses a ring.
+    Shared,
+    /// Every core is a node (DESIGN.md): worker `k` listens on `listen`'s port + `k` with its
+    /// own node id, and its `replicas` answer names only its partitions, so partition-aware
+    /// clients send each command straight to the core that owns it.
+    PerCore,
+}
+
+impl ListenMode {
+    /// Parses the config value (`"shared"`, `"per-core"`).
+    pub fn parse(s: &str) -> Option<ListenMode> {
+        match s {
+            "shared" => Some(ListenMode::Shared),
+            "per-core" | "per_core" => Some(ListenMode::PerCore),
+            _ => None,
+        }
+    }
+}
+
 /// Node-wide settings of the server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Where clients connect (every worker listens on it with `SO_REUSEPORT`).
+    /// Where clients connect: the node's address (shared mode), or worker 0's (per-core mode:
+    /// worker `k` at port + `k`).
     pub listen: SocketAddr,
+    pub listen_mode: ListenMode,
+    /// The network backend.
+    pub network: NetDriver,
+    /// Never sleep in the poll loop (a profile's `polling = "busy"`).
+    pub busy_poll: bool,
+    pub conn_limits: ConnLimits,
     /// The one namespace served.
     pub namespace: String,
-    /// Node name reported by `node` (uppercase hex, at most 19 characters, spec §2.2).
+    /// Node name reported by `node` (uppercase hex, at most 19 characters, spec §2.2); in
+    /// per-core mode worker `k` reports this id plus `k`.
     pub node_name: String,
     pub cluster_name: String,
     /// Client connections accepted at once, over all workers.
@@ -61,6 +111,10 @@ impl ServerConfig {
     pub fn new(listen: SocketAddr, namespace: &str, workers: usize) -> ServerConfig {
         ServerConfig {
             listen,
+            listen_mode: ListenMode::Shared,
+            network: NetDriver::Epoll,
+            busy_poll: false,
+            conn_limits: ConnLimits::default(),
             namespace: namespace.to_string(),
             node_name: "BB9000000000001".into(),
             cluster_name: "bolide".into(),
@@ -77,6 +131,31 @@ impl ServerConfig {
     }
 }
 
+/// One worker's gauges, published every few milliseconds for info commands; on its own cache
+/// lines so that workers never write the same line.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct WorkerGauges {
+    /// Index entries (records and tombstones), live record bytes and device capacity.
+    pub index_entries: AtomicU64,
+    pub live_bytes: AtomicU64,
+    pub capacity_bytes: AtomicU64,
+    /// Index entries of the partitions it masters (replication on).
+    pub master_entries: AtomicU64,
+    /// Requests taken off its connections, cross-core messages sent, doorbells rung to it.
+    pub requests: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub doorbells: AtomicU64,
+}
+
+/// Which node an info request speaks for: the whole node (shared mode) or one worker's
+/// (per-core mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    /// `None`: the whole node.
+    pub worker: Option<usize>,
+}
+
 /// What every worker shares: settings, gauges and the stop flag. Only atomics: nothing here is
 /// locked on the data path.
 pub struct NodeShared {
@@ -84,13 +163,13 @@ pub struct NodeShared {
     pub node_name: String,
     pub cluster_name: String,
     pub listen: SocketAddr,
+    pub listen_mode: ListenMode,
     pub max_connections: usize,
     pub connections: AtomicUsize,
+    /// Connections refused because `max_connections` were open.
+    pub refused_connections: AtomicU64,
     pub stop: AtomicBool,
-    /// Per worker: index entries, live record bytes and device capacity, published each turn.
-    pub index_entries: Vec<AtomicU64>,
-    pub live_bytes: Vec<AtomicU64>,
-    pub capacity_bytes: Vec<AtomicU64>,
+    pub workers: Vec<WorkerGauges>,
     /// The truncate table: replaced whole (under the write lock, after it is saved) by an info
     /// truncate; workers copy the `Arc` when `truncate_version` moves, so the data path only
     /// loads the atomic.
@@ -105,9 +184,6 @@ pub struct NodeShared {
     pub pmap: PartitionMap,
     /// Per worker: its device failed (writes stopped, partitions failed over).
     pub device_failed: Vec<AtomicBool>,
-    /// Per worker: index entries of the partitions it masters (replication on; published
-    /// every [`worker::MASTER_COUNT_PERIOD`]).
-    pub master_entries: Vec<AtomicU64>,
     /// Empty unless fault injection is configured.
     pub fault_switches: Vec<FaultSwitch>,
     /// The device of each worker (as [`ServerConfig::device_of`]).
@@ -128,9 +204,19 @@ impl NodeShared {
     /// replication, the master copies only.
     pub fn objects(&self) -> u64 {
         if self.replication_factor > 1 {
-            self.sum(&self.master_entries)
+            self.sum(|w| &w.master_entries)
         } else {
-            self.sum(&self.index_entries)
+            self.sum(|w| &w.index_entries)
+        }
+    }
+
+    /// Records one worker serves as master (a per-core node's `objects`).
+    pub fn worker_objects(&self, w: usize) -> u64 {
+        let g = &self.workers[w];
+        if self.replication_factor > 1 {
+            g.master_entries.load(std::sync::atomic::Ordering::Relaxed)
+        } else {
+            g.index_entries.load(std::sync::atomic::Ordering::Relaxed)
         }
     }
 
@@ -142,8 +228,35 @@ impl NodeShared {
             .count()
     }
 
-    pub fn sum(&self, v: &[AtomicU64]) -> u64 {
-        v.iter().map(|a| a.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    /// The sum of one gauge over every worker.
+    pub fn sum(&self, f: impl Fn(&WorkerGauges) -> &AtomicU64) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| f(w).load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The node an info request on worker `worker`'s connection speaks for.
+    pub fn view(&self, worker: usize, _listener: u32) -> NodeView {
+        match self.listen_mode {
+            ListenMode::Shared => NodeView { worker: None },
+            ListenMode::PerCore => NodeView { worker: Some(worker) },
+        }
+    }
+
+    /// The address worker `w` serves on in per-core mode.
+    pub fn worker_endpoint(&self, w: usize) -> SocketAddr {
+        let mut a = self.listen;
+        a.set_port(self.listen.port() + w as u16);
+        a
+    }
+
+    /// The node name of worker `w` in per-core mode: the node id plus `w`.
+    pub fn worker_node_name(&self, w: usize) -> String {
+        match u64::from_str_radix(&self.node_name, 16) {
+            Ok(id) => format!("{:X}", id.wrapping_add(w as u64)),
+            Err(_) => format!("{}{w:X}", self.node_name),
+        }
     }
 }
 
@@ -153,87 +266,96 @@ pub struct Server<D: BlockDevice + 'static, C: Clock + 'static> {
     handles: Vec<std::thread::JoinHandle<Shard<D, C>>>,
 }
 
+/// The parts of a server before its threads start (or without threads, for a simulation that
+/// steps every reactor itself): the shared state and one reactor per shard.
+pub struct Built<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell> {
+    pub shared: Arc<NodeShared>,
+    pub reactors: Vec<Reactor<N, D, C, B>>,
+}
+
+/// The addresses each worker listens on: in shared mode every worker on `listen`; in per-core
+/// mode worker `k` on `listen`'s port + `k` (port 0 stays 0: any free port, tests).
+pub fn listen_addrs(cfg: &ServerConfig, workers: usize) -> Vec<(SocketAddr, ListenOptions)> {
+    (0..workers)
+        .map(|k| match cfg.listen_mode {
+            ListenMode::Shared => (
+                cfg.listen,
+                ListenOptions {
+                    reuse_port: true,
+                    ..ListenOptions::default()
+                },
+            ),
+            ListenMode::PerCore => {
+                let mut a = cfg.listen;
+                if a.port() != 0 {
+                    a.set_port(cfg.listen.port() + k as u16);
+                }
+                (a, ListenOptions::default())
+            }
+        })
+        .collect()
+}
+
+/// Refuses a listen address another process already holds. The shared mode binds with
+/// `SO_REUSEPORT`, which would silently share the port with any other process that also set
+/// it (another Bolide node, splitting its clients between two data sets): a plain bind first
+/// fails if anything listens there.
+///
+/// # Errors
+/// `AddrInUse` naming the address.
+pub fn check_port_free(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into()).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr}: {e} (is another node or program using this port?)"),
+        )
+    })
+}
+
 impl<D: BlockDevice + 'static, C: Clock + 'static> Server<D, C> {
     /// Starts one worker thread per shard (shard `i` masters the partitions `p % n == i`), each
-    /// pinned to `cores[i]` when given. With replication factor 2, a partition whose master
-    /// shard is fresh while its replica's is not is served by the replica until re-replication
-    /// has rebuilt the master's copy (the roles stay swapped until the next start); every other
-    /// partition with a replica is reconciled in the background ([`sync`]).
+    /// pinned to `cores[i]` when given, on the network backend `cfg.network`. With replication
+    /// factor 2, a partition whose master shard is fresh while its replica's is not is served
+    /// by the replica until re-replication has rebuilt the master's copy (the roles stay
+    /// swapped until the next start); every other partition with a replica is reconciled in
+    /// the background ([`sync`]).
     ///
     /// # Errors
-    /// The listen socket could not be bound, or the replication settings are impossible
-    /// (`InvalidInput`: factor 2 on one device).
+    /// A listen address is in use or could not be bound, the network backend could not be set
+    /// up, or the replication settings are impossible (`InvalidInput`: factor 2 on one device).
     pub fn start(
         cfg: &ServerConfig,
         shards: Vec<Shard<D, C>>,
         cores: Vec<Option<core_affinity::CoreId>>,
     ) -> std::io::Result<Server<D, C>> {
+        use bolide_drivers::net::{epoll::EpollNet, uring::{UringNet, UringNetOptions}};
+        let io = |e: NetError| std::io::Error::other(e.to_string());
+        match cfg.network {
+            NetDriver::Epoll => Self::start_with(cfg, shards, cores, |_| EpollNet::new().map_err(io)),
+            NetDriver::Uring => Self::start_with(cfg, shards, cores, |_| UringNet::new(&UringNetOptions::default()).map_err(io)),
+        }
+    }
+
+    /// As [`Server::start`], on the network queues `make_net` makes (one per worker, made on
+    /// this thread and moved to the worker's).
+    ///
+    /// # Errors
+    /// As [`Server::start`].
+    pub fn start_with<N: NetQueue + 'static>(
+        cfg: &ServerConfig,
+        shards: Vec<Shard<D, C>>,
+        cores: Vec<Option<core_affinity::CoreId>>,
+        make_net: impl FnMut(usize) -> std::io::Result<N>,
+    ) -> std::io::Result<Server<D, C>> {
         let n = shards.len();
-        assert!(n > 0, "a server needs at least one shard");
-        let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
-        if !(1..=2).contains(&cfg.replication_factor) {
-            return Err(invalid(format!(
-                "config key `replication_factor`: {} is not 1 or 2",
-                cfg.replication_factor
-            )));
-        }
-        if cfg.device_of.len() != n || cfg.fresh.len() != n {
-            return Err(invalid(format!(
-                "{n} shards but {} device assignments and {} fresh flags",
-                cfg.device_of.len(),
-                cfg.fresh.len()
-            )));
-        }
-        let replica_of = replica::replica_ring(&cfg.device_of, cfg.replication_factor)
-            .map_err(|e| invalid(format!("config key `replication_factor`: {e}")))?;
-        let (pmap, mut sync_todo) = initial_roles(&replica_of, &cfg.fresh);
-        let syncing: u64 = sync_todo.iter().map(|t| t.len() as u64).sum();
-        let shared = Arc::new(NodeShared {
-            namespace: cfg.namespace.clone(),
-            node_name: cfg.node_name.clone(),
-            cluster_name: cfg.cluster_name.clone(),
-            listen: cfg.listen,
-            max_connections: cfg.max_connections,
-            connections: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
-            index_entries: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            live_bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            capacity_bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            truncate: RwLock::new(Arc::new(cfg.truncate.clone())),
-            truncate_version: AtomicU64::new(0),
-            truncate_path: cfg.truncate_path.clone(),
-            latencies: stats::Latencies::new(n),
-            replication_factor: cfg.replication_factor,
-            pmap,
-            device_failed: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            master_entries: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            fault_switches: cfg.fault_switches.clone(),
-            device_of: cfg.device_of.clone(),
-            sync_remaining: AtomicU64::new(syncing),
-            rereplicated_records: AtomicU64::new(0),
-            rereplication_read_errors: AtomicU64::new(0),
-            partitions_failed_over: AtomicU64::new(0),
-            rereplication_records_per_second: cfg.rereplication_records_per_second,
-        });
-        if syncing > 0 {
-            tracing::info!(partitions = syncing, "reconciling partition copies in the background");
-        }
-        let mut polls = Vec::with_capacity(n);
-        let mut wakers = Vec::with_capacity(n);
-        let mut listeners = Vec::with_capacity(n);
-        for _ in 0..n {
-            let poll = mio::Poll::new()?;
-            wakers.push(Arc::new(mio::Waker::new(poll.registry(), worker::WAKER)?));
-            polls.push(poll);
-            listeners.push(listen_socket(cfg.listen)?);
-        }
-        let rings = ring::mesh(&wakers, cfg.ring_capacity);
+        let bells = (0..n).map(|_| EventFdDoorbell::new()).collect::<std::io::Result<Vec<_>>>()?;
+        let built = build(cfg, shards, make_net, bells)?;
+        let shared = Arc::clone(&built.shared);
         let mut handles = Vec::with_capacity(n);
-        for (i, (((shard, poll), listener), rings)) in
-            shards.into_iter().zip(polls).zip(listeners).zip(rings).enumerate()
-        {
-            let todo = std::mem::take(&mut sync_todo[i]);
-            let w = worker::Worker::new(i, poll, listener, shard, rings, Arc::clone(&shared), todo)?;
+        for (i, r) in built.reactors.into_iter().enumerate() {
             let core = cores.get(i).copied().flatten();
             let h = std::thread::Builder::new()
                 .name(format!("bolide-w{i}"))
@@ -243,7 +365,7 @@ impl<D: BlockDevice + 'static, C: Clock + 'static> Server<D, C> {
                             tracing::warn!(worker = i, "could not pin to core {}", c.id);
                         }
                     }
-                    w.run()
+                    r.run()
                 })?;
             handles.push(h);
         }
@@ -266,6 +388,129 @@ impl<D: BlockDevice + 'static, C: Clock + 'static> Server<D, C> {
     pub fn stopping(&self) -> bool {
         self.shared.stop.load(std::sync::atomic::Ordering::Relaxed)
     }
+}
+
+/// Builds the shared state and one reactor per shard: validates the replication settings,
+/// sets up the partition roles, makes each worker's network queue (`make_net`), listens, and
+/// has each queue watch its device's completion fd and its doorbell.
+///
+/// # Errors
+/// As [`Server::start`].
+pub fn build<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell>(
+    cfg: &ServerConfig,
+    shards: Vec<Shard<D, C>>,
+    mut make_net: impl FnMut(usize) -> std::io::Result<N>,
+    bells: Vec<B>,
+) -> std::io::Result<Built<N, D, C, B>> {
+    let n = shards.len();
+    assert!(n > 0, "a server needs at least one shard");
+    assert_eq!(bells.len(), n, "one doorbell per worker");
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    if !(1..=2).contains(&cfg.replication_factor) {
+        return Err(invalid(format!(
+            "config key `replication_factor`: {} is not 1 or 2",
+            cfg.replication_factor
+        )));
+    }
+    if cfg.device_of.len() != n || cfg.fresh.len() != n {
+        return Err(invalid(format!(
+            "{n} shards but {} device assignments and {} fresh flags",
+            cfg.device_of.len(),
+            cfg.fresh.len()
+        )));
+    }
+    let replica_of = replica::replica_ring(&cfg.device_of, cfg.replication_factor)
+        .map_err(|e| invalid(format!("config key `replication_factor`: {e}")))?;
+    let (pmap, mut sync_todo) = initial_roles(&replica_of, &cfg.fresh);
+    let syncing: u64 = sync_todo.iter().map(|t| t.len() as u64).sum();
+    // Make the queues and listen first: a port in use stops the start before anything runs.
+    let addrs = listen_addrs(cfg, n);
+    let mut nets = Vec::with_capacity(n);
+    let mut bound = cfg.listen;
+    for (k, (addr, opts)) in addrs.iter().enumerate() {
+        let mut net = make_net(k)?;
+        let mut addr = *addr;
+        if cfg.listen_mode == ListenMode::Shared && k > 0 {
+            addr = bound; // a port 0 became a real one: the others share it
+        } else if cfg.listen_mode == ListenMode::Shared && addr.port() != 0 {
+            check_port_free(addr)?;
+        } else if cfg.listen_mode == ListenMode::PerCore && k > 0 && cfg.listen.port() == 0 {
+            addr.set_port(bound.port() + k as u16);
+        }
+        let (_, at) = net.listen(addr, opts).map_err(|e| {
+            let kind = if e.errno == Some(98) {
+                std::io::ErrorKind::AddrInUse
+            } else {
+                std::io::ErrorKind::Other
+            };
+            std::io::Error::new(kind, e.to_string())
+        })?;
+        if k == 0 {
+            bound = at;
+        }
+        nets.push(net);
+    }
+    let shared = Arc::new(NodeShared {
+        namespace: cfg.namespace.clone(),
+        node_name: cfg.node_name.clone(),
+        cluster_name: cfg.cluster_name.clone(),
+        listen: bound,
+        listen_mode: cfg.listen_mode,
+        max_connections: cfg.max_connections,
+        connections: AtomicUsize::new(0),
+        refused_connections: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        workers: (0..n).map(|_| WorkerGauges::default()).collect(),
+        truncate: RwLock::new(Arc::new(cfg.truncate.clone())),
+        truncate_version: AtomicU64::new(0),
+        truncate_path: cfg.truncate_path.clone(),
+        latencies: stats::Latencies::new(n),
+        replication_factor: cfg.replication_factor,
+        pmap,
+        device_failed: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        fault_switches: cfg.fault_switches.clone(),
+        device_of: cfg.device_of.clone(),
+        sync_remaining: AtomicU64::new(syncing),
+        rereplicated_records: AtomicU64::new(0),
+        rereplication_read_errors: AtomicU64::new(0),
+        partitions_failed_over: AtomicU64::new(0),
+        rereplication_records_per_second: cfg.rereplication_records_per_second,
+    });
+    if syncing > 0 {
+        tracing::info!(partitions = syncing, "reconciling partition copies in the background");
+    }
+    let parkings: Vec<Arc<Parking<B>>> = bells.into_iter().map(|b| Arc::new(Parking::new(b))).collect();
+    let rings = ring::mesh(&parkings, cfg.ring_capacity);
+    let opts = ReactorOptions {
+        busy_poll: cfg.busy_poll,
+        conn_limits: cfg.conn_limits,
+    };
+    let mut reactors = Vec::with_capacity(n);
+    for (i, ((shard, mut net), rings)) in shards.into_iter().zip(nets).zip(rings).enumerate() {
+        let watch = |net: &mut N, fd: std::os::fd::RawFd| {
+            net.watch_fd(fd).map_err(|e| std::io::Error::other(e.to_string()))
+        };
+        if net.can_sleep() {
+            if let Some(fd) = shard.device().completion_fd() {
+                watch(&mut net, fd.as_raw_fd())?;
+            }
+            if let Some(fd) = parkings[i].bell.fd() {
+                watch(&mut net, fd)?;
+            }
+        }
+        let todo = std::mem::take(&mut sync_todo[i]);
+        reactors.push(Reactor::new(
+            i,
+            net,
+            shard,
+            rings,
+            Arc::clone(&parkings[i]),
+            Arc::clone(&shared),
+            todo,
+            opts.clone(),
+        ));
+    }
+    Ok(Built { shared, reactors })
 }
 
 /// The roles at start and, per worker, the partitions it masters whose copies it must
@@ -307,16 +552,4 @@ fn initial_roles(replica_of: &[usize], fresh: &[bool]) -> (PartitionMap, Vec<Vec
         todo[roles.master].push(pid);
     }
     (map, todo)
-}
-
-/// A listening socket with `SO_REUSEPORT`, so every worker accepts on the same address and the
-/// kernel spreads connections across them.
-fn listen_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
-    Ok(s.into())
 }

@@ -59,9 +59,12 @@ impl Roles {
     }
 }
 
-/// The roles of all 4096 partitions: one `AtomicU32` each (no lock on the data path).
+/// The roles of all 4096 partitions: one `AtomicU32` each (no lock on the data path), and a
+/// generation that moves whenever a role changes (what `partition-generation` answers, so the
+/// clients re-read `replicas`).
 pub struct PartitionMap {
     words: Vec<AtomicU32>,
+    generation: AtomicU32,
 }
 
 impl PartitionMap {
@@ -83,7 +86,31 @@ impl PartitionMap {
                 )
             })
             .collect();
-        PartitionMap { words }
+        PartitionMap {
+            words,
+            generation: AtomicU32::new(1),
+        }
+    }
+
+    /// Moves whenever a partition's roles change; starts at 1 (never -1, "not ready").
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The partitions `worker` masters (column 0) and replicates (column 1), as `replicas`
+    /// bitmaps (wire spec §2.4: partition `p` is bit `0x80 >> (p & 7)` of byte `p >> 3`).
+    pub fn bitmaps(&self, worker: usize) -> [[u8; N_PARTITIONS / 8]; 2] {
+        let mut b = [[0u8; N_PARTITIONS / 8]; 2];
+        for p in 0..N_PARTITIONS {
+            let r = self.get(PartitionId(p as u16));
+            if r.master == worker {
+                b[0][p >> 3] |= 0x80 >> (p & 7);
+            }
+            if r.replica == worker {
+                b[1][p >> 3] |= 0x80 >> (p & 7);
+            }
+        }
+        b
     }
 
     pub fn get(&self, pid: PartitionId) -> Roles {
@@ -96,17 +123,22 @@ impl PartitionMap {
 
     pub fn set(&self, pid: PartitionId, roles: Roles) {
         self.words[usize::from(pid.0)].store(roles.pack(), Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Changes a partition's roles atomically: `f` sees the current roles and returns the new
     /// ones, or `None` to leave them (it may run more than once if another worker changes them
     /// meanwhile). Returns whether they changed.
     pub fn update(&self, pid: PartitionId, mut f: impl FnMut(Roles) -> Option<Roles>) -> bool {
-        self.words[usize::from(pid.0)]
+        let changed = self.words[usize::from(pid.0)]
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                 f(Roles::unpack(w)).map(Roles::pack)
             })
-            .is_ok()
+            .is_ok();
+        if changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        changed
     }
 
     /// Partitions with no second copy.

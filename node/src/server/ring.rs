@@ -2,33 +2,88 @@
 //! ordered pair of workers, so every ring has exactly one writer and one reader and no lock is
 //! taken on the data path (DESIGN.md, "Thread per core"). Each worker owns the producer ends
 //! of its rings to the others and the consumer ends of theirs to it. A push that finds the ring
-//! full fails and the caller keeps the message (back-pressure); a push wakes the consumer's
-//! poll loop.
+//! full fails and the caller keeps the message (back-pressure).
+//!
+//! **Waking.** A push rings the consumer's [`Doorbell`] (an eventfd write: a system call) only
+//! when the consumer said it is parked ([`Parking`]). The consumer announces `parked` with a
+//! sequentially consistent store, then looks at its rings once more before it sleeps; the
+//! producer pushes, then loads `parked` with a sequentially consistent load. One of the two
+//! always sees the other (the store-load pattern of Dekker's algorithm), so no message waits
+//! for a wake-up that never comes, and a busy core is never rung at all.
 
+use bolide_drivers::net::Doorbell;
 use bolide_ring::{Consumer, Producer};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// One worker's ends of the mesh of rings.
-pub struct WorkerRings<T> {
-    /// `to[w]`: the ring to worker `w` and its poll waker (`None` for this worker itself).
-    to: Vec<Option<(Producer<T>, Arc<mio::Waker>)>>,
-    /// `from[w]`: the ring from worker `w` (`None` for this worker itself).
-    from: Vec<Option<Consumer<T>>>,
+/// A core's parked flag and doorbell, shared with every core that sends to it.
+pub struct Parking<B: Doorbell> {
+    parked: AtomicBool,
+    /// Doorbell rings sent to this core (each one a wake-up system call).
+    rung: AtomicU64,
+    pub bell: B,
 }
 
-impl<T: Send> WorkerRings<T> {
-    /// Sends `msg` to worker `to` and wakes it.
+impl<B: Doorbell> Parking<B> {
+    pub fn new(bell: B) -> Parking<B> {
+        Parking {
+            parked: AtomicBool::new(false),
+            rung: AtomicU64::new(0),
+            bell,
+        }
+    }
+
+    /// Called by the owning core before it sleeps; it must check its rings after this.
+    pub fn park(&self) {
+        self.parked.store(true, Ordering::SeqCst);
+    }
+
+    /// Called by the owning core when it wakes (or decides not to sleep).
+    pub fn unpark(&self) {
+        self.parked.store(false, Ordering::Relaxed);
+        self.bell.drain();
+    }
+
+    /// Wakes the core if it is parked (after a push).
+    pub fn wake(&self) {
+        if self.parked.load(Ordering::SeqCst) {
+            self.rung.fetch_add(1, Ordering::Relaxed);
+            self.bell.ring();
+        }
+    }
+
+    /// Doorbell rings sent to this core so far.
+    pub fn rings(&self) -> u64 {
+        self.rung.load(Ordering::Relaxed)
+    }
+}
+
+/// The sending end of a ring and the receiver's parking.
+type Outbound<T, B> = (Producer<T>, Arc<Parking<B>>);
+
+/// One worker's ends of the mesh of rings.
+pub struct WorkerRings<T, B: Doorbell> {
+    /// `to[w]`: the ring to worker `w` and its parking (`None` for this worker itself).
+    to: Vec<Option<Outbound<T, B>>>,
+    /// `from[w]`: the ring from worker `w` (`None` for this worker itself).
+    from: Vec<Option<Consumer<T>>>,
+    /// Messages pushed (cross-core messages sent).
+    pub sent: u64,
+}
+
+impl<T: Send, B: Doorbell> WorkerRings<T, B> {
+    /// Sends `msg` to worker `to`, waking it if it is parked.
     ///
     /// # Errors
-    /// The ring is full: the message comes back; try again after a later poll turn.
+    /// The ring is full: the message comes back; try again after a later turn.
     ///
     /// # Panics
     /// If `to` is this worker or out of range (a caller bug).
     pub fn push(&mut self, to: usize, msg: T) -> Result<(), T> {
-        let (p, waker) = self.to[to].as_mut().expect("no ring from a worker to itself");
+        let (p, parking) = self.to[to].as_mut().expect("no ring from a worker to itself");
         p.push(msg)?;
-        // A failed wake only delays the consumer to its next poll timeout.
-        let _ = waker.wake();
+        self.sent += 1;
+        parking.wake();
         Ok(())
     }
 
@@ -37,30 +92,36 @@ impl<T: Send> WorkerRings<T> {
         self.from[from].as_mut()?.pop()
     }
 
+    /// Whether any inbound ring holds a message.
+    pub fn any_inbound(&self) -> bool {
+        self.from.iter().flatten().any(|c| !c.is_empty())
+    }
+
     /// Workers in the mesh.
     pub fn workers(&self) -> usize {
         self.to.len()
     }
 }
 
-/// The rings between `wakers.len()` workers, each of `capacity` slots: element `w` holds
+/// The rings between `parkings.len()` workers, each of `capacity` slots: element `w` holds
 /// worker `w`'s ends.
 ///
 /// # Panics
 /// If `capacity` is 0.
-pub fn mesh<T: Send>(wakers: &[Arc<mio::Waker>], capacity: usize) -> Vec<WorkerRings<T>> {
-    let n = wakers.len();
-    let mut rings: Vec<WorkerRings<T>> = (0..n)
+pub fn mesh<T: Send, B: Doorbell>(parkings: &[Arc<Parking<B>>], capacity: usize) -> Vec<WorkerRings<T, B>> {
+    let n = parkings.len();
+    let mut rings: Vec<WorkerRings<T, B>> = (0..n)
         .map(|_| WorkerRings {
             to: (0..n).map(|_| None).collect(),
             from: (0..n).map(|_| None).collect(),
+            sent: 0,
         })
         .collect();
     for a in 0..n {
         for b in 0..n {
             if a != b {
                 let (p, c) = bolide_ring::channel(capacity);
-                rings[a].to[b] = Some((p, Arc::clone(&wakers[b])));
+                rings[a].to[b] = Some((p, Arc::clone(&parkings[b])));
                 rings[b].from[a] = Some(c);
             }
         }
@@ -71,25 +132,42 @@ pub fn mesh<T: Send>(wakers: &[Arc<mio::Waker>], capacity: usize) -> Vec<WorkerR
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bolide_drivers::net::SimDoorbell;
+
+    fn parkings(n: usize) -> Vec<Arc<Parking<SimDoorbell>>> {
+        (0..n).map(|_| Arc::new(Parking::new(SimDoorbell::new()))).collect()
+    }
 
     #[test]
     fn every_pair_has_its_own_bounded_ring() {
-        let polls: Vec<mio::Poll> = (0..3).map(|_| mio::Poll::new().unwrap()).collect();
-        let wakers: Vec<_> = polls
-            .iter()
-            .map(|p| Arc::new(mio::Waker::new(p.registry(), mio::Token(1)).unwrap()))
-            .collect();
-        let mut m = mesh::<(usize, u32)>(&wakers, 2);
-        assert_eq!(m[0].workers(), 3);
-        m[0].push(2, (0, 1)).unwrap();
-        m[1].push(2, (1, 1)).unwrap();
-        m[0].push(2, (0, 2)).unwrap();
-        assert_eq!(m[0].push(2, (0, 3)), Err((0, 3)), "full: the message comes back");
-        assert_eq!(m[2].pop(1), Some((1, 1)));
-        assert_eq!(m[2].pop(1), None);
-        assert_eq!(m[2].pop(0), Some((0, 1)));
-        assert_eq!(m[2].pop(0), Some((0, 2)));
-        assert_eq!(m[2].pop(2), None, "no ring to itself");
-        assert_eq!(m[1].pop(0), None);
+        let p = parkings(3);
+        let mut rings = mesh::<u32, _>(&p, 2);
+        rings[0].push(1, 10).unwrap();
+        rings[0].push(1, 11).unwrap();
+        assert_eq!(rings[0].push(1, 12), Err(12), "full ring refuses");
+        rings[2].push(1, 20).unwrap();
+        assert!(rings[1].any_inbound());
+        assert_eq!(rings[1].pop(0), Some(10));
+        assert_eq!(rings[1].pop(2), Some(20));
+        assert_eq!(rings[1].pop(0), Some(11));
+        assert_eq!(rings[1].pop(0), None);
+        assert!(!rings[1].any_inbound());
+        assert!(rings[2].pop(0).is_none(), "0 sent nothing to 2");
+    }
+
+    #[test]
+    fn a_push_rings_only_a_parked_core() {
+        let p = parkings(2);
+        let mut rings = mesh::<u32, _>(&p, 8);
+        rings[0].push(1, 1).unwrap();
+        assert!(!p[1].bell.is_rung(), "a busy core is not rung");
+        p[1].park();
+        rings[0].push(1, 2).unwrap();
+        assert!(p[1].bell.is_rung(), "a parked core is rung");
+        assert_eq!(p[1].rings(), 1);
+        p[1].unpark();
+        assert!(!p[1].bell.is_rung(), "unpark drains the doorbell");
+        rings[0].push(1, 3).unwrap();
+        assert_eq!(p[1].rings(), 1);
     }
 }

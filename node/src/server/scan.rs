@@ -22,6 +22,7 @@
 //! passing tombstones of every set, without a SET field. Without an `is_tombstone` reference
 //! nothing changes. See `docs/ARCHITECTURE.md`, "Scans".
 
+use super::cmd::{Slab, Token, TokenKind};
 use super::codec::ScanSpec;
 use crate::clock::Clock;
 use crate::digest::Digest;
@@ -32,6 +33,7 @@ use crate::proto::scan::ScanPartition;
 use crate::record::Record;
 use crate::shard::{is_expired, ReadAck, ReadError, Shard};
 use crate::truncate::TruncateTable;
+use bolide_drivers::net::ConnId;
 use bolide_drivers::BlockDevice;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -75,7 +77,7 @@ impl Next {
 pub struct ScanTask {
     /// The worker that holds the client connection, the connection, and the scan's id there.
     pub coord: usize,
-    pub conn: usize,
+    pub conn: ConnId,
     pub scan_id: u64,
     spec: Arc<ScanSpec>,
     parts: Vec<ScanPartition>,
@@ -136,7 +138,7 @@ impl RecordView for EntryView {
 }
 
 impl ScanTask {
-    pub fn new(coord: usize, conn: usize, scan_id: u64, spec: Arc<ScanSpec>, parts: Vec<ScanPartition>) -> ScanTask {
+    pub fn new(coord: usize, conn: ConnId, scan_id: u64, spec: Arc<ScanSpec>, parts: Vec<ScanPartition>) -> ScanTask {
         let issue_after = parts.first().and_then(|p| p.after);
         let tombstones = spec.filter.as_ref().is_some_and(exp::Expr::mentions_tombstone);
         ScanTask {
@@ -184,13 +186,14 @@ impl ScanTask {
     }
 
     /// Issues reads for the next live index entries until the window is full. Returns whether
-    /// anything was issued; `pending` receives the tokens of device reads now in flight.
+    /// anything was issued. A device read's token is an entry of `reads` naming this task by
+    /// `key` (the reactor finds the task again when the read completes).
     pub fn fill<D: BlockDevice, C: Clock>(
         &mut self,
         shard: &mut Shard<D, C>,
         truncate: &TruncateTable,
-        next_token: &mut u64,
-        pending: &mut Vec<u64>,
+        reads: &mut Slab<(usize, u64)>,
+        key: (usize, u64),
     ) -> bool {
         let now_s = shard.clock().now_cl_s();
         let now_ms = shard.clock().now_cl_ms();
@@ -245,14 +248,15 @@ impl ScanTask {
                         continue;
                     }
                 };
-                *next_token += 1;
-                let token = *next_token;
-                match shard.get(d, token) {
+                let slot = reads.insert(key);
+                let token = Token::new(TokenKind::Scan, slot).0;
+                let got = shard.get(d, token);
+                if !matches!(got, Ok(ReadAck::Pending)) {
+                    reads.remove(slot);
+                }
+                match got {
                     Ok(ReadAck::Done(rec)) => self.window.push_back(Slot::Ready(Some(rec))),
-                    Ok(ReadAck::Pending) => {
-                        self.window.push_back(Slot::Waiting(token));
-                        pending.push(token);
-                    }
+                    Ok(ReadAck::Pending) => self.window.push_back(Slot::Waiting(token)),
                     Err(ReadError::NotFound) => {}
                     Err(ReadError::Overload) => {
                         // Try this digest again on a later turn: resume just before it.
@@ -454,8 +458,7 @@ mod tests {
     /// As [`run`], with each record message's `n_ops` and generation.
     fn run_msgs(shard: &mut SimShard, mut task: ScanTask) -> (Vec<(Digest, u16, u32)>, u8) {
         let mut out = Vec::new();
-        let mut token = 0;
-        let mut issued = Vec::new();
+        let mut reads: Slab<(usize, u64)> = Slab::default();
         let mut events: Vec<Event> = Vec::new();
         let mut turns = 0;
         loop {
@@ -467,11 +470,10 @@ mod tests {
                 if task.chunk_due() {
                     break;
                 }
-                if !task.fill(shard, &TruncateTable::default(), &mut token, &mut issued) && !emitted {
+                if !task.fill(shard, &TruncateTable::default(), &mut reads, (0, 1)) && !emitted {
                     break;
                 }
             }
-            issued.clear();
             if task.chunk_due() {
                 let mut start = 0;
                 for &end in &task.ends {
@@ -539,7 +541,7 @@ mod tests {
         let parts = all_parts();
         let want = expected(&shard, &parts, b"");
         assert!(want.len() > 1000, "the fixture leaves most records live");
-        let (got, err) = run(&mut shard, ScanTask::new(0, 1, 1, spec(b"", 0), parts));
+        let (got, err) = run(&mut shard, ScanTask::new(0, ConnId::new(1, 0), 1, spec(b"", 0), parts));
         assert_eq!(err, 0);
         assert_eq!(got, want);
         assert!(shard.stats().reads_device > 0, "reads went to the device");
@@ -550,7 +552,7 @@ mod tests {
         let (mut shard, _clock) = shard_with(2000, 8);
         let all = all_parts();
         let want = expected(&shard, &all, b"odd");
-        let (got, _) = run(&mut shard, ScanTask::new(0, 1, 1, spec(b"odd", 0), all.clone()));
+        let (got, _) = run(&mut shard, ScanTask::new(0, ConnId::new(1, 0), 1, spec(b"odd", 0), all.clone()));
         assert_eq!(got, want);
         assert!(!got.is_empty());
         // Resume: a partition scanned from after its k-th digest returns exactly the rest.
@@ -558,7 +560,7 @@ mod tests {
         let in_pid: Vec<Digest> = expected(&shard, &[ScanPartition { pid, after: None }], b"");
         let mid = in_pid[in_pid.len() / 2];
         let part = ScanPartition { pid, after: Some(mid) };
-        let (rest, _) = run(&mut shard, ScanTask::new(0, 1, 2, spec(b"", 0), vec![part]));
+        let (rest, _) = run(&mut shard, ScanTask::new(0, ConnId::new(1, 0), 2, spec(b"", 0), vec![part]));
         assert_eq!(rest, in_pid[in_pid.len() / 2 + 1..]);
     }
 
@@ -579,7 +581,7 @@ mod tests {
                     after: last.get(&p.pid.0).copied(),
                 })
                 .collect();
-            let (got, _) = run(&mut shard, ScanTask::new(0, 1, pages, spec(b"", 100), page_parts));
+            let (got, _) = run(&mut shard, ScanTask::new(0, ConnId::new(1, 0), pages, spec(b"", 100), page_parts));
             pages += 1;
             assert!(got.len() <= 100);
             for d in &got {
@@ -639,7 +641,7 @@ mod tests {
         let reads_before = shard.stats().reads_device;
         let (got, err) = run_msgs(
             &mut shard,
-            ScanTask::new(0, 1, 1, spec_with_filter(IS_TOMBSTONE), parts.clone()),
+            ScanTask::new(0, ConnId::new(1, 0), 1, spec_with_filter(IS_TOMBSTONE), parts.clone()),
         );
         assert_eq!(err, 0);
         let want: Vec<(Digest, u16, u32)> = tombs
@@ -657,7 +659,7 @@ mod tests {
 
         // Live records and tombstones together, in digest order within each partition.
         let both = entries_where(&shard, &parts, |_| true);
-        let (got, _) = run_msgs(&mut shard, ScanTask::new(0, 1, 2, spec_with_filter(EITHER), parts));
+        let (got, _) = run_msgs(&mut shard, ScanTask::new(0, ConnId::new(1, 0), 2, spec_with_filter(EITHER), parts));
         assert_eq!(got.len(), both.len());
         for ((d, n_ops, _), e) in got.iter().zip(&both) {
             assert_eq!(*d, e.digest());
@@ -675,7 +677,7 @@ mod tests {
             .collect();
         assert!(!tombs.is_empty());
         let want = expected(&shard, &parts, b"");
-        let (got, err) = run_msgs(&mut shard, ScanTask::new(0, 1, 1, spec_with_filter(LUT_GE_0), parts));
+        let (got, err) = run_msgs(&mut shard, ScanTask::new(0, ConnId::new(1, 0), 1, spec_with_filter(LUT_GE_0), parts));
         assert_eq!(err, 0);
         assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), want);
         assert!(got.iter().all(|&(d, n_ops, _)| n_ops == 2 && !tombs.contains(&d)));

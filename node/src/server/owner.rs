@@ -1,0 +1,315 @@
+//! The owner side of single-record commands: a command reaches the worker that owns its
+//! partition, enters the per-digest queue ([`super::cmd`]), reads the record when the command
+//! needs its bins, asks [`super::exec`] what to do, stores, waits for the acknowledgements
+//! (commit_to_device, the replica's copy) and answers. Every step is a transition of the
+//! command's [`Stage`] in the slab.
+
+use super::cmd::{Key, Pending, Stage, Token, TokenKind};
+use super::codec;
+use super::exec::{self, Action, Command, Existing, Reply};
+use super::msg::{CoreMsg, Origin, ReplMsg};
+use super::reactor::Core;
+use crate::clock::Clock;
+use crate::proto;
+use crate::record::{Record, RecordMeta};
+use crate::shard::{ReadAck, ReadError, WriteError};
+use bolide_drivers::net::Doorbell;
+use bolide_drivers::BlockDevice;
+
+impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
+    /// A command for this worker's shard arrived (from a connection here or a ring).
+    pub(crate) fn start(&mut self, origin: Origin, cmd: Box<Command>) {
+        self.refresh_truncate();
+        let owner = self.owner(&cmd.digest);
+        if owner != self.id {
+            // The partition moved (failover) after the sender routed it: pass it on.
+            self.dispatch(owner, origin, cmd);
+            return;
+        }
+        let digest = cmd.digest;
+        let key = self.cmds.slab.insert(Pending {
+            origin,
+            cmd,
+            stage: Stage::Queued,
+        });
+        if self.cmds.digests.enter(digest, key) {
+            self.run_cmd(key);
+        }
+    }
+
+    fn pending(&self, key: Key) -> &Pending {
+        self.cmds.slab.get(key).expect("a command key names a live command")
+    }
+
+    fn set_stage(&mut self, key: Key, stage: Stage) {
+        self.cmds.slab.get_mut(key).expect("live command").stage = stage;
+    }
+
+    /// The command's turn on its digest: read the record if its bins are needed, else decide.
+    fn run_cmd(&mut self, key: Key) {
+        let digest = self.pending(key).cmd.digest;
+        let mut entry = self.shard.peek(&digest);
+        if let Some(e) = entry {
+            if self.truncate.covers_namespace(e.lut_ms()) {
+                self.shard.truncate_record(&digest, self.truncate.namespace_lut_ms());
+                entry = None;
+            }
+        }
+        // A record older than a set's cut-off: only the stored record says which set it is in.
+        let must_read = entry.is_some_and(|e| self.truncate.may_cover(e.lut_ms()));
+        if (self.pending(key).cmd.needs_bins() || must_read) && entry.is_some() {
+            let token = Token::new(TokenKind::Cmd, key).0;
+            match self.shard.get(&digest, token) {
+                Ok(ReadAck::Done(rec)) => self.cont(key, Some(rec)),
+                Ok(ReadAck::Pending) => self.set_stage(key, Stage::Reading),
+                Err(ReadError::NotFound) => self.cont(key, None),
+                Err(e) => self.read_failed(key, &e),
+            }
+        } else {
+            self.cont(key, None);
+        }
+    }
+
+    /// The device read of command `key` completed.
+    pub(crate) fn cmd_read_done(&mut self, key: Key, result: Result<Record, ReadError>) {
+        match self.cmds.slab.get(key).map(|p| &p.stage) {
+            Some(Stage::Reading) => {}
+            other => panic!("a read completed for a command that is not reading: {other:?}"),
+        }
+        match result {
+            Ok(rec) => self.cont(key, Some(rec)),
+            Err(ReadError::NotFound) => self.cont(key, None),
+            Err(e) => self.read_failed(key, &e),
+        }
+    }
+
+    /// Decides and acts, with the record as stored (`rec`: its bins when read).
+    fn cont(&mut self, key: Key, rec: Option<Record>) {
+        let digest = self.pending(key).cmd.digest;
+        let rec = match rec {
+            Some(r) if self.truncate.covers(r.meta.lut_ms, &r.set_name) => {
+                let cutoff = self
+                    .truncate
+                    .namespace_lut_ms()
+                    .max(self.truncate.set_cutoff_ms(&r.set_name));
+                self.shard.truncate_record(&digest, cutoff);
+                None
+            }
+            other => other,
+        };
+        let entry = self.shard.peek(&digest);
+        let action = self.decide(&self.pending(key).cmd, rec.as_ref(), entry);
+        let replica = self.shared.pmap.get(digest.partition_id()).replica();
+        let token = Token::new(TokenKind::Cmd, key).0;
+        match action {
+            Action::Reply(r) => self.finish(key, r),
+            Action::Put(p, reply) => {
+                // The replica's copy: the same record, with the generation and LUT the local
+                // write gives it (filled in by after_write).
+                let copy = replica.map(|r| {
+                    let rec = Record {
+                        meta: RecordMeta {
+                            digest: p.digest,
+                            generation: 0,
+                            void_time: p.void_time,
+                            lut_ms: 0,
+                            origin_seq: 0,
+                            tombstone: false,
+                        },
+                        set_name: p.set_name.clone(),
+                        key: p.key.clone(),
+                        bins: p.bins.clone(),
+                    };
+                    (r, Box::new(rec))
+                });
+                let written = self.shard.put(p, token);
+                self.after_write(key, written, reply, true, copy);
+            }
+            Action::Delete(reply) => {
+                let written = self.shard.delete(&digest, token);
+                let copy = replica.map(|r| {
+                    let rec = Record {
+                        meta: RecordMeta {
+                            digest,
+                            generation: 0,
+                            void_time: 0,
+                            lut_ms: 0,
+                            origin_seq: 0,
+                            tombstone: true,
+                        },
+                        set_name: Vec::new(),
+                        key: None,
+                        bins: Vec::new(),
+                    };
+                    (r, Box::new(rec))
+                });
+                self.after_write(key, written, reply, false, copy);
+            }
+        }
+    }
+
+    /// Answers a put or delete now, or parks it until its acknowledgements: the local device
+    /// write (commit_to_device) and the replica's copy (`copy`: the replica worker and the
+    /// record, sent once the local write gave it its generation and LUT). A put answers the
+    /// record's new generation; a delete answers 0 (spec §6.4).
+    fn after_write(
+        &mut self,
+        key: Key,
+        written: Result<crate::shard::Written, WriteError>,
+        mut reply: Reply,
+        is_put: bool,
+        copy: Option<(usize, Box<Record>)>,
+    ) {
+        match written {
+            Ok(w) => {
+                if is_put {
+                    reply.generation = w.generation as u32;
+                }
+                let mut waits = u8::from(w.pending);
+                if let Some((r, mut rec)) = copy {
+                    rec.meta.generation = w.generation;
+                    rec.meta.lut_ms = w.lut_ms;
+                    self.send(
+                        r,
+                        CoreMsg::Repl(ReplMsg::Replicate {
+                            from: self.id,
+                            token: key.raw(),
+                            rec,
+                        }),
+                    );
+                    waits += 1;
+                }
+                if waits > 0 {
+                    self.set_stage(key, Stage::Writing { reply, waits, code: 0 });
+                } else {
+                    self.finish(key, reply);
+                }
+            }
+            Err(e) => self.finish(key, Reply::code(write_error_code(&e))),
+        }
+    }
+
+    /// One acknowledgement of the write of command `key` arrived (`code` 0 = success);
+    /// answers the client once the last one is in. An acknowledgement for a command that is
+    /// gone is a stale replica answer after failover and is ignored.
+    pub(crate) fn write_acked(&mut self, key: Key, code: u8) {
+        let Some(p) = self.cmds.slab.get_mut(key) else { return };
+        let Stage::Writing {
+            waits, code: first, ..
+        } = &mut p.stage
+        else {
+            panic!("a write acknowledgement for a command that is not writing: {:?}", p.stage);
+        };
+        if code != 0 && *first == 0 {
+            *first = code;
+        }
+        *waits -= 1;
+        if *waits > 0 {
+            return;
+        }
+        let Stage::Writing { reply, code, .. } = std::mem::replace(&mut p.stage, Stage::Queued) else {
+            unreachable!("checked above")
+        };
+        let reply = if code == 0 { reply } else { Reply::code(code) };
+        self.finish(key, reply);
+    }
+
+    /// What `cmd` does to the record as stored here (`rec`: its bins when read, `None` when
+    /// there is none or they were not needed; `entry`: its live index entry), with the
+    /// command's filter applied.
+    pub(crate) fn decide(&self, cmd: &Command, rec: Option<&Record>, entry: Option<crate::index::IndexEntry>) -> Action {
+        let cur = Existing {
+            record: rec,
+            generation: entry.map_or(0, |e| e.generation()),
+            void_time: entry.map_or(0, |e| e.void_time()),
+        };
+        let now_s = self.shard.clock().now_cl_s();
+        match codec::filter_for(cmd, self.shard.clock().now_cl_ms()) {
+            Ok(Some(f)) => exec::apply(cmd, cur, Some(&|r: &Record| f(r)), now_s),
+            Ok(None) => exec::apply(cmd, cur, None, now_s),
+            Err(code) => Action::Reply(Reply::code(code)),
+        }
+    }
+
+    /// Answers command `key`, frees it, and starts the next command on its digest.
+    fn finish(&mut self, key: Key, reply: Reply) {
+        let p = self.cmds.slab.remove(key).expect("finishing a live command");
+        self.deliver_reply(p.origin, &reply);
+        self.next_on_digest(&p.cmd.digest);
+    }
+
+    /// Encodes and delivers `reply` (a batch row's with its index).
+    pub(crate) fn deliver_reply(&mut self, origin: Origin, reply: &Reply) {
+        let bytes = match origin.row {
+            Some(index) => codec::encode_row(reply, index),
+            None => codec::encode_reply(reply),
+        };
+        self.deliver(origin, bytes);
+    }
+
+    /// Starts the next command waiting on `digest` (or passes it on if the partition moved).
+    pub(crate) fn next_on_digest(&mut self, digest: &crate::digest::Digest) {
+        while let Some(k) = self.cmds.digests.leave(digest) {
+            let owner = self.owner(digest);
+            if owner == self.id {
+                self.run_cmd(k);
+                return;
+            }
+            let p = self.cmds.slab.remove(k).expect("a queued command is live");
+            self.dispatch(owner, p.origin, p.cmd);
+        }
+    }
+
+    /// The master's copy of command `key`'s record could not be read: a read-only command is
+    /// served from the replica's copy when that copy is complete and its device alive (never
+    /// the damaged data, never an error the replica can avoid); anything else answers the
+    /// error.
+    fn read_failed(&mut self, key: Key, e: &ReadError) {
+        self.count_read_failure(e);
+        let p = self.pending(key);
+        let roles = self.shared.pmap.get(p.cmd.digest.partition_id());
+        let replica = roles
+            .replica()
+            .filter(|&r| roles.complete && !self.shared.device_failed[r].load(std::sync::atomic::Ordering::Acquire));
+        match replica {
+            Some(r)
+                if matches!(e, ReadError::Corrupt { .. } | ReadError::Device(_))
+                    && !p.cmd.is_write()
+                    && !p.cmd.is_delete() =>
+            {
+                let p = self.cmds.slab.remove(key).expect("live");
+                let digest = p.cmd.digest;
+                self.send(
+                    r,
+                    CoreMsg::Repl(ReplMsg::ReplicaRead {
+                        origin: p.origin,
+                        cmd: p.cmd,
+                    }),
+                );
+                self.next_on_digest(&digest);
+            }
+            _ => self.finish(key, Reply::code(read_error_code(e))),
+        }
+    }
+}
+
+pub(crate) fn read_error_code(e: &ReadError) -> u8 {
+    use proto::result_code as rc;
+    match e {
+        ReadError::NotFound => rc::KEY_NOT_FOUND,
+        ReadError::Overload => rc::DEVICE_OVERLOAD,
+        ReadError::Corrupt { .. } | ReadError::Device(_) => rc::SERVER_ERROR,
+    }
+}
+
+pub(crate) fn write_error_code(e: &WriteError) -> u8 {
+    use proto::result_code as rc;
+    match e {
+        WriteError::OutOfSpace => rc::OUT_OF_SPACE,
+        WriteError::RecordTooBig { .. } => rc::RECORD_TOO_BIG,
+        WriteError::Overload(_) => rc::DEVICE_OVERLOAD,
+        WriteError::NotFound => rc::KEY_NOT_FOUND,
+        WriteError::Invalid(_) => rc::PARAMETER,
+        WriteError::DeviceFailed(_) => rc::SERVER_ERROR,
+    }
+}
