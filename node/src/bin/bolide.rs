@@ -107,6 +107,10 @@ struct NodeConfig {
     max_unsent_reply_bytes: usize,
     /// Close client connections idle this long, ms (Aerospike's `proto-fd-idle-ms`); 0 = never.
     proto_fd_idle_ms: u64,
+    /// RAM for the record cache in front of the devices, bytes for the whole node (split
+    /// evenly over the shards); 0 = no cache: every read not in a write buffer goes to the device.
+    /// Default: 1 GiB, or an eighth of the machine's memory if that is less.
+    record_cache_bytes: u64,
     storage: StorageConfig,
 }
 
@@ -129,6 +133,7 @@ impl Default for NodeConfig {
             polling: String::new(),
             max_unsent_reply_bytes: 16 << 20,
             proto_fd_idle_ms: 0,
+            record_cache_bytes: (1u64 << 30).min(physical_memory_bytes().unwrap_or(8 << 30) / 8),
             storage: StorageConfig::default(),
         }
     }
@@ -217,7 +222,22 @@ fn load_config(path: Option<&Path>, profile: Option<&HardwareProfile>) -> Result
             cfg.max_unsent_reply_bytes
         ));
     }
+    if cfg.record_cache_bytes > physical_memory_bytes().unwrap_or(u64::MAX) / 2 {
+        return Err(format!(
+            "config key `record_cache_bytes`: {} is over half of this machine's memory ({} bytes)",
+            cfg.record_cache_bytes,
+            physical_memory_bytes().unwrap_or(0)
+        ));
+    }
     Ok(cfg)
+}
+
+/// The machine's RAM, bytes (`/proc/meminfo`'s MemTotal), if it can be read.
+fn physical_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The network backend, listener layout and polling mode: the config's keys, else the
@@ -476,6 +496,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         fresh,
         fault_switches: if cfg.fault_injection { switches } else { Vec::new() },
         rereplication_records_per_second: cfg.rereplication_records_per_second,
+        record_cache_bytes: cfg.record_cache_bytes / workers.max(1) as u64,
     };
     let pins = (0..workers)
         .map(|w| cores.get(w % cores.len().max(1)).copied())

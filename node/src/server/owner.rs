@@ -15,6 +15,7 @@ use crate::record::{Record, RecordMeta};
 use crate::shard::{ReadAck, ReadError, WriteError};
 use bolide_drivers::net::Doorbell;
 use bolide_drivers::BlockDevice;
+use std::sync::Arc;
 
 impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
     /// A command for this worker's shard arrived (from a connection here or a ring).
@@ -57,10 +58,14 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
         }
         // A record older than a set's cut-off: only the stored record says which set it is in.
         let must_read = entry.is_some_and(|e| self.truncate.may_cover(e.lut_ms()));
-        if (self.pending(key).cmd.needs_bins() || must_read) && entry.is_some() {
+        if let (true, Some(e)) = (self.pending(key).cmd.needs_bins() || must_read, entry) {
+            if let Some(rec) = self.cache.get(&digest, &e) {
+                self.cont(key, Some(rec));
+                return;
+            }
             let token = Token::new(TokenKind::Cmd, key).0;
             match self.shard.get(&digest, token) {
-                Ok(ReadAck::Done(rec)) => self.cont(key, Some(rec)),
+                Ok(ReadAck::Done(rec)) => self.cont(key, Some(Arc::new(rec))),
                 Ok(ReadAck::Pending) => self.set_stage(key, Stage::Reading),
                 Err(ReadError::NotFound) => self.cont(key, None),
                 Err(e) => self.read_failed(key, &e),
@@ -77,14 +82,25 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
             other => panic!("a read completed for a command that is not reading: {other:?}"),
         }
         match result {
-            Ok(rec) => self.cont(key, Some(rec)),
+            Ok(rec) => {
+                let rec = Arc::new(rec);
+                // Keep it under the entry it was read for (the command holds its digest, so
+                // only defrag can have moved it meanwhile: then the entry no longer matches).
+                if let Some(e) = self.shard.peek(&rec.meta.digest) {
+                    if e.lut_ms() == rec.meta.lut_ms {
+                        self.cache.insert(&e, &rec);
+                    }
+                }
+                self.cont(key, Some(rec));
+            }
             Err(ReadError::NotFound) => self.cont(key, None),
             Err(e) => self.read_failed(key, &e),
         }
     }
 
-    /// Decides and acts, with the record as stored (`rec`: its bins when read).
-    fn cont(&mut self, key: Key, rec: Option<Record>) {
+    /// Decides and acts, with the record as stored (`rec`: its bins when read, shared with the
+    /// record cache).
+    fn cont(&mut self, key: Key, rec: Option<Arc<Record>>) {
         let digest = self.pending(key).cmd.digest;
         let rec = match rec {
             Some(r) if self.truncate.covers(r.meta.lut_ms, &r.set_name) => {
@@ -98,7 +114,10 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
             other => other,
         };
         let entry = self.shard.peek(&digest);
-        let action = self.decide(&self.pending(key).cmd, rec.as_ref(), entry);
+        let action = self.decide(&self.pending(key).cmd, rec.as_deref(), entry);
+        if !matches!(action, Action::Reply(_)) {
+            self.cache.forget(&digest);
+        }
         let replica = self.shared.pmap.get(digest.partition_id()).replica();
         let token = Token::new(TokenKind::Cmd, key).0;
         match action {
