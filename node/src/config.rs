@@ -171,7 +171,8 @@ pub struct Settings {
     /// The namespace's `allow-ttl-without-nsup`.
     pub allow_ttl_without_nsup: bool,
     /// The namespace's `default-read-touch-ttl-pct`: a read that asks for the default (0)
-    /// touches its record once this share of its TTL has passed; 0 = never. 0..=100.
+    /// touches its record once the TTL left is within this share of the TTL it was written
+    /// with; 0 = never. 0..=100.
     pub default_read_touch_ttl_pct: u32,
     /// The service's `proto-fd-idle-ms`: client connections idle this long are closed, ms;
     /// 0 = never.

@@ -112,8 +112,8 @@ struct NodeConfig {
     default_ttl_s: u32,
     /// Allow writes with a TTL while `nsup-period` is 0 (Aerospike's `allow-ttl-without-nsup`).
     allow_ttl_without_nsup: bool,
-    /// Reads that ask for the default touch their record once this share of its TTL has passed
-    /// (Aerospike's `default-read-touch-ttl-pct`), 0..=100; 0 = never.
+    /// Reads that ask for the default touch their record once the TTL left is within this share
+    /// of its last write's TTL (Aerospike's `default-read-touch-ttl-pct`), 0..=100; 0 = never.
     default_read_touch_ttl_pct: u32,
     storage: StorageConfig,
 }

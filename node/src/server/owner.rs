@@ -159,8 +159,9 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
     /// The void-time a read-only command gives its record by touching it, when it must
     /// (Aerospike's read-touch, `as_read_touch_check`): the command's `record_ttl` carries the
     /// read's `read_touch_ttl_percent` (0: the namespace's `default-read-touch-ttl-pct`,
-    /// 0xFFFFFFFF: never; over 100 exec answers 4). Once that share of the TTL the record was
-    /// last written with has passed, the record is rewritten with that TTL again from now.
+    /// 0xFFFFFFFF: never; over 100 exec answers 4). Once the TTL left is within that share of
+    /// the TTL the record was last written with, the record is rewritten with that TTL again
+    /// from now (80 % of a 10 h TTL: reads from 2 h after the write on touch).
     /// `None`: no touch (no TTL, not due, or the record was written since).
     pub(crate) fn read_touch(&self, cmd: &Command, e: &crate::index::IndexEntry) -> Option<u32> {
         if cmd.is_write() || cmd.is_delete() || e.void_time() == 0 {
