@@ -115,6 +115,10 @@ struct NodeConfig {
     /// Reads that ask for the default touch their record once the TTL left is within this share
     /// of its last write's TTL (Aerospike's `default-read-touch-ttl-pct`), 0..=100; 0 = never.
     default_read_touch_ttl_pct: u32,
+    /// RAM for the record cache in front of the devices, bytes for the whole node (split
+    /// evenly over the shards); 0 = no cache: every read not in a write buffer goes to the device.
+    /// Default: 1 GiB, or an eighth of the machine's memory if that is less.
+    record_cache_bytes: u64,
     storage: StorageConfig,
 }
 
@@ -140,6 +144,7 @@ impl Default for NodeConfig {
             default_ttl_s: 0,
             allow_ttl_without_nsup: false,
             default_read_touch_ttl_pct: 0,
+            record_cache_bytes: (1u64 << 30).min(physical_memory_bytes().unwrap_or(8 << 30) / 8),
             storage: StorageConfig::default(),
         }
     }
@@ -241,7 +246,22 @@ fn load_config(path: Option<&Path>, profile: Option<&HardwareProfile>) -> Result
             cfg.max_unsent_reply_bytes
         ));
     }
+    if cfg.record_cache_bytes > physical_memory_bytes().unwrap_or(u64::MAX) / 2 {
+        return Err(format!(
+            "config key `record_cache_bytes`: {} is over half of this machine's memory ({} bytes)",
+            cfg.record_cache_bytes,
+            physical_memory_bytes().unwrap_or(0)
+        ));
+    }
     Ok(cfg)
+}
+
+/// The machine's RAM, bytes (`/proc/meminfo`'s MemTotal), if it can be read.
+fn physical_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The network backend, listener layout and polling mode: the config's keys, else the
@@ -509,6 +529,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             proto_fd_idle_ms: cfg.proto_fd_idle_ms,
             query_max_done: 100,
         },
+        record_cache_bytes: cfg.record_cache_bytes / workers.max(1) as u64,
     };
     let pins = (0..workers)
         .map(|w| cores.get(w % cores.len().max(1)).copied())

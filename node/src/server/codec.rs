@@ -10,7 +10,7 @@ use crate::proto::scan::{ScanPartition, ScanRecord, ScanRequest};
 use crate::proto::{exp, info};
 use crate::proto::{result_code as rc, PROTO_TYPE_ADMIN, PROTO_TYPE_INFO, PROTO_TYPE_MSG, PROTO_TYPE_MSG_COMPRESSED};
 use crate::record::{Record, StoredKey};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What to do with one request.
@@ -403,6 +403,61 @@ impl Source<'_> {
     }
 }
 
+impl Source<'_> {
+    /// The data path's figures (this worker's in per-core mode, else the node's): record cache,
+    /// reads by source, defrag, write amplification, device queue, refusals. Aerospike's names
+    /// where Aerospike has the figure (`cache_read_pct`, `defrag_reads`, `free_wblocks`,
+    /// `data_used_pct`), else Bolide's.
+    fn data_path_stats(&self) -> Vec<(String, String)> {
+        let g = |f: fn(&super::WorkerGauges) -> &AtomicU64| self.gauge(f);
+        let pct = |part: u64, all: u64| {
+            if all == 0 {
+                "0".to_string()
+            } else {
+                format!("{:.1}", part as f64 * 100.0 / all as f64)
+            }
+        };
+        let (hits, misses) = (g(|w| &w.cache_hits), g(|w| &w.cache_misses));
+        let (ram, dev) = (g(|w| &w.reads_ram), g(|w| &w.reads_device));
+        let (client, device) = (g(|w| &w.client_bytes), g(|w| &w.device_write_bytes));
+        let (used, total) = (g(|w| &w.live_bytes), g(|w| &w.capacity_bytes));
+        vec![
+            ("record_cache_hits".into(), hits.to_string()),
+            ("record_cache_misses".into(), misses.to_string()),
+            ("record_cache_hit_pct".into(), pct(hits, hits + misses)),
+            ("record_cache_used_bytes".into(), g(|w| &w.cache_used_bytes).to_string()),
+            ("reads_from_write_buffer".into(), ram.to_string()),
+            ("reads_from_device".into(), dev.to_string()),
+            ("cache_read_pct".into(), pct(hits + ram, hits + ram + dev)),
+            ("defrag_reads".into(), g(|w| &w.wblocks_defragged).to_string()),
+            ("defrag_record_bytes".into(), g(|w| &w.defrag_bytes).to_string()),
+            ("client_record_bytes".into(), client.to_string()),
+            ("device_write_bytes".into(), device.to_string()),
+            (
+                "write_amplification".into(),
+                if client == 0 {
+                    "0".into()
+                } else {
+                    format!("{:.3}", device as f64 / client as f64)
+                },
+            ),
+            ("free_wblocks".into(), g(|w| &w.wblocks_free).to_string()),
+            ("data_used_pct".into(), pct(used, total)),
+            ("device_queue_depth".into(), g(|w| &w.device_in_flight).to_string()),
+            ("read_corrupt_records".into(), g(|w| &w.read_corrupt).to_string()),
+            ("writes_refused_space".into(), g(|w| &w.writes_refused_space).to_string()),
+            ("writes_refused_overload".into(), g(|w| &w.writes_refused_overload).to_string()),
+            (
+                "refused_connections".into(),
+                self.s.refused_connections.load(Ordering::Relaxed).to_string(),
+            ),
+            ("requests".into(), g(|w| &w.requests).to_string()),
+            ("cross_core_messages".into(), g(|w| &w.messages_sent).to_string()),
+            ("doorbells".into(), g(|w| &w.doorbells).to_string()),
+        ]
+    }
+}
+
 impl info::InfoSource for Source<'_> {
     fn node_name(&self) -> &str {
         &self.name
@@ -464,7 +519,7 @@ impl info::InfoSource for Source<'_> {
         } else {
             0
         };
-        vec![
+        let mut stats: Vec<(String, String)> = vec![
             ("cluster_size".into(), "1".into()),
             ("objects".into(), self.objects().to_string()),
             (
@@ -492,7 +547,9 @@ impl info::InfoSource for Source<'_> {
                 "rereplication_read_errors".into(),
                 s.rereplication_read_errors.load(Ordering::Relaxed).to_string(),
             ),
-        ]
+        ];
+        stats.extend(self.data_path_stats());
+        stats
     }
     fn fail_device(&mut self, worker: Option<&str>, device: Option<&str>) -> Result<(), String> {
         let s = self.s;

@@ -10,6 +10,7 @@
 //! pinned thread per shard.
 
 pub mod batch;
+pub mod cache;
 pub mod cmd;
 pub mod codec;
 pub mod conn;
@@ -108,6 +109,8 @@ pub struct ServerConfig {
     pub storage: crate::config::StorageConfig,
     /// Start-up values of the settings `set-config` may change.
     pub settings: crate::config::Settings,
+    /// Per shard: bytes of the RAM record cache ([`cache`]); 0 = no cache.
+    pub record_cache_bytes: u64,
 }
 
 impl ServerConfig {
@@ -133,6 +136,7 @@ impl ServerConfig {
             rereplication_records_per_second: 50_000,
             storage: crate::config::StorageConfig::default(),
             settings: crate::config::Settings::default(),
+            record_cache_bytes: 0,
         }
     }
 }
@@ -152,6 +156,27 @@ pub struct WorkerGauges {
     pub requests: AtomicU64,
     pub messages_sent: AtomicU64,
     pub doorbells: AtomicU64,
+    /// Record cache ([`cache`]): hits, misses, bytes held.
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub cache_used_bytes: AtomicU64,
+    /// Record reads served from a write buffer in RAM, and from the device.
+    pub reads_ram: AtomicU64,
+    pub reads_device: AtomicU64,
+    /// Record bytes appended for clients and by defrag, bytes written to the device (write
+    /// amplification is device / client).
+    pub client_bytes: AtomicU64,
+    pub defrag_bytes: AtomicU64,
+    pub device_write_bytes: AtomicU64,
+    /// Wblocks defragged (read back and emptied), free now.
+    pub wblocks_defragged: AtomicU64,
+    pub wblocks_free: AtomicU64,
+    /// Device I/Os submitted and not yet completed (the device queue depth now).
+    pub device_in_flight: AtomicU64,
+    /// Reads that found a damaged record, writes refused for space or overload.
+    pub read_corrupt: AtomicU64,
+    pub writes_refused_space: AtomicU64,
+    pub writes_refused_overload: AtomicU64,
 }
 
 /// Which node an info request speaks for: the whole node (shared mode) or one worker's
@@ -343,6 +368,10 @@ impl<D: BlockDevice + 'static, C: Clock + 'static> Server<D, C> {
     ) -> std::io::Result<Server<D, C>> {
         use bolide_drivers::net::{epoll::EpollNet, uring::{UringNet, UringNetOptions}};
         let io = |e: NetError| std::io::Error::other(e.to_string());
+        if cfg.listen_mode == ListenMode::Shared && cfg.listen.port() != 0 {
+            // Kernel sockets: SO_REUSEPORT would share the port with another node.
+            check_port_free(cfg.listen)?;
+        }
         match cfg.network {
             NetDriver::Epoll => Self::start_with(cfg, shards, cores, |_| EpollNet::new().map_err(io)),
             NetDriver::Uring => Self::start_with(cfg, shards, cores, |_| UringNet::new(&UringNetOptions::default()).map_err(io)),
@@ -442,8 +471,6 @@ pub fn build<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell>(
         let mut addr = *addr;
         if cfg.listen_mode == ListenMode::Shared && k > 0 {
             addr = bound; // a port 0 became a real one: the others share it
-        } else if cfg.listen_mode == ListenMode::Shared && addr.port() != 0 {
-            check_port_free(addr)?;
         } else if cfg.listen_mode == ListenMode::PerCore && k > 0 && cfg.listen.port() == 0 {
             addr.set_port(bound.port() + k as u16);
         }
@@ -503,6 +530,7 @@ pub fn build<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell>(
     let opts = ReactorOptions {
         busy_poll: cfg.busy_poll,
         conn_limits: cfg.conn_limits,
+        record_cache_bytes: cfg.record_cache_bytes,
     };
     let mut reactors = Vec::with_capacity(n);
     for (i, ((shard, mut net), rings)) in shards.into_iter().zip(nets).zip(rings).enumerate() {

@@ -15,6 +15,7 @@ use crate::record::{Record, RecordMeta};
 use crate::shard::{ReadAck, ReadError, WriteError};
 use bolide_drivers::net::Doorbell;
 use bolide_drivers::BlockDevice;
+use std::sync::Arc;
 
 impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
     /// A command for this worker's shard arrived (from a connection here or a ring).
@@ -59,16 +60,20 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
         let must_read = entry.is_some_and(|e| self.truncate.may_cover(e.lut_ms()));
         // A read that will touch its record rewrites it, so it needs the bins too.
         let must_read = must_read || entry.is_some_and(|e| self.read_touch(&self.pending(key).cmd, &e).is_some());
-        if (self.pending(key).cmd.needs_bins() || must_read) && entry.is_some() {
+        if let (true, Some(e)) = (self.pending(key).cmd.needs_bins() || must_read, entry) {
+            if let Some(rec) = self.cache.get(&digest, &e) {
+                self.cont(key, Some(rec), entry);
+                return;
+            }
             let token = Token::new(TokenKind::Cmd, key).0;
-            match self.shard.get(&digest, token) {
-                Ok(ReadAck::Done(rec)) => self.cont(key, Some(rec)),
+            match self.shard.get_entry(e, token) {
+                Ok(ReadAck::Done(rec)) => self.cont(key, Some(Arc::new(rec)), entry),
                 Ok(ReadAck::Pending) => self.set_stage(key, Stage::Reading),
-                Err(ReadError::NotFound) => self.cont(key, None),
+                Err(ReadError::NotFound) => self.cont(key, None, None),
                 Err(e) => self.read_failed(key, &e),
             }
         } else {
-            self.cont(key, None);
+            self.cont(key, None, entry);
         }
     }
 
@@ -79,14 +84,25 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
             other => panic!("a read completed for a command that is not reading: {other:?}"),
         }
         match result {
-            Ok(rec) => self.cont(key, Some(rec)),
-            Err(ReadError::NotFound) => self.cont(key, None),
+            Ok(rec) => {
+                let rec = Arc::new(rec);
+                // The entry now (the command holds its digest, so only defrag, expiry or a
+                // truncate can have changed it while the device read).
+                let entry = self.shard.peek(&rec.meta.digest);
+                if let Some(e) = entry.filter(|e| e.lut_ms() == rec.meta.lut_ms) {
+                    self.cache.insert(&e, &rec);
+                }
+                self.cont(key, Some(rec), entry);
+            }
+            Err(ReadError::NotFound) => self.cont(key, None, None),
             Err(e) => self.read_failed(key, &e),
         }
     }
 
-    /// Decides and acts, with the record as stored (`rec`: its bins when read).
-    fn cont(&mut self, key: Key, rec: Option<Record>) {
+    /// Decides and acts, with the record as stored (`rec`: its bins when read, shared with the
+    /// record cache).
+    /// `entry` is the record's live index entry as the caller last looked it up.
+    fn cont(&mut self, key: Key, rec: Option<Arc<Record>>, mut entry: Option<crate::index::IndexEntry>) {
         let digest = self.pending(key).cmd.digest;
         let rec = match rec {
             Some(r) if self.truncate.covers(r.meta.lut_ms, &r.set_name) => {
@@ -95,12 +111,15 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
                     .namespace_lut_ms()
                     .max(self.truncate.set_cutoff_ms(&r.set_name));
                 self.shard.truncate_record(&digest, cutoff);
+                entry = self.shard.peek(&digest);
                 None
             }
             other => other,
         };
-        let entry = self.shard.peek(&digest);
-        let action = self.decide(&self.pending(key).cmd, rec.as_ref(), entry);
+        let action = self.decide(&self.pending(key).cmd, rec.as_deref(), entry);
+        if !matches!(action, Action::Reply(_)) {
+            self.cache.forget(&digest);
+        }
         let replica = self.shared.pmap.get(digest.partition_id()).replica();
         let token = Token::new(TokenKind::Cmd, key).0;
         match action {
@@ -194,7 +213,9 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
     /// reply keeps the void-time the read saw, as the server's, which touches after
     /// answering). A touch that cannot be written leaves the record as it was and the read
     /// still answers.
-    fn touch_on_read(&mut self, key: Key, rec: Record, void_time: u32, reply: Reply) {
+    fn touch_on_read(&mut self, key: Key, rec: Arc<Record>, void_time: u32, reply: Reply) {
+        self.cache.forget(&rec.meta.digest);
+        let rec = Arc::unwrap_or_clone(rec);
         let replica = self.shared.pmap.get(rec.meta.digest.partition_id()).replica();
         let copy = replica.map(|r| {
             let mut c = rec.clone();

@@ -57,6 +57,8 @@ pub struct ReactorOptions {
     /// Never sleep: poll every source every turn (a profile's `polling = "busy"`).
     pub busy_poll: bool,
     pub conn_limits: ConnLimits,
+    /// Bytes of this worker's record cache (0 = none).
+    pub record_cache_bytes: u64,
 }
 
 /// Counters of one reactor (for per-operation figures and `statistics`).
@@ -103,6 +105,8 @@ pub struct Core<D: BlockDevice, C: Clock, B: Doorbell> {
     pub(crate) truncate_version: u64,
     pub(crate) truncate_sweep: Option<(u64, u16)>,
     pub(crate) repl: Repl,
+    /// Verified records read for client commands ([`super::cache`]).
+    pub(crate) cache: super::cache::RecordCache,
     events: Vec<Event>,
     next_publish_ms: u64,
     next_idle_sweep_ms: u64,
@@ -162,6 +166,7 @@ impl<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell> Reactor<N, D, C, B> {
                 truncate_version: 0,
                 truncate_sweep: None,
                 repl,
+                cache: super::cache::RecordCache::new(opts.record_cache_bytes),
                 events: Vec::new(),
                 next_publish_ms: 0,
                 next_idle_sweep_ms: now + IDLE_SWEEP_PERIOD_MS,
@@ -685,5 +690,20 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
         w.requests.store(self.counters.requests, Ordering::Relaxed);
         w.messages_sent.store(self.rings.sent, Ordering::Relaxed);
         w.doorbells.store(self.parking.rings(), Ordering::Relaxed);
+        w.cache_hits.store(self.cache.counters.hits, Ordering::Relaxed);
+        w.cache_misses.store(self.cache.counters.misses, Ordering::Relaxed);
+        w.cache_used_bytes.store(self.cache.used_bytes(), Ordering::Relaxed);
+        let st = self.shard.stats();
+        w.reads_ram.store(st.reads_ram, Ordering::Relaxed);
+        w.reads_device.store(st.reads_device, Ordering::Relaxed);
+        w.client_bytes.store(st.client_bytes, Ordering::Relaxed);
+        w.defrag_bytes.store(st.defrag_bytes, Ordering::Relaxed);
+        w.device_write_bytes.store(st.device_write_bytes, Ordering::Relaxed);
+        w.wblocks_defragged.store(st.wblocks_defragged, Ordering::Relaxed);
+        w.read_corrupt.store(st.read_corrupt, Ordering::Relaxed);
+        w.writes_refused_space.store(st.writes_refused_space, Ordering::Relaxed);
+        w.writes_refused_overload.store(st.writes_refused_overload, Ordering::Relaxed);
+        w.wblocks_free.store(u64::from(space.wblocks_free), Ordering::Relaxed);
+        w.device_in_flight.store(self.shard.in_flight() as u64, Ordering::Relaxed);
     }
 }
