@@ -9,6 +9,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod datadir;
 pub mod digest;
 pub mod index;
 pub mod particle;
