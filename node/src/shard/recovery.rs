@@ -1,7 +1,9 @@
 //! Start-up (format, fast restart, cold start) and clean shutdown (persisting the index).
 //!
-//! * **Format**: a region whose header sector has no magic gets a new header (random instance
-//!   id); every wblock is free.
+//! * **Format**: only a provably blank region (a header sector of zeros and no wblock or image
+//!   magic at the start of any wblock), or one the operator names ([`super::Format::IfInvalid`]),
+//!   gets a new header (random instance id); every wblock is free. Anything else that is not a
+//!   valid header refuses the start and writes nothing (`docs/FAULT_MODEL.md`).
 //! * **Fast restart**: a clean shutdown wrote the index as an image into free wblocks and pointed
 //!   the header at it. Start-up reads the image, checks its CRC, its order and bounds, samples
 //!   wblock headers against its block table, and loads it. The header is then rewritten without
@@ -9,10 +11,15 @@
 //! * **Cold start**: every wblock is read (several in flight, at the device's sequential
 //!   bandwidth) and every record header checked. For each digest the copy with the greatest
 //!   (valid body, LUT, wblock sequence) wins; tombstones and expired records stay in the index as
-//!   tombstones, so they keep shadowing older copies. A record none of whose copies passes its
-//!   body checksum is dropped and reported (`OpenReport::corrupt_dropped`, an error log line per
-//!   digest): after a crash that is a torn, never-acknowledged write. Reads at run time report
-//!   a checksum failure as an error instead.
+//!   tombstones, so they keep shadowing older copies. A copy whose body fails its checksum is
+//!   *torn* (it spans sectors and its error is not inside one byte: a crash explains it) or
+//!   *damaged* (media damage). A damaged newest copy stays in the index, so reads of it fail and
+//!   no older copy comes back (`OpenReport::corrupt_kept`); a torn one gives way to every other
+//!   copy, and a record with only torn copies is dropped and reported
+//!   (`OpenReport::corrupt_dropped`, an error log line per digest): after a crash that is a
+//!   write that was never acknowledged. Wblock and record headers damaged in one byte are
+//!   repaired for recovery; damage past repair refuses the start unless
+//!   [`super::OpenOptions::accept_damage`] is set.
 
 use super::region::{
     self, ImageRef, RegionHeader, IMAGE_BLOCK_ENTRY_BYTES, IMAGE_BLOCK_HEADER_BYTES, IMAGE_HEADER_BYTES,
