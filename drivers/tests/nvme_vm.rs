@@ -150,6 +150,23 @@ fn failed_command_reports_nvme_status() {
     assert!(read_sync(&mut dev, 4096, 4096).as_slice().iter().all(|&b| b == 0));
 }
 
+/// TRIM: a deallocated range reads back as zeros (QEMU's controller reports DLFEAT "reads
+/// zeros"), its neighbours keep their data; a range past the end is refused.
+#[test]
+#[ignore = "needs BOLIDE_NVME_PCI (scripts/vm/nvme-vm.sh)"]
+fn deallocate_trims_a_range() {
+    let mut dev = fresh();
+    assert!(dev.identify().dsm, "the emulated controller has Dataset Management");
+    write_sync(&mut dev, 0, pattern_buf(64 * 4096, 3, 0));
+    dev.deallocate(4096, 32 * 4096).unwrap_or_else(|e| panic!("{e}"));
+    let got = read_sync(&mut dev, 0, 64 * 4096);
+    let mut want = vec![0u8; 64 * 4096];
+    conformance::fill_pattern(&mut want, 3, 0);
+    want[4096..33 * 4096].fill(0);
+    assert!(got.as_slice() == want.as_slice(), "deallocated range reads zeros, the rest is kept");
+    assert!(dev.deallocate(SLICE - 4096, 8192).is_err(), "past the end");
+}
+
 /// One queue pair per thread: four threads write and read their own regions at once.
 #[test]
 #[ignore = "needs BOLIDE_NVME_PCI (scripts/vm/nvme-vm.sh)"]

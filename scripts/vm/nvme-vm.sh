@@ -6,9 +6,12 @@
 #   scripts/vm/nvme-vm.sh            build the guest, boot it, run the nvme tests inside
 #                                    (drivers/tests/nvme_vm.rs with --ignored), print
 #                                    "N passed, M failed" and exit non-zero on any failure
-#   BOLIDE_VM_EXTRA=FILE             also run FILE (a shell script) in the guest after the tests,
-#                                    with the binaries of BOLIDE_VM_BINS (space-separated paths)
-#                                    in /bin (used by the measurements in docs/HARDWARE.md)
+#                                    then scripts/vm/guest-serve.sh: `bolide serve` on the nvme
+#                                    driver loaded by the official Rust client, clean restart,
+#                                    kill -9 and cold start
+#   BOLIDE_VM_EXTRA="FILE..."        guest scripts to run after the tests instead of
+#                                    guest-serve.sh, with the binaries of BOLIDE_VM_BINS
+#                                    (space-separated paths) in /bin (nvme-bench.sh uses this)
 #   BOLIDE_VM_CACHE=DIR              where the kernel package, the initramfs and the disk image
 #                                    go (default target/vm)
 #
@@ -63,8 +66,18 @@ add_bin() { # copies a binary and the shared libraries it needs
 }
 add_bin "$tests_bin"
 mv "$ird/bin/$(basename "$tests_bin")" "$ird/bin/nvme_vm"
+if [ -z "${BOLIDE_VM_EXTRA:-}" ]; then
+    echo "== nvme-vm: building bolide and bolide-bench"
+    cargo build --locked -p bolide-node --bin bolide -p bolide-bench --bin bolide-bench
+    BOLIDE_VM_BINS="$root/target/debug/bolide $root/target/debug/bolide-bench"
+    BOLIDE_VM_EXTRA=$root/scripts/vm/guest-serve.sh
+fi
 for b in ${BOLIDE_VM_BINS:-}; do add_bin "$b"; done
-[ -n "${BOLIDE_VM_EXTRA:-}" ] && cp "$BOLIDE_VM_EXTRA" "$ird/extra.sh"
+mkdir -p "$ird/extra"
+i=0
+for f in $BOLIDE_VM_EXTRA; do i=$((i + 1)); cp "$f" "$ird/extra/$i-$(basename "$f")"; done
+# BOLIDE_PROBE_* settings reach the guest's scripts through /env.
+for v in $(compgen -v BOLIDE_PROBE_ || true); do printf 'export %s=%q\n' "$v" "${!v}"; done > "$ird/env"
 
 # Modules in dependency order (each .ko's own "depends=" list), uncompressed for busybox insmod.
 declare -A seen=()
@@ -88,6 +101,7 @@ cat > "$ird/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
+ifconfig lo 127.0.0.1 up
 for m in $(cat /lib/modules/order); do insmod /lib/modules/$m 2>/dev/null || echo "insmod $m failed"; done
 echo 64 > /proc/sys/vm/nr_hugepages
 # The controller(s): PCI class 01:08:02 (NVM Express).
@@ -106,10 +120,11 @@ bind() { # bind <pci> <driver>
 }
 bind $BOLIDE_NVME_PCI vfio-pci
 echo "guest: $BOLIDE_NVME_PCI bound to $(basename $(readlink /sys/bus/pci/devices/$BOLIDE_NVME_PCI/driver))"
+[ -f /env ] && . /env
 cd /tmp
 /bin/nvme_vm --ignored --test-threads=2 2>&1
 echo "BOLIDE-VM-TESTS rc=$?"
-if [ -f /extra.sh ]; then . /extra.sh; echo "BOLIDE-VM-EXTRA rc=$?"; fi
+for f in /extra/*; do (. $f); echo "BOLIDE-VM-EXTRA $f rc=$?"; done
 echo BOLIDE-VM-DONE
 poweroff -f
 INIT
@@ -136,14 +151,18 @@ timeout "${BOLIDE_VM_TIMEOUT_S:-900}" qemu-system-x86_64 \
 qrc=$?
 set -e
 echo "== nvme-vm: guest ran $(( $(date +%s) - start )) s (qemu exit $qrc); log: $log"
-grep -E '^(test |guest:|insmod|BOLIDE-|failures:|---- |thread |  left|  right|panicked)|test result' "$log" | grep -v '^test .* \.\.\. ok$' || true
+grep -E '^(test |guest:|insmod|BOLIDE-|SERVE|failures:|---- |thread |  left|  right|panicked)|test result' "$log" | grep -v '^test .* \.\.\. ok$' || true
 passed=$(grep -o 'test result: [a-zA-Z]*\. [0-9]* passed' "$log" | awk '{s+=$4} END{print s+0}')
 failed=$(grep -o '[0-9]* failed;' "$log" | awk '{s+=$1} END{print s+0}')
 if ! grep -q 'BOLIDE-VM-TESTS rc=0' "$log"; then
     [ "$failed" -eq 0 ] && failed=1
 fi
-if [ -n "${BOLIDE_VM_EXTRA:-}" ] && ! grep -q 'BOLIDE-VM-EXTRA rc=0' "$log"; then
-    echo "nvme-vm: the extra guest script failed"; failed=$((failed + 1))
-fi
+for f in $BOLIDE_VM_EXTRA; do
+    if grep -q "BOLIDE-VM-EXTRA .*$(basename "$f") rc=0" "$log"; then
+        passed=$((passed + 1))
+    else
+        echo "nvme-vm: guest script $(basename "$f") failed"; failed=$((failed + 1))
+    fi
+done
 echo "nvme-vm: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -5,7 +5,8 @@
 //!
 //! * I/O: Read, Write (with FUA when [`NvmeOptions::fua`], for `commit_to_device`) and Flush, each
 //!   data command described by PRPs (PRP1, PRP2 or a PRP list page per command id) and split at
-//!   the controller's MDTS (and at 2 MiB, one PRP list page).
+//!   the controller's MDTS (and at 2 MiB, one PRP list page); [`NvmeDevice::deallocate`] (Dataset
+//!   Management, TRIM) for freed space.
 //! * Buffers: a buffer of a pool given to [`BlockDevice::register_buffers`] is mapped into the
 //!   IOMMU once (zero copy, no system call per I/O); any other [`IoBuf`] is mapped for the
 //!   duration of its I/O (`VFIO_IOMMU_MAP_DMA`/`UNMAP_DMA`: correct, but a system call each way).
@@ -503,6 +504,83 @@ impl NvmeDevice {
             self.ctrl
                 .reset_failed(&format!("command {cid} on queue {} timed out (abort {})", self.qp.qid, if aborted { "accepted" } else { "refused" }));
             self.fail_all(IoStatus::Os(libc::ETIMEDOUT));
+        }
+    }
+}
+
+impl NvmeDevice {
+    /// Deallocates (TRIMs) `[offset, offset + len)` with Dataset Management, attribute
+    /// Deallocate (NVM Command Set spec 3.2.3), and waits for it. For freed wblocks: the
+    /// controller may then read the range as zeros (Identify Namespace DLFEAT says whether it
+    /// does) and need not keep its data. The queue pair must be idle.
+    ///
+    /// # Errors
+    /// `Invalid` when the range is not sector-aligned or past the end, the controller has no
+    /// Dataset Management (ONCS bit 2), or I/O is in flight; `Failed` with the NVMe status when
+    /// the command fails or times out.
+    pub fn deallocate(&mut self, offset: u64, len: u64) -> Result<(), SubmitError> {
+        let invalid = |reason: String| SubmitError::Invalid { reason, buf: None };
+        if let Some(e) = &self.failed {
+            return Err(SubmitError::Failed(e.clone(), None));
+        }
+        if !self.ctrl.identify.dsm {
+            return Err(invalid(format!("{}: no Dataset Management (ONCS bit 2 clear)", self.info.name)));
+        }
+        if self.in_flight() != 0 {
+            return Err(invalid(format!("{}: deallocate needs an idle queue pair", self.info.name)));
+        }
+        let n = usize::try_from(len).map_err(|_| invalid(format!("length {len} too large")))?;
+        check_io(&self.info, offset, n).map_err(invalid)?;
+        let nlb = len >> self.lba_shift;
+        if nlb > u32::MAX as u64 {
+            return Err(invalid(format!("{len} bytes is more than one range holds")));
+        }
+        let cid = self.free_cids.pop().expect("an idle queue pair has every command id free");
+        // One range (16 bytes: context attributes, length in LBAs, starting LBA) in the command
+        // id's PRP list page.
+        let slba = (self.base_bytes + offset) >> self.lba_shift;
+        let mut range = [0u8; 16];
+        range[4..8].copy_from_slice(&(nlb as u32).to_le_bytes());
+        range[8..16].copy_from_slice(&slba.to_le_bytes());
+        let page = cid as usize * PAGE_BYTES;
+        self.prp_pages.write(page, &range);
+        self.qp.push(&Sqe {
+            opcode: NVM_DSM,
+            cid,
+            nsid: self.nsid,
+            prp1: self.prp_pages.iova(page),
+            cdw10: 0, // one range (0-based)
+            cdw11: DSM_AD,
+            ..Default::default()
+        });
+        self.qp.ring();
+        let deadline = Instant::now() + self.timeout;
+        let cqe = loop {
+            if let Some(c) = self.qp.poll() {
+                self.qp.ack();
+                if c.cid == cid {
+                    break Some(c);
+                }
+                continue;
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::hint::spin_loop();
+        };
+        let status = match cqe {
+            Some(c) if c.ok() => None,
+            Some(c) => Some(IoStatus::Nvme { sct: c.sct, sc: c.sc }),
+            None => {
+                self.ctrl.reset_failed("dataset management timed out");
+                self.failed = Some(self.dev_err(IoKind::Write, offset, n, IoStatus::Os(libc::ETIMEDOUT)));
+                Some(IoStatus::Os(libc::ETIMEDOUT))
+            }
+        };
+        self.free_cids.push(cid);
+        match status {
+            None => Ok(()),
+            Some(st) => Err(SubmitError::Failed(self.dev_err(IoKind::Write, offset, n, st), None)),
         }
     }
 }
