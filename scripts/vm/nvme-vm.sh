@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The user-space NVMe driver's test machine: a QEMU guest in software emulation (no KVM needed)
-# with an emulated NVMe controller behind an emulated Intel IOMMU, booted from Debian's kernel
+# with an emulated NVMe controller (two namespaces) behind an emulated Intel IOMMU, booted from Debian's kernel
 # package with a busybox initramfs that carries the test binaries and the vfio modules.
 #
 #   scripts/vm/nvme-vm.sh            build the guest, boot it, run the nvme tests inside
@@ -57,6 +57,7 @@ tests_bin=$(cargo test -p bolide-drivers --test nvme_vm --no-run --locked --mess
 ird=$cache/initramfs
 rm -rf "$ird" && mkdir -p "$ird"/{bin,sbin,proc,sys,dev,tmp,lib/modules,etc,mnt}
 cp "$busybox" "$ird/bin/busybox"
+cp scripts/lab/nvme-setup.sh "$ird/bin/nvme-setup"
 add_bin() { # copies a binary and the shared libraries it needs
     cp "$1" "$ird/bin/"
     ldd "$1" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
@@ -111,12 +112,8 @@ for d in /sys/bus/pci/devices/*; do
 done
 echo "guest: NVMe controllers:$ctrls; IOMMU groups: $(ls /sys/kernel/iommu_groups | wc -l)"
 export BOLIDE_NVME_PCI=${ctrls# }; BOLIDE_NVME_PCI=${BOLIDE_NVME_PCI%% *}
-bind() { # bind <pci> <driver>
-    d=/sys/bus/pci/devices/$1
-    [ -e $d/driver ] && echo $1 > $d/driver/unbind
-    echo $2 > $d/driver_override
-    echo $1 > /sys/bus/pci/drivers_probe
-    echo "" > $d/driver_override
+bind() { # bind <pci> vfio-pci|nvme, with the lab host script
+    if [ $2 = vfio-pci ]; then nvme-setup bind $1; else nvme-setup unbind $1; fi
 }
 bind $BOLIDE_NVME_PCI vfio-pci
 echo "guest: $BOLIDE_NVME_PCI bound to $(basename $(readlink /sys/bus/pci/devices/$BOLIDE_NVME_PCI/driver))"
@@ -131,9 +128,11 @@ INIT
 chmod +x "$ird/init"
 (cd "$ird" && find . | cpio -o -H newc --quiet | gzip -1) > "$cache/initramfs.cpio.gz"
 
-# --- the namespace: a fresh sparse 1 GiB file (reads zeros).
+# --- the namespaces: fresh sparse files (they read zeros): 1 GiB for the driver tests and the
+# probe (nsid 1), 128 MiB for bolide serve (nsid 2).
 img=$cache/nvme0.img
-rm -f "$img" && truncate -s 1G "$img"
+img2=$cache/nvme1.img
+rm -f "$img" "$img2" && truncate -s 1G "$img" && truncate -s 128M "$img2"
 
 echo "== nvme-vm: booting $kver (TCG, q35, intel-iommu, emulated nvme)"
 log=$cache/nvme-vm.log
@@ -144,7 +143,10 @@ timeout "${BOLIDE_VM_TIMEOUT_S:-900}" qemu-system-x86_64 \
     -machine q35,kernel-irqchip=split \
     -device intel-iommu,intremap=on,caching-mode=on \
     -drive file="$img",if=none,id=nvm0,format=raw,cache=unsafe \
-    -device nvme,serial=bolide0,drive=nvm0,logical_block_size=4096,physical_block_size=4096 \
+    -drive file="$img2",if=none,id=nvm1,format=raw,cache=unsafe \
+    -device nvme,id=nvme0,serial=bolide0 \
+    -device nvme-ns,bus=nvme0,drive=nvm0,nsid=1,logical_block_size=4096,physical_block_size=4096 \
+    -device nvme-ns,bus=nvme0,drive=nvm1,nsid=2,logical_block_size=4096,physical_block_size=4096 \
     -kernel "$vmlinuz" -initrd "$cache/initramfs.cpio.gz" \
     -append "console=ttyS0 intel_iommu=on panic=-1 quiet loglevel=3" \
     -nographic -no-reboot -nic none >"$log" 2>&1 < /dev/null
