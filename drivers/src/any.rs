@@ -49,4 +49,10 @@ impl BlockDevice for AnyDevice {
     fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         each!(self, d => d.completion_fd())
     }
+    fn set_completion_signals(&mut self, on: bool) {
+        each!(self, d => d.set_completion_signals(on))
+    }
+    fn has_completions(&mut self) -> bool {
+        each!(self, d => d.has_completions())
+    }
 }

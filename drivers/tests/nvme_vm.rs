@@ -151,12 +151,14 @@ fn failed_command_reports_nvme_status() {
 }
 
 /// TRIM: a deallocated range reads back as zeros (QEMU's controller reports DLFEAT "reads
-/// zeros"), its neighbours keep their data; a range past the end is refused.
+/// zeros"; the guest's disk image is attached with discard=unmap so the deallocation reaches
+/// it), its neighbours keep their data; a range past the end is refused.
 #[test]
 #[ignore = "needs BOLIDE_NVME_PCI (scripts/vm/nvme-vm.sh)"]
 fn deallocate_trims_a_range() {
     let mut dev = fresh();
     assert!(dev.identify().dsm, "the emulated controller has Dataset Management");
+    assert!(dev.deallocated_reads_zeros(), "the emulated namespace reads deallocated blocks as zeros");
     write_sync(&mut dev, 0, pattern_buf(64 * 4096, 3, 0));
     dev.deallocate(4096, 32 * 4096).unwrap_or_else(|e| panic!("{e}"));
     let got = read_sync(&mut dev, 0, 64 * 4096);

@@ -117,6 +117,7 @@ pub struct NvmeDevice {
     info: DeviceInfo,
     nsid: u32,
     lba_shift: u32,
+    deallocated_reads_zeros: bool,
     base_bytes: u64,
     fua: bool,
     max_cmd_bytes: usize,
@@ -233,6 +234,7 @@ impl NvmeDevice {
             info,
             nsid: opts.nsid,
             lba_shift: ns.lba_bytes.trailing_zeros(),
+            deallocated_reads_zeros: ns.deallocated_reads_zeros,
             base_bytes,
             fua: opts.fua,
             max_cmd_bytes,
@@ -258,6 +260,11 @@ impl NvmeDevice {
     /// The controller's Identify data (model, serial, MDTS, features).
     pub fn identify(&self) -> &IdentifyController {
         &self.ctrl.identify
+    }
+
+    /// Whether a deallocated block reads as zeros (Identify Namespace DLFEAT).
+    pub fn deallocated_reads_zeros(&self) -> bool {
+        self.deallocated_reads_zeros
     }
 
     /// The I/O queue id of this device's queue pair.
@@ -661,6 +668,11 @@ impl BlockDevice for NvmeDevice {
 
     fn in_flight(&self) -> usize {
         self.queued.len() + self.outstanding + self.done.len()
+    }
+
+    /// Finished I/Os waiting, or a completion posted in the CQ (no system call: one load).
+    fn has_completions(&mut self) -> bool {
+        !self.done.is_empty() || self.qp.has_completion()
     }
 }
 

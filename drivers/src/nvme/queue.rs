@@ -81,6 +81,12 @@ impl QueuePair {
         }
     }
 
+    /// Whether the controller has posted a completion not yet consumed (one volatile load).
+    pub fn has_completion(&self) -> bool {
+        let dw3 = self.cq.read32_volatile(self.cq_head as usize * CQE_BYTES + 12);
+        ((dw3 >> 16) & 1 == 1) == self.phase
+    }
+
     /// The next completion, if the controller posted one; consumes it.
     pub fn poll(&mut self) -> Option<Cqe> {
         let off = self.cq_head as usize * CQE_BYTES;

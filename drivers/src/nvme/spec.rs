@@ -203,6 +203,8 @@ pub struct IdentifyNamespace {
     pub lba_format: u8,
     /// Metadata bytes per block of that format (the driver needs 0).
     pub metadata_bytes: u16,
+    /// DLFEAT bits 2:0 = 001b: a deallocated block reads as zeros.
+    pub deallocated_reads_zeros: bool,
 }
 
 impl IdentifyNamespace {
@@ -218,6 +220,7 @@ impl IdentifyNamespace {
             lba_bytes: 1u32 << ((lbaf >> 16) & 0xff),
             lba_format: idx,
             metadata_bytes: lbaf as u16,
+            deallocated_reads_zeros: d[33] & 0x7 == 1,
         }
     }
 }
@@ -271,5 +274,6 @@ mod tests {
         d[132..136].copy_from_slice(&(12u32 << 16).to_le_bytes());
         let ns = IdentifyNamespace::decode(&d);
         assert_eq!((ns.nsze, ns.lba_bytes, ns.lba_format, ns.metadata_bytes), (1000, 4096, 1, 0));
+        assert!(!ns.deallocated_reads_zeros);
     }
 }
