@@ -6,6 +6,8 @@
 //! then it shuts every shard down cleanly (flush, persist the index for a fast restart).
 
 use bolide_drivers::fault::{FaultSwitch, Faulty};
+use bolide_drivers::any::AnyDevice;
+use bolide_drivers::nvme::{NvmeDevice, NvmeOptions};
 use bolide_drivers::uring::{UringDevice, UringOptions};
 use bolide_node::clock::SystemClock;
 use bolide_node::config::StorageConfig;
@@ -17,7 +19,7 @@ use bolide_node::shard::{Format, OpenMode, OpenOptions, Region, Shard};
 
 /// A shard on an io_uring device that the `fail-device` info command can fail (when
 /// `fault_injection` is set).
-type NodeShard = Shard<Faulty<UringDevice>, SystemClock>;
+type NodeShard = Shard<Faulty<AnyDevice>, SystemClock>;
 use bolide_node::truncate::TruncateTable;
 
 /// The truncate table, in the data directory (docs/DISK_FORMAT.md, "Truncate table").
@@ -374,6 +376,8 @@ struct Placement {
     /// This shard's slot and the number of shards sharing the file or block device.
     slot: (u64, u64),
     queue_depth: u32,
+    /// `nvme` devices: the controller's PCI address and the namespace id (`path` is unused).
+    nvme: Option<(String, u32)>,
 }
 
 /// Shard `w` of `workers` on device `w % devices`: a file of its own in a directory, else an
@@ -388,6 +392,7 @@ fn placements(cfg: &NodeConfig, profile: Option<&HardwareProfile>, workers: usiz
                 create_size_bytes: Some(cfg.shard_file_bytes),
                 slot: (0, 1),
                 queue_depth: cfg.queue_depth,
+                nvme: None,
             })
             .collect());
     };
@@ -395,8 +400,19 @@ fn placements(cfg: &NodeConfig, profile: Option<&HardwareProfile>, workers: usiz
     (0..workers)
         .map(|w| {
             let d = &p.devices[w % n];
-            let path = d.path.clone().expect("validated: uring devices have a path");
             let sharing = ((workers - 1 - w % n) / n + 1) as u64;
+            if let Some(pci) = &d.pci_address {
+                // One queue pair per worker on the shared controller; equal regions of the
+                // namespace, as for a block device.
+                return Ok(Placement {
+                    path: PathBuf::from(format!("nvme:{pci}")),
+                    create_size_bytes: None,
+                    slot: ((w / n) as u64, sharing),
+                    queue_depth: d.queue_depth,
+                    nvme: Some((pci.clone(), d.nsid.unwrap_or(1))),
+                });
+            }
+            let path = d.path.clone().expect("validated: uring devices have a path");
             let is_dir = path.is_dir() || !path.exists();
             if is_dir {
                 std::fs::create_dir_all(&path)
@@ -406,6 +422,7 @@ fn placements(cfg: &NodeConfig, profile: Option<&HardwareProfile>, workers: usiz
                     create_size_bytes: Some(d.shard_file_bytes),
                     slot: (0, 1),
                     queue_depth: d.queue_depth,
+                    nvme: None,
                 })
             } else {
                 Ok(Placement {
@@ -413,6 +430,7 @@ fn placements(cfg: &NodeConfig, profile: Option<&HardwareProfile>, workers: usiz
                     create_size_bytes: None,
                     slot: ((w / n) as u64, sharing),
                     queue_depth: d.queue_depth,
+                    nvme: None,
                 })
             }
         })
@@ -696,10 +714,23 @@ fn open_shard(
         dsync: cfg.storage.commit_to_device,
         ..UringOptions::default()
     };
-    let dev = Faulty::new(
-        UringDevice::open(path, &opts).map_err(|e| format!("worker {w}: {e}"))?,
-        switch,
-    );
+    let dev = match &place.nvme {
+        // With commit_to_device every write carries FUA, so its completion means "on stable media".
+        Some((pci, nsid)) => AnyDevice::Nvme(
+            NvmeDevice::open(
+                pci,
+                &NvmeOptions {
+                    nsid: *nsid,
+                    queue_depth: place.queue_depth,
+                    fua: cfg.storage.commit_to_device,
+                    ..NvmeOptions::default()
+                },
+            )
+            .map_err(|e| format!("worker {w}: {e}"))?,
+        ),
+        None => AnyDevice::Uring(UringDevice::open(path, &opts).map_err(|e| format!("worker {w}: {e}"))?),
+    };
+    let dev = Faulty::new(dev, switch);
     let cap = bolide_drivers::BlockDevice::info(&dev).capacity_bytes;
     // Shards sharing a file or block device get equal regions, whole wblocks each.
     let (slot, sharing) = place.slot;
