@@ -60,18 +60,18 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
         let must_read = entry.is_some_and(|e| self.truncate.may_cover(e.lut_ms()));
         if let (true, Some(e)) = (self.pending(key).cmd.needs_bins() || must_read, entry) {
             if let Some(rec) = self.cache.get(&digest, &e) {
-                self.cont(key, Some(rec));
+                self.cont(key, Some(rec), entry);
                 return;
             }
             let token = Token::new(TokenKind::Cmd, key).0;
-            match self.shard.get(&digest, token) {
-                Ok(ReadAck::Done(rec)) => self.cont(key, Some(Arc::new(rec))),
+            match self.shard.get_entry(e, token) {
+                Ok(ReadAck::Done(rec)) => self.cont(key, Some(Arc::new(rec)), entry),
                 Ok(ReadAck::Pending) => self.set_stage(key, Stage::Reading),
-                Err(ReadError::NotFound) => self.cont(key, None),
+                Err(ReadError::NotFound) => self.cont(key, None, None),
                 Err(e) => self.read_failed(key, &e),
             }
         } else {
-            self.cont(key, None);
+            self.cont(key, None, entry);
         }
     }
 
@@ -84,23 +84,23 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
         match result {
             Ok(rec) => {
                 let rec = Arc::new(rec);
-                // Keep it under the entry it was read for (the command holds its digest, so
-                // only defrag can have moved it meanwhile: then the entry no longer matches).
-                if let Some(e) = self.shard.peek(&rec.meta.digest) {
-                    if e.lut_ms() == rec.meta.lut_ms {
-                        self.cache.insert(&e, &rec);
-                    }
+                // The entry now (the command holds its digest, so only defrag, expiry or a
+                // truncate can have changed it while the device read).
+                let entry = self.shard.peek(&rec.meta.digest);
+                if let Some(e) = entry.filter(|e| e.lut_ms() == rec.meta.lut_ms) {
+                    self.cache.insert(&e, &rec);
                 }
-                self.cont(key, Some(rec));
+                self.cont(key, Some(rec), entry);
             }
-            Err(ReadError::NotFound) => self.cont(key, None),
+            Err(ReadError::NotFound) => self.cont(key, None, None),
             Err(e) => self.read_failed(key, &e),
         }
     }
 
     /// Decides and acts, with the record as stored (`rec`: its bins when read, shared with the
     /// record cache).
-    fn cont(&mut self, key: Key, rec: Option<Arc<Record>>) {
+    /// `entry` is the record's live index entry as the caller last looked it up.
+    fn cont(&mut self, key: Key, rec: Option<Arc<Record>>, mut entry: Option<crate::index::IndexEntry>) {
         let digest = self.pending(key).cmd.digest;
         let rec = match rec {
             Some(r) if self.truncate.covers(r.meta.lut_ms, &r.set_name) => {
@@ -109,11 +109,11 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
                     .namespace_lut_ms()
                     .max(self.truncate.set_cutoff_ms(&r.set_name));
                 self.shard.truncate_record(&digest, cutoff);
+                entry = self.shard.peek(&digest);
                 None
             }
             other => other,
         };
-        let entry = self.shard.peek(&digest);
         let action = self.decide(&self.pending(key).cmd, rec.as_deref(), entry);
         if !matches!(action, Action::Reply(_)) {
             self.cache.forget(&digest);

@@ -756,6 +756,15 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         self.read_entry(entry, token, 0)
     }
 
+    /// As [`Shard::get`], for the live index entry the caller already looked up with
+    /// [`Shard::peek`] (one index search per command).
+    ///
+    /// # Errors
+    /// As [`Shard::get`].
+    pub fn get_entry(&mut self, entry: IndexEntry, token: u64) -> Result<ReadAck, ReadError> {
+        self.read_entry(entry, token, 0)
+    }
+
     fn read_entry(&mut self, entry: IndexEntry, token: u64, attempts: u8) -> Result<ReadAck, ReadError> {
         let addr = entry.addr_bytes();
         let (b, off) = (self.block_of(addr), (addr % self.wblock_size as u64) as usize);
