@@ -557,6 +557,22 @@ def summarize(runs):
     return rows
 
 
+def compact_soak(soak):
+    """Keeps every minute's `statistics` whole, but of `namespace/<ns>` (CE's answer is 13 KB,
+    mostly config) only minute 1 whole and, later, the keys whose value changed since the
+    minute before (`namespace_changed`)."""
+    for mins in soak.values():
+        prev = None
+        for mn in mins:
+            full = mn.get("namespace")
+            if full is None:
+                full = dict(prev or {}, **mn.get("namespace_changed", {}))
+            if prev is not None:
+                mn.pop("namespace", None)
+                mn["namespace_changed"] = {k: v for k, v in full.items() if prev.get(k) != v}
+            prev = full
+
+
 SOAK_KEYS = ["cache_read_pct", "record_cache_hit_pct", "defrag_reads", "defrag_q", "write_amplification",
              "free_wblocks", "data_avail_pct", "device_queue_depth", "write_q", "writes_refused_overload",
              "cross_core_messages"]
@@ -645,15 +661,19 @@ def markdown(doc):
                              f"{fmt(r['server_cpu_us_per_op'], 1)} | {r['timeouts'] + r['errors']} | "
                              f"{r['loadavg_after'][0]} |")
         lines.append("")
-        lines += ["Data-path figures after each minute (`statistics`, else `namespace/<ns>`; Aerospike's names "
-                  "where both have the figure):", "",
+        lines += ["Data-path figures after each minute (`statistics`, else `namespace/<ns>`, for CE's device "
+                  "figures `storage-engine.file[0].<name>`; Aerospike's names where both have the figure):", "",
                   "| server | minute | " + " | ".join(SOAK_KEYS) + " |", "|---|---:|" + "---:|" * len(SOAK_KEYS)]
         for srv, mins in doc["soak"].items():
+            ns = {}
             for i, mn in enumerate(mins, 1):
-                vals = [mn["statistics"].get(k, mn["namespace"].get(k, "–")) for k in SOAK_KEYS]
+                ns = dict(ns, **mn.get("namespace", mn.get("namespace_changed", {})))
+                # CE keeps per-device figures as storage-engine.file[0].<name>
+                vals = [mn["statistics"].get(k, ns.get(k, ns.get(f"storage-engine.file[0].{k}", "–")))
+                        for k in SOAK_KEYS]
                 lines.append(f"| {srv} | {i} | " + " | ".join(str(v) for v in vals) + " |")
-        lines += ["", "The whole `statistics` and `namespace/<ns>` answers per minute are in the JSON "
-                  "(`soak.<server>[i]`)."]
+        lines += ["", "The whole `statistics` answer per minute is in the JSON (`soak.<server>[i].statistics`); "
+                  "`namespace/<ns>` whole at minute 1, then what changed (`namespace_changed`)."]
     for k, v in doc.get("server_log_warnings", {}).items():
         if v:
             lines += [f"{k} log warnings/errors ({len(v)}; first 5):", "", *[f"    {l}" for l in v[:5]], ""]
@@ -758,6 +778,8 @@ def main():
         doc["machine"]["loadavg_at_end"] = loadavg()
         if doc["runs"]:
             doc["summary"] = summarize(doc["runs"])
+        if doc.get("soak"):
+            compact_soak(doc["soak"])
         with open(json_path, "w") as f:
             json.dump(doc, f, indent=1)
         with open(md_path, "w") as f:
