@@ -578,6 +578,41 @@ impl info::InfoSource for Source<'_> {
         }
         Ok(())
     }
+    fn config(&self, context: info::ConfigContext<'_>) -> Vec<(String, String)> {
+        let s = self.s;
+        let live = s.settings.get();
+        let kv = |k: &str, v: String| (k.to_string(), v);
+        match context {
+            info::ConfigContext::Service => vec![
+                kv("cluster-name", s.cluster_name.clone()),
+                kv("node-id", self.name.clone()),
+                kv("proto-fd-idle-ms", live.proto_fd_idle_ms.to_string()),
+                kv("proto-fd-max", s.max_connections.to_string()),
+                kv("query-max-done", live.query_max_done.to_string()),
+                kv("service-threads", s.workers.len().to_string()),
+            ],
+            info::ConfigContext::Namespace(_) => {
+                let st = &s.storage;
+                vec![
+                    kv("allow-ttl-without-nsup", live.allow_ttl_without_nsup.to_string()),
+                    kv("default-read-touch-ttl-pct", live.default_read_touch_ttl_pct.to_string()),
+                    kv("default-ttl", live.default_ttl_s.to_string()),
+                    kv("max-record-size", st.max_record_bytes.to_string()),
+                    // Seconds, as the server; a sub-second period reads as 1.
+                    kv("nsup-period", live.nsup_period_ms.div_ceil(1000).to_string()),
+                    kv("replication-factor", s.replication_factor.to_string()),
+                    kv("storage-engine", "device".into()),
+                    kv("storage-engine.commit-to-device", st.commit_to_device.to_string()),
+                    kv("storage-engine.defrag-lwm-pct", st.defrag_lwm_pct.to_string()),
+                    kv("storage-engine.flush-max-ms", st.flush_max_ms.to_string()),
+                    kv("storage-engine.write-block-size", st.wblock_size_bytes.to_string()),
+                ]
+            }
+        }
+    }
+    fn set_config(&mut self, context: info::ConfigContext<'_>, key: &str, value: &str) -> Result<(), ()> {
+        set_config(&self.s.settings, context, key, value)
+    }
     fn sets(&self, _ns: &str) -> Vec<info::SetStats> {
         Vec::new()
     }
@@ -590,6 +625,78 @@ impl info::InfoSource for Source<'_> {
     fn latencies(&self) -> Vec<info::LatencyHist> {
         self.s.latencies.hists(&self.s.namespace)
     }
+}
+
+/// `set-config`: changes one of the settings that can change at run time, with the server's
+/// value checks (`cfg_info.c` `cfg_set_service`, `cfg_set_namespace`): `proto-fd-idle-ms` and
+/// `query-max-done` (0..=10000) of the service; `default-ttl` (seconds, with an optional
+/// `s`/`m`/`h`/`d`, at most 10 years, non-zero only with a non-zero `nsup-period` or
+/// `allow-ttl-without-nsup`), `nsup-period` (seconds, unit suffix allowed),
+/// `allow-ttl-without-nsup` (`true`/`false`) and `default-read-touch-ttl-pct` (0..=100) of the
+/// namespace. Every other key (Bolide's storage settings are fixed at start-up) is refused.
+fn set_config(live: &crate::config::LiveSettings, context: info::ConfigContext<'_>, key: &str, value: &str) -> Result<(), ()> {
+    use info::ConfigContext::{Namespace, Service};
+    let int = |v: &str| v.parse::<i64>().map_err(|_| ());
+    let old = live.get();
+    match (context, key) {
+        (Service, "proto-fd-idle-ms") => {
+            let ms = u32::try_from(int(value)?).map_err(|_| ())?;
+            live.proto_fd_idle_ms.store(u64::from(ms), Ordering::Relaxed);
+        }
+        (Service, "query-max-done") => {
+            let n = int(value)?;
+            if !(0..=10_000).contains(&n) {
+                return Err(());
+            }
+            live.query_max_done.store(n as u32, Ordering::Relaxed);
+        }
+        (Namespace(_), "default-ttl") => {
+            let ttl = seconds(value)?;
+            if ttl > crate::config::MAX_DEFAULT_TTL_S || (ttl != 0 && old.nsup_period_ms == 0 && !old.allow_ttl_without_nsup) {
+                return Err(());
+            }
+            live.default_ttl_s.store(ttl, Ordering::Relaxed);
+        }
+        (Namespace(_), "nsup-period") => {
+            let s = seconds(value)?;
+            live.nsup_period_ms.store(u64::from(s) * 1000, Ordering::Relaxed);
+        }
+        (Namespace(_), "allow-ttl-without-nsup") => {
+            let on = match value {
+                "true" => true,
+                "false" => false,
+                _ => return Err(()),
+            };
+            live.allow_ttl_without_nsup.store(on, Ordering::Relaxed);
+        }
+        (Namespace(_), "default-read-touch-ttl-pct") => {
+            let pct = int(value)?;
+            if !(0..=100).contains(&pct) {
+                return Err(());
+            }
+            live.default_read_touch_ttl_pct.store(pct as u32, Ordering::Relaxed);
+        }
+        _ => return Err(()),
+    }
+    tracing::info!(?context, key, value, "set-config: changed");
+    Ok(())
+}
+
+/// A duration as the server's `cf_str_atoi_seconds`: a number of seconds with an optional
+/// unit `s`, `m`, `h` or `d`, fitting in 32 bits.
+fn seconds(v: &str) -> Result<u32, ()> {
+    let (digits, unit) = match v.char_indices().last() {
+        Some((i, c @ ('s' | 'm' | 'h' | 'd' | 'S' | 'M' | 'H' | 'D'))) => (&v[..i], c.to_ascii_lowercase()),
+        _ => (v, 's'),
+    };
+    let n: u64 = digits.parse().map_err(|_| ())?;
+    let per = match unit {
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => 1,
+    };
+    u32::try_from(n.checked_mul(per).ok_or(())?).map_err(|_| ())
 }
 
 /// Records a truncate of `set` (the whole namespace when `None`) at `lut_nanos` (Unix ns; now

@@ -105,6 +105,10 @@ pub struct ServerConfig {
     pub fault_switches: Vec<FaultSwitch>,
     /// Re-replication and repair: records copied per second, per worker (0 = unlimited).
     pub rereplication_records_per_second: u32,
+    /// The namespace's storage settings (reported by `get-config`).
+    pub storage: crate::config::StorageConfig,
+    /// Start-up values of the settings `set-config` may change.
+    pub settings: crate::config::Settings,
     /// Per shard: bytes of the RAM record cache ([`cache`]); 0 = no cache.
     pub record_cache_bytes: u64,
 }
@@ -130,6 +134,8 @@ impl ServerConfig {
             fresh: vec![false; workers],
             fault_switches: Vec::new(),
             rereplication_records_per_second: 50_000,
+            storage: crate::config::StorageConfig::default(),
+            settings: crate::config::Settings::default(),
             record_cache_bytes: 0,
         }
     }
@@ -222,6 +228,10 @@ pub struct NodeShared {
     /// Partitions moved to their replica because their master's device failed.
     pub partitions_failed_over: AtomicU64,
     pub rereplication_records_per_second: u32,
+    /// The namespace's storage settings as started (`get-config`).
+    pub storage: crate::config::StorageConfig,
+    /// What `set-config` may change while the node runs.
+    pub settings: crate::config::LiveSettings,
 }
 
 impl NodeShared {
@@ -477,6 +487,7 @@ pub fn build<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell>(
         }
         nets.push(net);
     }
+    let shard_nsup_ms = shards[0].config().nsup_period_ms;
     let shared = Arc::new(NodeShared {
         namespace: cfg.namespace.clone(),
         node_name: cfg.node_name.clone(),
@@ -502,6 +513,14 @@ pub fn build<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell>(
         rereplication_read_errors: AtomicU64::new(0),
         partitions_failed_over: AtomicU64::new(0),
         rereplication_records_per_second: cfg.rereplication_records_per_second,
+        storage: cfg.storage.clone(),
+        // The idle limit and the expiry period start from where they are configured (the
+        // connection limits, the shards' storage settings).
+        settings: crate::config::LiveSettings::new(crate::config::Settings {
+            proto_fd_idle_ms: cfg.conn_limits.idle_ms,
+            nsup_period_ms: shard_nsup_ms,
+            ..cfg.settings
+        }),
     });
     if syncing > 0 {
         tracing::info!(partitions = syncing, "reconciling partition copies in the background");
