@@ -32,13 +32,20 @@ fn reg_bytes(ib: u32, mb: u32) -> usize {
     ((6 + mb as usize) << ib).div_ceil(8)
 }
 
+/// A blob that is not a valid HLL particle (§8.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadHll;
+
 /// Checks a stored HLL particle: flags 0, valid bit counts, exact length (§8.1).
-pub fn check(b: &[u8]) -> Result<(), ()> {
+///
+/// # Errors
+/// [`BadHll`] when any of those does not hold.
+pub fn check(b: &[u8]) -> Result<(), BadHll> {
     if b.len() < HDR_BYTES || b[0] != 0 || !valid_bits(i64::from(b[1]), i64::from(b[2])) {
-        return Err(());
+        return Err(BadHll);
     }
     if b.len() != HDR_BYTES + reg_bytes(u32::from(b[1]), u32::from(b[2])) {
-        return Err(());
+        return Err(BadHll);
     }
     Ok(())
 }
@@ -53,7 +60,7 @@ impl Hll {
         }
     }
 
-    pub fn decode(b: &[u8]) -> Result<Hll, ()> {
+    pub fn decode(b: &[u8]) -> Result<Hll, BadHll> {
         check(b)?;
         let (ib, mb) = (u32::from(b[1]), u32::from(b[2]));
         let cache = u64::from_le_bytes(b[3..11].try_into().expect("8 bytes"));

@@ -305,7 +305,7 @@ fn add_items(l: &mut List, items: Vec<Mp>, at: Option<usize>, flags: u64) -> Res
 fn insert_at(l: &List, i: i64, flags: u64) -> Result<Option<usize>, u8> {
     let n = l.items.len() as i64;
     let at = if i < 0 { n + i } else { i };
-    if at < 0 || at > MAX_INDEX {
+    if !(0..=MAX_INDEX).contains(&at) {
         return Err(rc::OP_NOT_APPLICABLE);
     }
     if at > n && flags & INSERT_BOUNDED != 0 {

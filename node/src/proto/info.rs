@@ -769,8 +769,11 @@ const LUT_PARAM_CAP: usize = 24;
 /// texts (`thr_info.c` `cmd_truncate*`, `truncate.c` `as_truncate_cmd`). As the server, a
 /// namespace this node does not have is answered `ok`: the server hands the command to the
 /// cluster's metadata store without looking the namespace up.
+/// A truncate's checked parameters (namespace, set, cut-off ms), or its error (code, text).
+type TruncateParams<'a> = Result<(&'a str, Option<&'a str>, Option<u64>), (u8, String)>;
+
 fn truncate(out: &mut Vec<u8>, src: &mut dyn InfoSource, cmd: &InfoCommand<'_>, with_set: bool) {
-    let checked = || -> Result<(&str, Option<&str>, Option<u64>), (u8, String)> {
+    let checked = || -> TruncateParams<'_> {
         let ns = required_param(cmd, "namespace", NAMESPACE_PARAM_CAP)?;
         let set = if with_set {
             Some(required_param(cmd, "set", SET_PARAM_CAP)?)
