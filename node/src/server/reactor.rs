@@ -215,14 +215,22 @@ impl<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell> Reactor<N, D, C, B> {
     /// Runs turns until the node's stop flag is set; returns the shard for a clean shutdown.
     pub fn run(mut self) -> Shard<D, C> {
         let sleeps = self.net.can_sleep() && !self.core.opts.busy_poll;
+        // The device signals its completion fd only while this core sleeps on it.
+        self.core.shard.device_mut().set_completion_signals(false);
         while !self.core.shared.stop.load(Ordering::Relaxed) {
             let mut timeout = Duration::ZERO;
             let mut parked = false;
             if sleeps && !self.core.has_work() {
                 self.core.parking.park();
-                // Dekker: after announcing, look once more (a push may have missed the flag).
-                if self.core.rings.any_inbound() || self.core.has_work() {
+                self.core.shard.device_mut().set_completion_signals(true);
+                // Dekker: after announcing, look once more (a push may have missed the flag,
+                // a completion may have come while the device's signals were off).
+                if self.core.rings.any_inbound()
+                    || self.core.has_work()
+                    || self.core.shard.device_mut().has_completions()
+                {
                     self.core.parking.unpark();
+                    self.core.shard.device_mut().set_completion_signals(false);
                 } else {
                     parked = true;
                     self.core.counters.parks += 1;
@@ -234,6 +242,7 @@ impl<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell> Reactor<N, D, C, B> {
             }
             if parked {
                 self.core.parking.unpark();
+                self.core.shard.device_mut().set_completion_signals(false);
             }
         }
         self.into_shard()
