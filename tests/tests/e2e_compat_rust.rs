@@ -60,25 +60,53 @@ async fn run(port: u16) {
         .expect("clock")
         .as_nanos();
     let k = key(&format!("types-{run_id}"));
-    client.put(&wp, &k, &[as_bin!("i", 1), as_bin!("s", "a")]).await.expect("put");
+    client
+        .put(&wp, &k, &[as_bin!("i", 1), as_bin!("s", "a")])
+        .await
+        .expect("put");
 
     // A missing bin is created with the operand, whatever its type.
-    client.add(&wp, &k, &[as_bin!("new_s", "x")]).await.expect("add a string to a missing bin");
-    client.append(&wp, &k, &[as_bin!("new_i", 5)]).await.expect("append an integer to a missing bin");
+    client
+        .add(&wp, &k, &[as_bin!("new_s", "x")])
+        .await
+        .expect("add a string to a missing bin");
+    client
+        .append(&wp, &k, &[as_bin!("new_i", 5)])
+        .await
+        .expect("append an integer to a missing bin");
     let rec = client.get(&rp, &k, Bins::All).await.expect("get");
     assert_eq!(rec.bins.get("new_s"), Some(&Value::from("x")), "{rec:?}");
     assert_eq!(rec.bins.get("new_i"), Some(&Value::from(5)), "{rec:?}");
 
     // An existing bin of another type: 12 (bin type), never 4.
     for (what, result) in [
-        ("add a string to an integer", client.add(&wp, &k, &[as_bin!("i", "x")]).await),
-        ("add an integer to a string", client.add(&wp, &k, &[as_bin!("s", 1)]).await),
-        ("add a float to an integer", client.add(&wp, &k, &[as_bin!("i", 1.5)]).await),
-        ("append an integer to a string", client.append(&wp, &k, &[as_bin!("s", 1)]).await),
-        ("prepend a string to an integer", client.prepend(&wp, &k, &[as_bin!("i", "x")]).await),
+        (
+            "add a string to an integer",
+            client.add(&wp, &k, &[as_bin!("i", "x")]).await,
+        ),
+        (
+            "add an integer to a string",
+            client.add(&wp, &k, &[as_bin!("s", 1)]).await,
+        ),
+        (
+            "add a float to an integer",
+            client.add(&wp, &k, &[as_bin!("i", 1.5)]).await,
+        ),
+        (
+            "append an integer to a string",
+            client.append(&wp, &k, &[as_bin!("s", 1)]).await,
+        ),
+        (
+            "prepend a string to an integer",
+            client.prepend(&wp, &k, &[as_bin!("i", "x")]).await,
+        ),
     ] {
         let err = result.expect_err(what);
-        assert_eq!(err.server_result_code(), Some(ResultCode::BinTypeError), "{what}: {err:?}");
+        assert_eq!(
+            err.server_result_code(),
+            Some(ResultCode::BinTypeError),
+            "{what}: {err:?}"
+        );
     }
 
     // touch + get_header: the header only, no bins.

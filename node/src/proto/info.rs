@@ -70,7 +70,11 @@ pub const DEFAULT_BUILD: &str = "8.0.0.0";
 /// format. Bolide names itself where a person reads it, and keeps "Community Edition" in the
 /// text because tools tell the editions apart by it (an "Enterprise" edition turns on features
 /// Bolide does not have). Clients gate features on [`DEFAULT_BUILD`] alone.
-pub const EDITION: &str = concat!("Bolide ", env!("CARGO_PKG_VERSION"), " (Aerospike Community Edition compatible)");
+pub const EDITION: &str = concat!(
+    "Bolide ",
+    env!("CARGO_PKG_VERSION"),
+    " (Aerospike Community Edition compatible)"
+);
 
 /// The `features` value: the list the CE server prints (spec §2.5; `thr_info.c` `cmd_features`),
 /// without build-specific extras.
@@ -581,7 +585,11 @@ fn answer(cmd: &InfoCommand<'_>, src: &mut dyn InfoSource, out: &mut Vec<u8>) {
         "sindex-list" => {}
         "sindex-exists" => out.extend_from_slice(b"false"),
         "sindex-delete" => sindex_delete(out, cmd),
-        "sindex-create" => error(out, result_code::UNSUPPORTED_FEATURE, "secondary indexes are not supported"),
+        "sindex-create" => error(
+            out,
+            result_code::UNSUPPORTED_FEATURE,
+            "secondary indexes are not supported",
+        ),
         "sindex" => sindex(out, src, cmd),
         // The log sinks (`cf_log_get_sinks`): Bolide logs to stderr only.
         "logs" => out.extend_from_slice(b"0:stderr"),
@@ -769,11 +777,10 @@ const LUT_PARAM_CAP: usize = 24;
 /// texts (`thr_info.c` `cmd_truncate*`, `truncate.c` `as_truncate_cmd`). As the server, a
 /// namespace this node does not have is answered `ok`: the server hands the command to the
 /// cluster's metadata store without looking the namespace up.
-/// A truncate's checked parameters (namespace, set, cut-off ms), or its error (code, text).
-type TruncateParams<'a> = Result<(&'a str, Option<&'a str>, Option<u64>), (u8, String)>;
-
 fn truncate(out: &mut Vec<u8>, src: &mut dyn InfoSource, cmd: &InfoCommand<'_>, with_set: bool) {
-    let checked = || -> TruncateParams<'_> {
+    /// (namespace, set, cut-off in Unix ns), or the error answer (code, message).
+    type Checked<'a> = Result<(&'a str, Option<&'a str>, Option<u64>), (u8, String)>;
+    let checked = || -> Checked<'_> {
         let ns = required_param(cmd, "namespace", NAMESPACE_PARAM_CAP)?;
         let set = if with_set {
             Some(required_param(cmd, "set", SET_PARAM_CAP)?)
@@ -868,7 +875,8 @@ fn set_config(out: &mut Vec<u8>, src: &mut dyn InfoSource, cmd: &InfoCommand<'_>
 /// `sindex-delete:ns=<ns>;indexname=<name>` (`as_sindex_manager_sindex_delete`): there are no
 /// secondary indexes, so every well-formed request deletes nothing and answers `ok`.
 fn sindex_delete(out: &mut Vec<u8>, cmd: &InfoCommand<'_>) {
-    let name = bounded_param(cmd, "indexname", 64).and_then(|v| v.ok_or((result_code::PARAMETER, "missing 'indexname'".into())));
+    let name = bounded_param(cmd, "indexname", 64)
+        .and_then(|v| v.ok_or((result_code::PARAMETER, "missing 'indexname'".into())));
     if let Err((code, message)) = name {
         return error(out, code, &message);
     }
@@ -1228,10 +1236,12 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            format!("peers-generation\t3\npeers-clear-std\t3,3100,[]\nservice-clear-std\t[::1]:3100\n\
+            format!(
+                "peers-generation\t3\npeers-clear-std\t3,3100,[]\nservice-clear-std\t[::1]:3100\n\
              partition-generation\t5\nbuild\t8.0.0.0-bolide\n\
              version\t{EDITION} build 8.0.0.0-bolide\ncluster-name\t\n\
-             statistics\tcluster_size=1;cluster_integrity=true;cluster_is_member=true\n")
+             statistics\tcluster_size=1;cluster_integrity=true;cluster_is_member=true\n"
+            )
         );
     }
 
@@ -1522,7 +1532,10 @@ mod tests {
 
     #[test]
     fn get_and_set_config() {
-        let mut src = Configurable { inner: Fake::new(), ttl: 0 };
+        let mut src = Configurable {
+            inner: Fake::new(),
+            ttl: 0,
+        };
         let mut ask = |body: &str| {
             let mut out = Vec::new();
             respond(body.as_bytes(), &mut src, &mut out);
@@ -1538,15 +1551,30 @@ mod tests {
             "get-config:context=namespace;id=test\tns=test;default-ttl=0\n"
         );
         for (line, value) in [
-            ("get-config:context=namespace;id=nope", "ERROR:20:namespace not found on node"),
+            (
+                "get-config:context=namespace;id=nope",
+                "ERROR:20:namespace not found on node",
+            ),
             ("get-config:context=namespace", "ERROR:20:missing 'namespace'"),
             ("get-config:context=bogus", "ERROR:4:invalid context"),
             ("get-config:x=1", "ERROR:4:missing 'context'"),
             ("set-config:context=namespace;id=test;default-ttl=60", "ok"),
-            ("set-config:context=namespace;id=test;default-ttl=x", "ERROR:4:invalid set-config parameter"),
-            ("set-config:context=namespace;id=test;storage-engine.flush-max-ms=5", "ERROR:4:invalid set-config parameter"),
-            ("set-config:context=namespace;id=test", "ERROR:4:invalid set-config parameter"),
-            ("set-config:context=namespace;id=nope;default-ttl=1", "ERROR:20:namespace not found on node"),
+            (
+                "set-config:context=namespace;id=test;default-ttl=x",
+                "ERROR:4:invalid set-config parameter",
+            ),
+            (
+                "set-config:context=namespace;id=test;storage-engine.flush-max-ms=5",
+                "ERROR:4:invalid set-config parameter",
+            ),
+            (
+                "set-config:context=namespace;id=test",
+                "ERROR:4:invalid set-config parameter",
+            ),
+            (
+                "set-config:context=namespace;id=nope;default-ttl=1",
+                "ERROR:20:namespace not found on node",
+            ),
             ("set-config:context=network;x=1", "ERROR:4:invalid context"),
         ] {
             assert_eq!(ask(&format!("{line}\n")), format!("{line}\t{value}\n"));
@@ -1566,7 +1594,10 @@ mod tests {
             ("udf-get:filename=x.lua", "error=not_found"),
             ("udf-remove:filename=x.lua", "ok"),
             ("udf-remove", "error=invalid_filename"),
-            ("udf-put:filename=x.lua;content=YQ==;content-len=4;udf-type=LUA", "error=unsupported_feature;message=Bolide does not run UDFs"),
+            (
+                "udf-put:filename=x.lua;content=YQ==;content-len=4;udf-type=LUA",
+                "error=unsupported_feature;message=Bolide does not run UDFs",
+            ),
             ("sindex-list", ""),
             ("sindex-list:ns=test", ""),
             ("sindex", ""),
@@ -1577,7 +1608,10 @@ mod tests {
             ("sindex-delete:ns=test;indexname=idx", "ok"),
             ("sindex-delete:namespace=test;indexname=idx", "ok"),
             ("sindex-delete:ns=test", "ERROR:4:missing 'indexname'"),
-            ("sindex-create:ns=test;indexname=idx;indexdata=a,numeric", "ERROR:16:secondary indexes are not supported"),
+            (
+                "sindex-create:ns=test;indexname=idx;indexdata=a,numeric",
+                "ERROR:16:secondary indexes are not supported",
+            ),
             ("logs", "0:stderr"),
         ];
         let body: String = cases.iter().map(|(l, _)| format!("{l}\n")).collect();

@@ -363,7 +363,11 @@ fn write(cmd: &Command, cur: Existing<'_>, ns: Namespace) -> Result<Action, u8> 
             op_type::INCR | op_type::APPEND | op_type::PREPEND => {
                 let name = bin_name(&op.name)?;
                 let operand = Value::decode_wire(op.particle_type, &op.value).map_err(|_| rc::PARAMETER)?;
-                let new = modify(op.op_type, bins.iter().find(|b| b.name == name).map(|b| &b.value), operand)?;
+                let new = modify(
+                    op.op_type,
+                    bins.iter().find(|b| b.name == name).map(|b| &b.value),
+                    operand,
+                )?;
                 set_bin(&mut bins, name, new);
             }
             op_type::TOUCH => {}
