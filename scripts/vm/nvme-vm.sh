@@ -143,7 +143,7 @@ start=$(date +%s)
 # /init runs): boot once more then, never after the tests have started.
 for attempt in 1 2; do
     set +e
-    timeout "${BOLIDE_VM_TIMEOUT_S:-900}" qemu-system-x86_64 \
+    timeout "${BOLIDE_VM_TIMEOUT_S:-480}" qemu-system-x86_64 \
         -accel tcg -cpu max -smp 2 -m 2048 \
         -machine q35,kernel-irqchip=split \
         -device intel-iommu,intremap=on,caching-mode=on \
