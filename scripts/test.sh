@@ -27,7 +27,7 @@ echo "== criterion benchmarks (test mode: each runs once)"
 cargo test --workspace --benches --locked
 
 echo "== user-space NVMe driver in an emulated machine (QEMU TCG, intel-iommu, emulated nvme)"
-if ! command -v qemu-system-x86_64 >/dev/null || ! command -v cpio >/dev/null || [ ! -x /bin/busybox ]; then
+if ! command -v qemu-system-x86_64 >/dev/null || ! command -v cpio >/dev/null || ! dpkg -s busybox-static >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 busybox-static cpio >/dev/null
 fi

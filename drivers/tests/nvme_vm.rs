@@ -220,3 +220,41 @@ fn open_errors_are_clear() {
     assert!(e.to_string().contains("0000:7f:1f.7"), "{e}");
     let _ = IoBuf::new(4096);
 }
+
+/// A command that never completes (its doorbell is never rung) times out: the driver aborts it,
+/// then disables the controller, completes the I/O with ETIMEDOUT (buffer back) and refuses new
+/// I/O; another queue pair on the same controller fails too. Runs alone in its own process
+/// (`--exact`), after the other tests, because it takes the controller down.
+#[test]
+#[ignore = "needs BOLIDE_NVME_PCI (scripts/vm/nvme-vm.sh); takes the controller down"]
+fn command_timeout_resets_the_controller() {
+    let first = NEXT_SLICE.fetch_add(2, Ordering::Relaxed) + 40;
+    let open = |slice: u64| {
+        let opts = NvmeOptions {
+            queue_depth: 8,
+            region: Some((slice * SLICE, SLICE)),
+            timeout: std::time::Duration::from_millis(300),
+            ..Default::default()
+        };
+        NvmeDevice::open(&pci(), &opts).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let mut dev = open(first);
+    let mut other = open(first + 1);
+    dev.inject_lost_doorbell(1);
+    dev.submit_write(0, pattern_buf(4096, 1, 0), 9).unwrap();
+    submit_all(&mut dev, 1);
+    let c = reap_n(&mut dev, 1).pop().unwrap();
+    let e = c.result.expect_err("the lost command times out");
+    assert_eq!(e.status, IoStatus::Os(libc::ETIMEDOUT), "{e}");
+    assert_eq!((c.tag, e.offset, e.len), (9, 0, 4096));
+    assert!(c.buf.is_some(), "the buffer comes back once the controller is disabled");
+    match dev.submit_read(0, IoBuf::new(4096), 1) {
+        Err(bolide_drivers::SubmitError::Failed(..)) => {}
+        r => panic!("a failed device refuses new I/O: {r:?}"),
+    }
+    // The other queue pair on the same controller fails its next I/O.
+    other.submit_read(0, IoBuf::new(4096), 2).unwrap();
+    submit_all(&mut other, 1);
+    let c = reap_n(&mut other, 1).pop().unwrap();
+    assert!(c.result.is_err(), "I/O on a reset controller fails");
+}

@@ -33,7 +33,7 @@ check_records() { # check_records LOG WHAT
     n=$(records $1)
     if [ "$n" = "$keys" ]; then echo "SERVE ok: $2: $n records"; else echo "SERVE FAILED: $2: $n records, want $keys"; serve_rc=1; grep -i "shard ready\|error" $1; fi
 }
-bench() { bolide-bench -h 127.0.0.1 -p 3400 -k $keys -o B1024 --quiet "$@" > /tmp/bench.out 2>&1 || { echo "SERVE FAILED: bolide-bench $*"; cat /tmp/bench.out; serve_rc=1; }; }
+bench() { timeout 180 bolide-bench -h 127.0.0.1 -p 3400 -k $keys -o B1024 --quiet "$@" > /tmp/bench.out 2>&1 || { echo "SERVE FAILED: bolide-bench $*"; cat /tmp/bench.out; serve_rc=1; }; }
 
 if start_node /tmp/node1.log; then
     bench -w I

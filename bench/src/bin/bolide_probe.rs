@@ -1,5 +1,6 @@
 //! `bolide-probe DEVICE` (also `bolide probe DEVICE`): measures a file or block device through
-//! the io_uring backend — sequential bandwidth, random 4 KiB IOPS over queue depths, QD1
+//! the io_uring backend (or, named `nvme:PCI[/nsN]`, a controller through the user-space NVMe
+//! driver) — sequential bandwidth, random 4 KiB IOPS over queue depths, QD1
 //! latency — prints them, and with `--write-profile` writes them into a hardware profile's
 //! `[device.measured]` section. See `bolide_bench::probe`.
 //!

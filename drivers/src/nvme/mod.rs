@@ -135,6 +135,7 @@ pub struct NvmeDevice {
     /// IOVA of each buffer of each registered pool, and the buffers' length.
     pools: HashMap<u32, (Vec<u64>, usize)>,
     inject_invalid_nsid: u32,
+    inject_lost_doorbell: u32,
     failed: Option<DeviceError>,
     last_timeout_check: Instant,
 }
@@ -251,6 +252,7 @@ impl NvmeDevice {
             done: VecDeque::with_capacity(depth),
             pools: HashMap::new(),
             inject_invalid_nsid: 0,
+            inject_lost_doorbell: 0,
             failed: None,
             last_timeout_check: Instant::now(),
             ctrl,
@@ -277,6 +279,12 @@ impl NvmeDevice {
     /// SCT 0 / SC 0x0b (Invalid Namespace or Format).
     pub fn inject_invalid_namespace(&mut self, count: u32) {
         self.inject_invalid_nsid = count;
+    }
+
+    /// Error injection: the doorbell is not rung for the next `count` batches, so their commands
+    /// sit in the SQ unseen and time out (to test the timeout, abort and reset path).
+    pub fn inject_lost_doorbell(&mut self, count: u32) {
+        self.inject_lost_doorbell = count;
     }
 
     fn dev_err(&self, op: IoKind, offset: u64, len: usize, status: IoStatus) -> DeviceError {
@@ -391,6 +399,10 @@ impl NvmeDevice {
                 started: Instant::now(),
             });
             self.qp.push(&sqe);
+        }
+        if self.inject_lost_doorbell > 0 && self.qp.unrung() {
+            self.inject_lost_doorbell -= 1;
+            return;
         }
         self.qp.ring();
     }

@@ -71,6 +71,11 @@ impl QueuePair {
         self.sq_tail = (self.sq_tail + 1) % self.entries;
     }
 
+    /// Whether entries were pushed since the last ring.
+    pub fn unrung(&self) -> bool {
+        self.sq_tail != self.rung_tail
+    }
+
     /// Rings the SQ tail doorbell if entries were pushed since the last ring.
     pub fn ring(&mut self) {
         if self.sq_tail != self.rung_tail {
