@@ -5,6 +5,7 @@
 //! returns what to store and what to answer. The worker does the I/O (index peek, device read,
 //! put/delete, acknowledgement) around it.
 
+use crate::cdt;
 use crate::digest::Digest;
 use crate::particle::{Bin, BinName, ParticleType, Value, BIN_NAME_MAX_BYTES};
 use crate::record::{Record, StoredKey};
@@ -13,7 +14,8 @@ use crate::shard::PutRecord;
 use crate::proto::msg::{info1, info2, info3, op_type, MAX_N_OPS};
 use crate::proto::result_code as rc;
 
-/// CDT, expression, bit, HLL and string ops: a later issue (answered 16 until then).
+/// Expression and string ops: a later issue (answered 16 until then). CDT, bit and HLL op types
+/// in this list are handled by [`cdt`] first.
 pub const OPS_UNSUPPORTED: [u8; 13] = [3, 4, 7, 8, 12, 13, 15, 16, 17, 18, 19, 6, 0];
 
 /// Longest TTL a client may ask for, seconds (10 years, spec §6.3).
@@ -237,6 +239,11 @@ fn read(cmd: &Command, cur: Existing<'_>) -> Result<Action, u8> {
                 None if respond_all => reply.ops.push(out(op_type::READ, &op.name, None)),
                 None => {}
             },
+            t if cdt::handles(t) && cdt::is_read(t) => {
+                let bin = rec.bins.iter().find(|b| b.name.as_bytes() == op.name.as_slice());
+                let o = cdt::apply(t, op.particle_type, &op.value, bin.map(|b| &b.value))?;
+                push_cdt_answer(&mut reply.ops, op, o.answer, false, respond_all);
+            }
             t if OPS_UNSUPPORTED.contains(&t) => return Err(rc::UNSUPPORTED_FEATURE),
             _ => return Err(rc::PARAMETER),
         }
@@ -249,6 +256,23 @@ fn out(op_type: u8, name: &[u8], value: Option<Value>) -> OutOp {
         op_type,
         name: name.to_vec(),
         value,
+    }
+}
+
+/// Adds the reply op of a CDT/bit/HLL op as CDT spec §1.4 says: an empty result is sent as a
+/// particle-0 op only with RESPOND_ALL_OPS, or for a read op (or a nil element) in a writing
+/// command.
+fn push_cdt_answer(ops: &mut Vec<OutOp>, op: &CmdOp, answer: cdt::Answer, write_cmd: bool, respond_all: bool) {
+    let read_op = cdt::is_read(op.op_type);
+    let value = match answer {
+        cdt::Answer::Value(v) => Some(Some(v)),
+        cdt::Answer::Nil if write_cmd || respond_all => Some(None),
+        cdt::Answer::NoResult if respond_all || (write_cmd && read_op) => Some(None),
+        cdt::Answer::NoBin if respond_all => Some(None),
+        _ => None,
+    };
+    if let Some(v) = value {
+        ops.push(out(op.op_type, &op.name, v));
     }
 }
 
@@ -271,6 +295,7 @@ fn write(cmd: &Command, cur: Existing<'_>, ns: Namespace) -> Result<Action, u8> 
                 o.op_type,
                 op_type::TOUCH | op_type::INCR | op_type::APPEND | op_type::PREPEND | op_type::DELETE
             ) || (o.op_type == op_type::WRITE && o.particle_type == ParticleType::Null as u8)
+                || (cdt::handles(o.op_type) && !cdt::is_read(o.op_type))
         });
         if bad {
             return Err(rc::PARAMETER);
@@ -332,7 +357,7 @@ fn write(cmd: &Command, cur: Existing<'_>, ns: Namespace) -> Result<Action, u8> 
                     bins.retain(|b| b.name != name);
                 } else {
                     let value = Value::decode_wire(op.particle_type, &op.value).map_err(|_| rc::PARAMETER)?;
-                    set_bin(&mut bins, name, value);
+                    set_bin(&mut bins, name, cdt::normalize_write(value)?);
                 }
             }
             op_type::INCR | op_type::APPEND | op_type::PREPEND => {
@@ -343,6 +368,19 @@ fn write(cmd: &Command, cur: Existing<'_>, ns: Namespace) -> Result<Action, u8> 
             }
             op_type::TOUCH => {}
             op_type::DELETE => bins.clear(),
+            t if cdt::handles(t) => {
+                if cdt::is_read(t) && cmd.info1 & info1::READ == 0 {
+                    return Err(rc::PARAMETER);
+                }
+                let name = bin_name(&op.name)?;
+                let cur = bins.iter().find(|b| b.name == name).map(|b| &b.value);
+                let o = cdt::apply(t, op.particle_type, &op.value, cur)?;
+                if let Some(v) = o.new_value {
+                    set_bin(&mut bins, name, v);
+                }
+                push_cdt_answer(&mut reply_ops, op, o.answer, true, respond_all);
+                continue;
+            }
             t if OPS_UNSUPPORTED.contains(&t) => return Err(rc::UNSUPPORTED_FEATURE),
             _ => return Err(rc::PARAMETER),
         }
@@ -618,7 +656,7 @@ mod tests {
         );
         assert_eq!(
             reply(apply(
-                &cmd(info1::READ, 0, 0, vec![op(3, "a", None)]),
+                &cmd(info1::READ, 0, 0, vec![op(op_type::EXP_READ, "a", None)]),
                 with(&r),
                 None,
                 0
