@@ -10,6 +10,20 @@ cd "$(dirname "$0")/.."
 # The pinned toolchain (rust-toolchain.toml) is installed by rustup on first use.
 rustup show active-toolchain >/dev/null
 
+# The DPDK backend's build and tests (issue 15): Debian's libdpdk 22.11, libclang for bindgen,
+# and the tools the namespace tests use.
+need=()
+pkg-config --exists libdpdk 2>/dev/null || need+=(libdpdk-dev pkg-config)
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v ethtool >/dev/null || need+=(ethtool)
+command -v ip >/dev/null || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "== installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
 echo "== build"
 cargo build --workspace --all-targets --locked
 
@@ -32,3 +46,9 @@ if ! command -v qemu-system-x86_64 >/dev/null || ! command -v cpio >/dev/null ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 busybox-static cpio >/dev/null
 fi
 scripts/vm/nvme-vm.sh
+
+echo "== DPDK backend (net_af_packet on veth pairs in network namespaces the tests create)"
+cargo clippy -p bolide-dpdk-sys -p bolide-drivers -p bolide-tests --features bolide-tests/dpdk --all-targets --locked -- -D warnings
+start=$(date +%s)
+cargo test -p bolide-tests --features dpdk --locked --test dpdk_net -- --nocapture
+echo "DPDK tests: $(( $(date +%s) - start )) s"

@@ -136,9 +136,75 @@ pub enum PollingMode {
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkSection {
     pub driver: NicDriver,
-    /// For `dpdk`: the port (PCI address or vdev name).
+    /// For `dpdk`: the port (PCI address bound to vfio-pci, or a vdev with its arguments such
+    /// as `net_af_packet0,iface=veth0,qpairs=2`).
     pub port: Option<String>,
     pub polling: PollingMode,
+    /// For `dpdk`: the node's address on the port, `A.B.C.D/prefix` (the user-space stack
+    /// answers ARP and ICMP echo for it).
+    pub ipv4: Option<String>,
+    /// For `dpdk`: the router for clients outside the subnet, `A.B.C.D`.
+    pub gateway: Option<String>,
+    /// For `dpdk`: run EAL without hugepages (`--no-huge`; virtual devices and tests). Default
+    /// false: hugepages, as a real NIC needs.
+    pub no_huge: bool,
+    /// For `dpdk`: memory EAL reserves, MiB (`-m`). Default 256.
+    pub memory_mb: Option<u32>,
+    /// For `dpdk`: `--iova-mode`, `va` or `pa`. Default `va`.
+    pub iova_mode: Option<String>,
+    /// For `dpdk`: EAL's `--file-prefix` (unique per process on one machine). Default
+    /// `bolide-<pid>`.
+    pub file_prefix: Option<String>,
+    /// For `dpdk`: more EAL arguments, passed as they are.
+    pub eal_args: Vec<String>,
+    /// For `dpdk`: TCP connections per worker (smoltcp scans every socket per segment: keep it
+    /// in the hundreds). Default 512.
+    pub max_connections_per_core: Option<usize>,
+}
+
+impl NetworkSection {
+    /// The DPDK port's settings, for `driver = "dpdk"` (`None` for kernel sockets).
+    ///
+    /// # Errors
+    /// A missing `port` or `ipv4`, an address that does not parse, or a value out of range.
+    pub fn dpdk_config(&self) -> Result<Option<bolide_drivers::net::dpdk::DpdkConfig>, ConfigError> {
+        if self.driver != NicDriver::Dpdk {
+            return Ok(None);
+        }
+        let Some(port) = &self.port else {
+            return Err(err("network.port", "a dpdk NIC needs a port"));
+        };
+        let Some(ipv4) = &self.ipv4 else {
+            return Err(err("network.ipv4", "a dpdk NIC needs the node's address, A.B.C.D/prefix"));
+        };
+        let bad = || err("network.ipv4", format!("{ipv4:?} is not A.B.C.D/prefix"));
+        let (a, p) = ipv4.split_once('/').ok_or_else(bad)?;
+        let addr: std::net::Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        let mut c = bolide_drivers::net::dpdk::DpdkConfig::new(port, addr, prefix);
+        if let Some(g) = &self.gateway {
+            c.gateway = Some(
+                g.parse()
+                    .map_err(|_| err("network.gateway", format!("{g:?} is not an IPv4 address")))?,
+            );
+        }
+        c.no_huge = self.no_huge;
+        if let Some(m) = self.memory_mb {
+            c.memory_mb = m;
+        }
+        if let Some(m) = &self.iova_mode {
+            c.iova_mode = m.clone();
+        }
+        if let Some(f) = &self.file_prefix {
+            c.file_prefix = f.clone();
+        }
+        c.eal_args = self.eal_args.clone();
+        if let Some(n) = self.max_connections_per_core {
+            c.max_connections_per_queue = n;
+        }
+        c.validate().map_err(|e| err("network", format!("dpdk: {e}")))?;
+        Ok(Some(c))
+    }
 }
 
 fn err(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -250,14 +316,12 @@ impl HardwareProfile {
             key: e.key,
             reason: format!("[storage] {}", e.reason),
         })?;
-        if self.network.driver == NicDriver::Dpdk && self.network.port.is_none() {
-            return Err(err("network.port", "a dpdk NIC needs a port"));
-        }
+        self.network.dpdk_config()?;
         Ok(())
     }
 
     /// Whether `bolide serve` can run this profile in this build: uring and (on Linux) nvme
-    /// devices, kernel sockets.
+    /// devices; kernel sockets, or DPDK when built with the `dpdk` feature.
     ///
     /// # Errors
     /// Names the first part this build cannot drive.
@@ -265,8 +329,11 @@ impl HardwareProfile {
         if !cfg!(target_os = "linux") && self.devices.iter().any(|d| d.driver == DeviceDriver::Nvme) {
             return Err(err("device.driver", "nvme (VFIO) needs Linux; use uring"));
         }
-        if self.network.driver == NicDriver::Dpdk {
-            return Err(err("network.driver", "dpdk is not in this build yet; use kernel"));
+        if self.network.driver == NicDriver::Dpdk && !bolide_drivers::net::dpdk::AVAILABLE {
+            return Err(err(
+                "network.driver",
+                "this bolide was built without DPDK (cargo build --features dpdk, with libdpdk-dev installed); use kernel",
+            ));
         }
         Ok(())
     }
@@ -302,6 +369,7 @@ commit_to_device = true
 [network]
 driver = "dpdk"
 port = "0000:03:00.0"
+ipv4 = "10.3.0.1/24"
 polling = "busy"
 "#;
 
@@ -314,7 +382,11 @@ polling = "busy"
         assert!(p.storage.commit_to_device);
         assert_eq!(p.network.polling, PollingMode::Busy);
         assert_eq!(p.devices[0].measured.as_ref().unwrap().rand_read_iops, 700000.0);
-        assert_eq!(p.check_supported().unwrap_err().key, "network.driver");
+        if bolide_drivers::net::dpdk::AVAILABLE {
+            p.check_supported().unwrap();
+        } else {
+            assert_eq!(p.check_supported().unwrap_err().key, "network.driver");
+        }
     }
 
     #[test]
@@ -331,6 +403,9 @@ polling = "busy"
                 "device.queue_depth",
             ),
             (LAB.replace("port = \"0000:03:00.0\"", ""), "network.port"),
+            (LAB.replace("ipv4 = \"10.3.0.1/24\"", ""), "network.ipv4"),
+            (LAB.replace("10.3.0.1/24", "10.3.0.1"), "network.ipv4"),
+            (LAB.replace("10.3.0.1/24", "10.3.0.1/40"), "network"),
             (
                 LAB.replace("wblock_size_bytes = 1048576", "wblock_size_bytes = 1000"),
                 "wblock_size_bytes",
@@ -350,6 +425,26 @@ polling = "busy"
         }
         let e = HardwareProfile::from_toml(&LAB.replace("polling", "poling")).unwrap_err();
         assert!(e.contains("poling"), "unknown keys are named: {e}");
+    }
+
+    #[test]
+    fn a_dpdk_section_becomes_the_port_settings() {
+        let text = LAB.replace(
+            "polling = \"busy\"",
+            "polling = \"busy\"\nno_huge = true\ngateway = \"10.3.0.254\"\nfile_prefix = \"lab\"\nmax_connections_per_core = 300\neal_args = [\"--log-level=*:info\"]",
+        );
+        let p = HardwareProfile::from_toml(&text).unwrap();
+        let c = p.network.dpdk_config().unwrap().expect("a dpdk section");
+        assert_eq!(c.port, "0000:03:00.0");
+        assert_eq!(c.ipv4, std::net::Ipv4Addr::new(10, 3, 0, 1));
+        assert_eq!(c.prefix_len, 24);
+        assert_eq!(c.gateway, Some(std::net::Ipv4Addr::new(10, 3, 0, 254)));
+        assert!(c.no_huge);
+        assert_eq!(c.file_prefix, "lab");
+        assert_eq!(c.max_connections_per_queue, 300);
+        assert!(c.eal_argv().contains(&"--log-level=*:info".to_string()));
+        let kernel = HardwareProfile::from_toml(&LAB.replace("driver = \"dpdk\"", "driver = \"kernel\"")).unwrap();
+        assert_eq!(kernel.network.dpdk_config().unwrap(), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@ single-record API and checks every answer. Exit status 0 = all good.
 
 Usage: python_smoke.py PORT
 """
+import os
 import sys
 import time
 
@@ -11,7 +12,9 @@ from aerospike import exception as ex
 from aerospike_helpers.operations import operations as op
 
 port = int(sys.argv[1])
-client = aerospike.client({"hosts": [("127.0.0.1", port)]}).connect()
+# The node's address: loopback, or the DPDK port's address seen from another namespace.
+HOST = os.environ.get("BOLIDE_HOST", "127.0.0.1")
+client = aerospike.client({"hosts": [(HOST, port)]}).connect()
 ns, st = "test", "demo"
 
 

@@ -11,6 +11,7 @@ Usage:
   streams.py verify-ns PORT ROUND     checks the state truncate-ns left (after restarts)
 ROUND counts the verify rounds before this one (each writes one record after the truncates).
 """
+import os
 import sys
 import threading
 import time
@@ -22,10 +23,12 @@ from aerospike_helpers.batch import records as br
 from aerospike_helpers.operations import operations as op
 
 mode, port = sys.argv[1], int(sys.argv[2])
+# The node's address: loopback, or the DPDK port's address seen from another namespace.
+HOST = os.environ.get("BOLIDE_HOST", "127.0.0.1")
 # Generous timeouts: a busy machine (CI, parallel tests) can take longer than the default 1 s.
 slow = {"total_timeout": 20000}
 client = aerospike.client({
-    "hosts": [("127.0.0.1", port)],
+    "hosts": [(HOST, port)],
     "policies": {"write": slow, "read": slow, "batch": slow, "query": slow, "scan": slow,
                  "operate": slow, "remove": slow, "info": {"timeout": 20000}},
 }).connect()
@@ -460,7 +463,7 @@ def run_scan():
     updates = [0]
 
     def writer():
-        w = aerospike.client({"hosts": [("127.0.0.1", port)], "policies": {"write": slow}}).connect()
+        w = aerospike.client({"hosts": [(HOST, port)], "policies": {"write": slow}}).connect()
         k = 0
         while not stop.is_set():
             w.put(key(st, k % N_Q), {"w": k})

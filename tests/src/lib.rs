@@ -2,6 +2,7 @@
 //! whose contents can be checked after any restart.
 #![forbid(unsafe_code)]
 
+pub mod netns;
 pub mod node;
 
 use bolide_drivers::uring::{UringDevice, UringOptions};

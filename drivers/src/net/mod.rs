@@ -11,7 +11,8 @@
 //!   per turn together with the wait for completions;
 //! * [`sim::SimNet`]: a deterministic in-memory network with seeded faults (segments split and
 //!   delayed, connections stalled or reset), for the whole-node simulation;
-//! * a DPDK backend with a user-space TCP stack fits the same trait.
+//! * [`dpdk`]: a DPDK-polled NIC queue pair per core with a user-space TCP stack (smoltcp), built
+//!   with the `dpdk` cargo feature.
 //!
 //! # The life of a turn
 //!
@@ -49,6 +50,7 @@ use std::time::Duration;
 
 pub mod conformance;
 pub mod doorbell;
+pub mod dpdk;
 #[cfg(target_os = "linux")]
 pub mod epoll;
 pub mod sim;
@@ -258,10 +260,14 @@ pub enum NetDriver {
     Epoll,
     /// Kernel sockets through io_uring.
     Uring,
+    /// A DPDK-polled port with a user-space TCP stack ([`dpdk`]); named by a hardware
+    /// profile's `[network] driver = "dpdk"`, whose settings come with it.
+    Dpdk,
 }
 
 impl NetDriver {
-    /// Parses a profile's driver name (`"epoll"`, `"io_uring"`; `"kernel"` is epoll).
+    /// Parses a config file's driver name (`"epoll"`, `"io_uring"`; `"kernel"` is epoll). DPDK
+    /// is chosen by a hardware profile only, which carries the port's settings.
     pub fn parse(name: &str) -> Option<NetDriver> {
         match name {
             "epoll" | "kernel" => Some(NetDriver::Epoll),
@@ -341,6 +347,16 @@ impl<T> Slots<T> {
 
     pub(crate) fn len(&self) -> usize {
         self.live
+    }
+
+    /// Appends every live id to `out` (without allocating when `out` has room).
+    #[allow(dead_code)] // used by the dpdk backend only
+    pub(crate) fn ids_into(&self, out: &mut Vec<ConnId>) {
+        for (s, (g, v)) in self.entries.iter().enumerate() {
+            if v.is_some() {
+                out.push(ConnId::new(s as u32, *g));
+            }
+        }
     }
 
     pub(crate) fn ids(&self) -> Vec<ConnId> {

@@ -283,6 +283,7 @@ fn network_settings(cfg: &NodeConfig, profile: Option<&HardwareProfile>) -> Resu
     use bolide_node::profile::{NicDriver, PollingMode};
     let driver = match (cfg.network_driver.as_str(), profile.map(|p| p.network.driver)) {
         ("", Some(NicDriver::Epoll)) => NetDriver::Epoll,
+        ("", Some(NicDriver::Dpdk)) => NetDriver::Dpdk,
         ("", _) => NetDriver::Uring,
         (name, _) => NetDriver::parse(name).expect("validated"),
     };
@@ -549,6 +550,10 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         listen: cfg.listen,
         listen_mode,
         network,
+        dpdk: match profile.as_ref() {
+            Some(p) if network == NetDriver::Dpdk => p.network.dpdk_config().map_err(|e| e.to_string())?,
+            _ => None,
+        },
         busy_poll,
         conn_limits: bolide_node::server::conn::ConnLimits {
             max_unsent_bytes: cfg.max_unsent_reply_bytes,

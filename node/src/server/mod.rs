@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub listen_mode: ListenMode,
     /// The network backend.
     pub network: NetDriver,
+    /// The DPDK port's settings (`network` = `Dpdk`; from the profile's `[network]`).
+    pub dpdk: Option<bolide_drivers::net::dpdk::DpdkConfig>,
     /// Never sleep in the poll loop (a profile's `polling = "busy"`).
     pub busy_poll: bool,
     pub conn_limits: ConnLimits,
@@ -120,6 +122,7 @@ impl ServerConfig {
             listen,
             listen_mode: ListenMode::Shared,
             network: NetDriver::Epoll,
+            dpdk: None,
             busy_poll: false,
             conn_limits: ConnLimits::default(),
             namespace: namespace.to_string(),
@@ -375,6 +378,17 @@ impl<D: BlockDevice + 'static, C: Clock + 'static> Server<D, C> {
         match cfg.network {
             NetDriver::Epoll => Self::start_with(cfg, shards, cores, |_| EpollNet::new().map_err(io)),
             NetDriver::Uring => Self::start_with(cfg, shards, cores, |_| UringNet::new(&UringNetOptions::default()).map_err(io)),
+            NetDriver::Dpdk => {
+                use bolide_drivers::net::dpdk::{DpdkNet, DpdkPort};
+                let Some(d) = cfg.dpdk.as_ref() else {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "network driver dpdk without the port's settings (the profile's [network])",
+                    ));
+                };
+                let port = DpdkPort::open(d, shards.len() as u16).map_err(io)?;
+                Self::start_with(cfg, shards, cores, |k| DpdkNet::new(Arc::clone(&port), k as u16).map_err(io))
+            }
         }
     }
 
