@@ -351,7 +351,7 @@ pub fn apply(modify: bool, payload: &[u8], bin: Option<&Value>) -> Result<Outcom
 /// Argument checks of a modify op on a missing bin (so that 4 wins over 17).
 fn validate_args(code: u64, a: &[Mp]) -> Result<(), u8> {
     match code {
-        3..=9 | 10..=12 => {
+        3..=12 => {
             if int(&a[0])? < 0 {
                 return Err(rc::PARAMETER);
             }

@@ -15,6 +15,10 @@ const UPDATE_ONLY: u64 = 0x02;
 const NO_FAIL: u64 = 0x04;
 const ALLOW_FOLD: u64 = 0x08;
 
+/// An HLL particle that is not a valid sketch (flags, bit counts or length; §8.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadHll;
+
 /// A decoded sketch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hll {
@@ -33,12 +37,12 @@ fn reg_bytes(ib: u32, mb: u32) -> usize {
 }
 
 /// Checks a stored HLL particle: flags 0, valid bit counts, exact length (§8.1).
-pub fn check(b: &[u8]) -> Result<(), ()> {
+pub fn check(b: &[u8]) -> Result<(), BadHll> {
     if b.len() < HDR_BYTES || b[0] != 0 || !valid_bits(i64::from(b[1]), i64::from(b[2])) {
-        return Err(());
+        return Err(BadHll);
     }
     if b.len() != HDR_BYTES + reg_bytes(u32::from(b[1]), u32::from(b[2])) {
-        return Err(());
+        return Err(BadHll);
     }
     Ok(())
 }
@@ -53,7 +57,7 @@ impl Hll {
         }
     }
 
-    pub fn decode(b: &[u8]) -> Result<Hll, ()> {
+    pub fn decode(b: &[u8]) -> Result<Hll, BadHll> {
         check(b)?;
         let (ib, mb) = (u32::from(b[1]), u32::from(b[2]));
         let cache = u64::from_le_bytes(b[3..11].try_into().expect("8 bytes"));

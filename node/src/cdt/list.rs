@@ -217,6 +217,13 @@ pub(crate) fn get_remove_by(
             return Err(rc::OP_NOT_APPLICABLE);
         }
         sel = complement(vals.len(), &sel);
+        if let (true, Family::RankRange | Family::RelRank, Some((s, k))) = (is_map, fam, info.rank) {
+            // A map's complement of a rank range that touches either end is one rank range,
+            // answered in rank order; a complement in two pieces comes in key order (CE 8.1.2).
+            if s == 0 || (s + k) as usize == vals.len() {
+                sel.sort_by(|&a, &b| cmp(vals[a], vals[b]).then(a.cmp(&b)));
+            }
+        }
     } else if !is_map && matches!(fam, Family::RankRange | Family::RelRank) && matches!(rtype, rt::INDEX | rt::REVINDEX) {
         sel.sort_unstable();
     }
@@ -305,7 +312,7 @@ fn add_items(l: &mut List, items: Vec<Mp>, at: Option<usize>, flags: u64) -> Res
 fn insert_at(l: &List, i: i64, flags: u64) -> Result<Option<usize>, u8> {
     let n = l.items.len() as i64;
     let at = if i < 0 { n + i } else { i };
-    if at < 0 || at > MAX_INDEX {
+    if !(0..=MAX_INDEX).contains(&at) {
         return Err(rc::OP_NOT_APPLICABLE);
     }
     if at > n && flags & INSERT_BOUNDED != 0 {
