@@ -19,5 +19,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
 cargo test --workspace --locked --no-fail-fast
 
+echo "== end-to-end tests again: every core its own node (per-core listeners), epoll sockets"
+BOLIDE_TEST_LISTEN_MODE=per-core BOLIDE_TEST_NETWORK=epoll \
+    cargo test -p bolide-tests --locked --no-fail-fast
+
 echo "== criterion benchmarks (test mode: each runs once)"
 cargo test --workspace --benches --locked

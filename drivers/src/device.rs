@@ -180,6 +180,19 @@ pub trait BlockDevice: Send {
     fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         None
     }
+
+    /// Turns the completion fd's signals on (before a poll loop sleeps on it) or off (while it
+    /// runs and reaps anyway), so a busy loop pays no eventfd write per completion and no read
+    /// per reap. Off, completions still arrive and [`BlockDevice::reap`] still finds them; a
+    /// loop must turn signals on, then check [`BlockDevice::has_completions`], before it sleeps.
+    /// Backends without a completion fd ignore it.
+    fn set_completion_signals(&mut self, _on: bool) {}
+
+    /// Whether finished I/Os are waiting to be reaped, without a system call where the backend
+    /// can tell (io_uring: the CQ ring's head and tail). `true` when the backend cannot tell.
+    fn has_completions(&mut self) -> bool {
+        self.in_flight() > 0
+    }
 }
 
 /// Checks the common submit preconditions; backends call it first.

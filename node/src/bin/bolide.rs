@@ -107,6 +107,18 @@ struct NodeConfig {
     max_unsent_reply_bytes: usize,
     /// Close client connections idle this long, ms (Aerospike's `proto-fd-idle-ms`); 0 = never.
     proto_fd_idle_ms: u64,
+    /// TTL of writes that ask for the namespace default, seconds (Aerospike's `default-ttl`);
+    /// 0 = never expire. `set-config` changes it at run time.
+    default_ttl_s: u32,
+    /// Allow writes with a TTL while `nsup-period` is 0 (Aerospike's `allow-ttl-without-nsup`).
+    allow_ttl_without_nsup: bool,
+    /// Reads that ask for the default touch their record once the TTL left is within this share
+    /// of its last write's TTL (Aerospike's `default-read-touch-ttl-pct`), 0..=100; 0 = never.
+    default_read_touch_ttl_pct: u32,
+    /// RAM for the record cache in front of the devices, bytes for the whole node (split
+    /// evenly over the shards); 0 = no cache: every read not in a write buffer goes to the device.
+    /// Default: 1 GiB, or an eighth of the machine's memory if that is less.
+    record_cache_bytes: u64,
     storage: StorageConfig,
 }
 
@@ -129,6 +141,10 @@ impl Default for NodeConfig {
             polling: String::new(),
             max_unsent_reply_bytes: 16 << 20,
             proto_fd_idle_ms: 0,
+            default_ttl_s: 0,
+            allow_ttl_without_nsup: false,
+            default_read_touch_ttl_pct: 0,
+            record_cache_bytes: (1u64 << 30).min(physical_memory_bytes().unwrap_or(8 << 30) / 8),
             storage: StorageConfig::default(),
         }
     }
@@ -211,13 +227,41 @@ fn load_config(path: Option<&Path>, profile: Option<&HardwareProfile>) -> Result
             cfg.polling
         ));
     }
+    if cfg.default_ttl_s > bolide_node::config::MAX_DEFAULT_TTL_S {
+        return Err(format!(
+            "config key `default_ttl_s`: {} is over {} (10 years)",
+            cfg.default_ttl_s,
+            bolide_node::config::MAX_DEFAULT_TTL_S
+        ));
+    }
+    if cfg.default_read_touch_ttl_pct > 100 {
+        return Err(format!(
+            "config key `default_read_touch_ttl_pct`: {} is over 100",
+            cfg.default_read_touch_ttl_pct
+        ));
+    }
     if cfg.max_unsent_reply_bytes < 64 * 1024 {
         return Err(format!(
             "config key `max_unsent_reply_bytes`: {} is under 65536 (one scan chunk must fit)",
             cfg.max_unsent_reply_bytes
         ));
     }
+    if cfg.record_cache_bytes > physical_memory_bytes().unwrap_or(u64::MAX) / 2 {
+        return Err(format!(
+            "config key `record_cache_bytes`: {} is over half of this machine's memory ({} bytes)",
+            cfg.record_cache_bytes,
+            physical_memory_bytes().unwrap_or(0)
+        ));
+    }
     Ok(cfg)
+}
+
+/// The machine's RAM, bytes (`/proc/meminfo`'s MemTotal), if it can be read.
+fn physical_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The network backend, listener layout and polling mode: the config's keys, else the
@@ -476,6 +520,16 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         fresh,
         fault_switches: if cfg.fault_injection { switches } else { Vec::new() },
         rereplication_records_per_second: cfg.rereplication_records_per_second,
+        storage: cfg.storage.clone(),
+        settings: bolide_node::config::Settings {
+            default_ttl_s: cfg.default_ttl_s,
+            nsup_period_ms: cfg.storage.nsup_period_ms,
+            allow_ttl_without_nsup: cfg.allow_ttl_without_nsup,
+            default_read_touch_ttl_pct: cfg.default_read_touch_ttl_pct,
+            proto_fd_idle_ms: cfg.proto_fd_idle_ms,
+            query_max_done: 100,
+        },
+        record_cache_bytes: cfg.record_cache_bytes / workers.max(1) as u64,
     };
     let pins = (0..workers)
         .map(|w| cores.get(w % cores.len().max(1)).copied())
@@ -485,7 +539,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         _ if e.to_string().starts_with("cannot listen") => e.to_string(),
         _ => format!("cannot listen on {}: {e}", cfg.listen),
     })?;
-    tracing::info!(listen = %server.shared.listen, namespace = %cfg.namespace, node = %server_cfg.node_name, workers, replication_factor = cfg.replication_factor, network = ?network, listen_mode = ?listen_mode, busy_poll, "serving");
+    tracing::info!(version = bolide_node::proto::info::EDITION, build = bolide_node::proto::info::DEFAULT_BUILD, listen = %server.shared.listen, namespace = %cfg.namespace, node = %server_cfg.node_name, workers, replication_factor = cfg.replication_factor, network = ?network, listen_mode = ?listen_mode, busy_poll, "serving");
     while !stop.load(Ordering::Relaxed) && !server.stopping() {
         std::thread::sleep(Duration::from_millis(50));
         if cfg.replication_factor == 2 {

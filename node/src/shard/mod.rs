@@ -449,6 +449,38 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         Ok(written)
     }
 
+    /// Rewrites a live record with a new void-time and a new LUT but the same generation: the
+    /// server's read-touch (`read_touch_master`: "don't increment generation - causes
+    /// extraneous gen-check failures"). `rec` is the record as read; its bins, set and key are
+    /// written again.
+    ///
+    /// # Errors
+    /// `NotFound` when the record is no longer live; otherwise as [`Shard::put`].
+    pub fn put_touched(&mut self, rec: Record, void_time: u32, token: u64) -> Result<Written, WriteError> {
+        if let Some(e) = &self.failed {
+            return Err(WriteError::DeviceFailed(e.clone()));
+        }
+        let now_s = self.clock.now_cl_s();
+        let old = match self.index.get(&rec.meta.digest) {
+            Some(e) if !e.is_tombstone() && !is_expired(e, now_s) => *e,
+            _ => return Err(WriteError::NotFound),
+        };
+        let record = Record {
+            meta: RecordMeta {
+                digest: rec.meta.digest,
+                generation: old.generation(),
+                void_time,
+                lut_ms: self.next_lut(Some(&old)),
+                origin_seq: self.next_seq - 1,
+                tombstone: false,
+            },
+            ..rec
+        };
+        let written = self.append_record(Stream::Client, &record, Some(old), token)?;
+        self.stats.client_writes += 1;
+        Ok(written)
+    }
+
     /// Deletes a record durably: writes a tombstone that a cold start honours.
     ///
     /// # Errors
@@ -753,6 +785,15 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     /// `NotFound` (absent, deleted or expired), `Corrupt` (from RAM), `Overload`.
     pub fn get(&mut self, digest: &Digest, token: u64) -> Result<ReadAck, ReadError> {
         let entry = self.peek(digest).ok_or(ReadError::NotFound)?;
+        self.read_entry(entry, token, 0)
+    }
+
+    /// As [`Shard::get`], for the live index entry the caller already looked up with
+    /// [`Shard::peek`] (one index search per command).
+    ///
+    /// # Errors
+    /// As [`Shard::get`].
+    pub fn get_entry(&mut self, entry: IndexEntry, token: u64) -> Result<ReadAck, ReadError> {
         self.read_entry(entry, token, 0)
     }
 
@@ -1146,8 +1187,22 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         self.nsup_next_pid = end;
         if end as usize == crate::digest::N_PARTITIONS {
             self.nsup_active = false;
-            self.nsup_due_ms = now_ms + self.cfg.nsup_period_ms;
+            self.nsup_due_ms = match self.cfg.nsup_period_ms {
+                0 => u64::MAX,
+                period => now_ms.saturating_add(period),
+            };
         }
+    }
+
+    /// Changes the expiry sweep's period at run time (`set-config` `nsup-period`), ms; 0 stops
+    /// the sweep (expired records still read as absent). A sweep under way finishes; the next
+    /// one is due at most `ms` from now.
+    pub fn set_nsup_period_ms(&mut self, ms: u64) {
+        self.cfg.nsup_period_ms = ms;
+        self.nsup_due_ms = match ms {
+            0 => u64::MAX,
+            _ => self.nsup_due_ms.min(self.clock.mono_ms().saturating_add(ms)),
+        };
     }
 
     // ----- blocking helpers (tools, tests) -----
@@ -1291,9 +1346,10 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     }
 }
 
-/// True when the entry's void-time has passed.
+/// True when the entry's void-time has passed: `void_time < now_s`, as the server's
+/// `as_record_is_expired` (whole seconds, so a record lives at least its TTL).
 pub fn is_expired(e: &IndexEntry, now_s: u32) -> bool {
-    e.void_time() != 0 && e.void_time() <= now_s
+    e.void_time() != 0 && e.void_time() < now_s
 }
 
 fn validate_put(rec: &PutRecord) -> Result<(), WriteError> {
