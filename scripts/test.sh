@@ -25,3 +25,10 @@ BOLIDE_TEST_LISTEN_MODE=per-core BOLIDE_TEST_NETWORK=epoll \
 
 echo "== criterion benchmarks (test mode: each runs once)"
 cargo test --workspace --benches --locked
+
+echo "== user-space NVMe driver in an emulated machine (QEMU TCG, intel-iommu, emulated nvme)"
+if ! command -v qemu-system-x86_64 >/dev/null || ! command -v cpio >/dev/null || [ ! -x /bin/busybox ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 busybox-static cpio >/dev/null
+fi
+scripts/vm/nvme-vm.sh

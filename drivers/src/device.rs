@@ -121,6 +121,14 @@ pub struct DeviceInfo {
     pub max_in_flight: usize,
     /// True when a completed write is durable without a flush (O_DSYNC / FUA / the simulator).
     pub durable_writes: bool,
+    /// Largest transfer the device takes in one command, bytes (NVMe MDTS); `None`: unknown or
+    /// no limit. Informational: backends split larger I/Os themselves.
+    pub max_transfer_bytes: Option<usize>,
+    /// The device's logical block, bytes (NVMe LBA format; 4096 for files).
+    pub lba_bytes: usize,
+    /// True when the device has a volatile write cache, so only a flush (or FUA) makes a
+    /// completed write durable (NVMe Identify Controller VWC; unknown for files: false).
+    pub volatile_write_cache: bool,
 }
 
 /// One core's queue to a block device. See the module docs for the life of an I/O.

@@ -309,6 +309,9 @@ impl UringDevice {
             sector_size_bytes: SECTOR_SIZE,
             max_in_flight: depth,
             durable_writes: opts.dsync,
+            max_transfer_bytes: None,
+            lba_bytes: SECTOR_SIZE,
+            volatile_write_cache: false,
         };
         Ok(UringDevice {
             ring,

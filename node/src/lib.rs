@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod datadir;
 pub mod digest;
 pub mod cdt;
 pub mod index;

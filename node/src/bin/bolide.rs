@@ -6,17 +6,20 @@
 //! then it shuts every shard down cleanly (flush, persist the index for a fast restart).
 
 use bolide_drivers::fault::{FaultSwitch, Faulty};
+use bolide_drivers::any::AnyDevice;
+use bolide_drivers::nvme::{NvmeDevice, NvmeOptions};
 use bolide_drivers::uring::{UringDevice, UringOptions};
 use bolide_node::clock::SystemClock;
 use bolide_node::config::StorageConfig;
+use bolide_node::datadir::{DeviceLock, DirLock};
 use bolide_node::profile::HardwareProfile;
 use bolide_drivers::net::NetDriver;
 use bolide_node::server::{ListenMode, Server, ServerConfig};
-use bolide_node::shard::{OpenMode, Region, Shard};
+use bolide_node::shard::{Format, OpenMode, OpenOptions, Region, Shard};
 
 /// A shard on an io_uring device that the `fail-device` info command can fail (when
 /// `fault_injection` is set).
-type NodeShard = Shard<Faulty<UringDevice>, SystemClock>;
+type NodeShard = Shard<Faulty<AnyDevice>, SystemClock>;
 use bolide_node::truncate::TruncateTable;
 
 /// The truncate table, in the data directory (docs/DISK_FORMAT.md, "Truncate table").
@@ -62,6 +65,16 @@ struct ServeArgs {
     /// tuning. Without it: one worker per core, one file per shard under `data_dir`.
     #[arg(long)]
     profile: Option<PathBuf>,
+    /// Format every shard region whose header is not a valid Bolide header (damaged, or another
+    /// program's data), destroying what it holds. Without it only a provably blank region is
+    /// formatted and anything else stops the start (docs/FAULT_MODEL.md).
+    #[arg(long)]
+    format_invalid: bool,
+    /// Start even when a cold start finds damage it cannot attribute (a wblock or record header
+    /// damaged past repair): what it held is dropped, and older copies of those records may be
+    /// served. Logged at ERROR and counted. Prefer repairing from the replica copy.
+    #[arg(long)]
+    accept_data_loss: bool,
 }
 
 /// The node's config file. Every key is optional.
@@ -363,6 +376,8 @@ struct Placement {
     /// This shard's slot and the number of shards sharing the file or block device.
     slot: (u64, u64),
     queue_depth: u32,
+    /// `nvme` devices: the controller's PCI address and the namespace id (`path` is unused).
+    nvme: Option<(String, u32)>,
 }
 
 /// Shard `w` of `workers` on device `w % devices`: a file of its own in a directory, else an
@@ -377,6 +392,7 @@ fn placements(cfg: &NodeConfig, profile: Option<&HardwareProfile>, workers: usiz
                 create_size_bytes: Some(cfg.shard_file_bytes),
                 slot: (0, 1),
                 queue_depth: cfg.queue_depth,
+                nvme: None,
             })
             .collect());
     };
@@ -384,8 +400,19 @@ fn placements(cfg: &NodeConfig, profile: Option<&HardwareProfile>, workers: usiz
     (0..workers)
         .map(|w| {
             let d = &p.devices[w % n];
-            let path = d.path.clone().expect("validated: uring devices have a path");
             let sharing = ((workers - 1 - w % n) / n + 1) as u64;
+            if let Some(pci) = &d.pci_address {
+                // One queue pair per worker on the shared controller; equal regions of the
+                // namespace, as for a block device.
+                return Ok(Placement {
+                    path: PathBuf::from(format!("nvme:{pci}")),
+                    create_size_bytes: None,
+                    slot: ((w / n) as u64, sharing),
+                    queue_depth: d.queue_depth,
+                    nvme: Some((pci.clone(), d.nsid.unwrap_or(1))),
+                });
+            }
+            let path = d.path.clone().expect("validated: uring devices have a path");
             let is_dir = path.is_dir() || !path.exists();
             if is_dir {
                 std::fs::create_dir_all(&path)
@@ -395,6 +422,7 @@ fn placements(cfg: &NodeConfig, profile: Option<&HardwareProfile>, workers: usiz
                     create_size_bytes: Some(d.shard_file_bytes),
                     slot: (0, 1),
                     queue_depth: d.queue_depth,
+                    nvme: None,
                 })
             } else {
                 Ok(Placement {
@@ -402,6 +430,7 @@ fn placements(cfg: &NodeConfig, profile: Option<&HardwareProfile>, workers: usiz
                     create_size_bytes: None,
                     slot: ((w / n) as u64, sharing),
                     queue_depth: d.queue_depth,
+                    nvme: None,
                 })
             }
         })
@@ -426,7 +455,20 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         (None, 0) => cores.len().max(1),
         (None, w) => w,
     };
+    if workers == 0 || workers > bolide_node::server::replica::MAX_WORKERS {
+        return Err(format!(
+            "{} workers: Bolide runs 1..={} (the partition map names a worker in one byte)",
+            workers,
+            bolide_node::server::replica::MAX_WORKERS
+        ));
+    }
+    // One node per data directory and per device, for the life of this process: taken before
+    // any shard file is created or opened.
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", cfg.data_dir.display()))?;
+    let _locks = lock_paths(&cfg, profile.as_ref())?;
     let places = placements(&cfg, profile.as_ref(), workers)?;
+    check_shard_files(&places)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -447,6 +489,10 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         ));
     }
     let switches: Vec<FaultSwitch> = (0..workers).map(|_| FaultSwitch::new()).collect();
+    let open_opts = OpenOptions {
+        format: if args.format_invalid { Format::IfInvalid } else { Format::IfBlank },
+        accept_damage: args.accept_data_loss,
+    };
     // Open every shard (cold starts run in parallel).
     let opened: Vec<Result<(NodeShard, bool), String>> = std::thread::scope(|s| {
         let hs: Vec<_> = places
@@ -455,7 +501,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             .enumerate()
             .map(|(w, (place, sw))| {
                 let cfg = &cfg;
-                s.spawn(move || open_shard(w, place, cfg, sw.clone()))
+                s.spawn(move || open_shard(w, place, cfg, sw.clone(), open_opts))
             })
             .collect();
         hs.into_iter()
@@ -566,22 +612,125 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     first_err.map_or(Ok(()), Err)
 }
 
+/// Locks the data directory and every device of the profile (a directory by its lock file, a
+/// file or block device by itself); the locks live as long as the returned values.
+fn lock_paths(cfg: &NodeConfig, profile: Option<&HardwareProfile>) -> Result<Vec<Box<dyn std::any::Any>>, String> {
+    let mut locks: Vec<Box<dyn std::any::Any>> =
+        vec![Box::new(DirLock::acquire(&cfg.data_dir).map_err(|e| e.to_string())?)];
+    let mut seen = vec![std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone())];
+    for d in profile.map(|p| p.devices.as_slice()).unwrap_or_default() {
+        let Some(path) = &d.path else { continue };
+        if path.is_dir() || !path.exists() {
+            std::fs::create_dir_all(path)
+                .map_err(|e| format!("cannot create device directory {}: {e}", path.display()))?;
+        }
+        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        if seen.contains(&canon) {
+            continue;
+        }
+        seen.push(canon);
+        if path.is_dir() {
+            locks.push(Box::new(DirLock::acquire(path).map_err(|e| e.to_string())?));
+        } else {
+            locks.push(Box::new(DeviceLock::acquire(path).map_err(|e| e.to_string())?));
+        }
+    }
+    Ok(locks)
+}
+
+/// Before any file is created or changed: every shard file that exists must have exactly the
+/// configured size (a shorter one was truncated, a longer or shorter setting would grow or
+/// ignore data), and in a directory either every shard file of this worker count exists or none
+/// does (a lost file is not formatted blank, and a changed worker count would misplace every
+/// partition). Files that are missing in a fresh directory are created by the device open.
+fn check_shard_files(places: &[Placement]) -> Result<(), String> {
+    let mut present = Vec::new();
+    let mut missing = Vec::new();
+    for p in places {
+        let Some(want) = p.create_size_bytes else { continue };
+        match std::fs::metadata(&p.path) {
+            Ok(m) if !m.is_file() => return Err(format!("shard file {} is not a regular file", p.path.display())),
+            Ok(m) if m.len() != want => {
+                return Err(format!(
+                    "shard file {} is {} bytes, but shard_file_bytes is {want}: the file was truncated or the setting                      changed; refusing to start (nothing was changed; restore the file, or set shard_file_bytes back)",
+                    p.path.display(),
+                    m.len()
+                ))
+            }
+            Ok(_) => present.push(&p.path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(&p.path),
+            Err(e) => return Err(format!("cannot stat shard file {}: {e}", p.path.display())),
+        }
+    }
+    // Within one directory (a device): all or none. A whole device directory that is new is a
+    // replaced device, formatted blank (and refilled by re-replication with replication_factor 2).
+    let lost = missing.iter().find_map(|m| present.iter().find(|p| p.parent() == m.parent()).map(|p| (p, m)));
+    if let Some((have, lost)) = lost {
+        return Err(format!(
+            "shard file {} is missing while {} exists: a lost shard file is not formatted blank (restore it,              or move the whole data directory away to start empty)",
+            lost.display(),
+            have.display()
+        ));
+    }
+    // A shard file beyond this worker count: the count changed under existing data.
+    let dirs: Vec<&Path> = places
+        .iter()
+        .filter(|p| p.create_size_bytes.is_some())
+        .filter_map(|p| p.path.parent())
+        .collect();
+    for dir in dirs.iter().copied().collect::<std::collections::BTreeSet<_>>() {
+        let Ok(rd) = std::fs::read_dir(dir) else { continue };
+        for ent in rd.flatten() {
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            let is_shard = name.strip_prefix("shard-").and_then(|r| r.strip_suffix(".dat")).is_some_and(|n| n.parse::<usize>().is_ok());
+            if is_shard && !places.iter().any(|p| p.path == ent.path()) {
+                return Err(format!(
+                    "{} belongs to no worker of this configuration: the worker count changed under existing data                      (partitions are owned by partition % workers); start with the earlier worker count",
+                    ent.path().display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Opens worker `w`'s shard; returns it and whether it was blank (formatted now: a new or
 /// replaced device).
-fn open_shard(w: usize, place: &Placement, cfg: &NodeConfig, switch: FaultSwitch) -> Result<(NodeShard, bool), String> {
+fn open_shard(
+    w: usize,
+    place: &Placement,
+    cfg: &NodeConfig,
+    switch: FaultSwitch,
+    open_opts: OpenOptions,
+) -> Result<(NodeShard, bool), String> {
     let path = &place.path;
     // With commit_to_device a completed write must be durable, not just in the device's cache:
     // open O_DSYNC so every write completion means "on stable media".
     let opts = UringOptions {
         queue_depth: place.queue_depth,
-        create_size_bytes: place.create_size_bytes,
+        // Only a missing file is created; an existing one is never resized (checked before).
+        create_size_bytes: place.create_size_bytes.filter(|_| !path.exists()),
         dsync: cfg.storage.commit_to_device,
         ..UringOptions::default()
     };
-    let dev = Faulty::new(
-        UringDevice::open(path, &opts).map_err(|e| format!("worker {w}: {e}"))?,
-        switch,
-    );
+    let dev = match &place.nvme {
+        // With commit_to_device every write carries FUA, so its completion means "on stable media".
+        Some((pci, nsid)) => AnyDevice::Nvme(
+            NvmeDevice::open(
+                pci,
+                &NvmeOptions {
+                    nsid: *nsid,
+                    queue_depth: place.queue_depth,
+                    fua: cfg.storage.commit_to_device,
+                    ..NvmeOptions::default()
+                },
+            )
+            .map_err(|e| format!("worker {w}: {e}"))?,
+        ),
+        None => AnyDevice::Uring(UringDevice::open(path, &opts).map_err(|e| format!("worker {w}: {e}"))?),
+    };
+    let dev = Faulty::new(dev, switch);
     let cap = bolide_drivers::BlockDevice::info(&dev).capacity_bytes;
     // Shards sharing a file or block device get equal regions, whole wblocks each.
     let (slot, sharing) = place.slot;
@@ -591,7 +740,7 @@ fn open_shard(w: usize, place: &Placement, cfg: &NodeConfig, switch: FaultSwitch
         offset_bytes: slot * len_bytes,
         len_bytes,
     };
-    let (shard, report) = Shard::open(dev, SystemClock::new(), cfg.storage.clone(), w as u32, region)
+    let (shard, report) = Shard::open_with(dev, SystemClock::new(), cfg.storage.clone(), w as u32, region, open_opts)
         .map_err(|e| format!("worker {w}: {}: {e}", path.display()))?;
     tracing::info!(worker = w, path = %path.display(), offset = region.offset_bytes, mode = ?report.mode, records = report.index_entries, ms = report.elapsed_ms, "shard ready");
     Ok((shard, report.mode == OpenMode::Formatted))

@@ -40,6 +40,7 @@ use bolide_drivers::{BlockDevice, BufPool, Completion, DeviceError, IoBuf, Submi
 use std::collections::{BTreeSet, VecDeque};
 
 pub use recovery::{OpenMode, OpenReport};
+pub use region::{HeaderSector, RegionHeaderError};
 
 pub use crate::record::SET_NAME_MAX_BYTES;
 
@@ -151,9 +152,63 @@ pub enum OpenError {
         found: u64,
         expected: u64,
     },
-    /// The region header is damaged; nothing was changed on it.
-    #[error("region header is damaged: {0}")]
-    HeaderCorrupt(String),
+    /// The region header is damaged, or is not a Bolide header; nothing was changed on it.
+    #[error("{device}: region header at byte offset {offset_bytes} is not valid, start refused (nothing was written): {reason}")]
+    HeaderCorrupt {
+        device: String,
+        offset_bytes: u64,
+        reason: region::RegionHeaderError,
+    },
+    /// The header sector is zeros but the region holds Bolide wblocks: the header was zeroed,
+    /// this is not a blank region; nothing was changed on it.
+    #[error("{device}: region header at byte offset {offset_bytes} is zeros, but wblock {wblock} at byte offset {wblock_offset_bytes} holds {what}: the header was destroyed, this region is not blank and is not formatted")]
+    NotBlank {
+        device: String,
+        offset_bytes: u64,
+        wblock: u32,
+        wblock_offset_bytes: u64,
+        what: &'static str,
+    },
+    /// The region holds fewer wblocks than its header says (a truncated file or a smaller
+    /// region); nothing was changed on it.
+    #[error("{device}: region at byte offset {offset_bytes} has room for {have} wblocks but its header says {header}: the file or device was truncated or the region moved; start refused")]
+    Truncated {
+        device: String,
+        offset_bytes: u64,
+        have: u64,
+        header: u64,
+    },
+    /// A cold start found a wblock whose header is damaged while it holds records: they may be
+    /// the newest copies of their records, so serving without them could resurrect older copies
+    /// or deleted records. Start refused; see [`OpenOptions::accept_damage`].
+    #[error("{device}: damage at byte offset {offset_bytes}: {detail}; cold start refused so that no older copy or deleted record comes back (repair from the replica, or start with accept_damage to drop what it held)")]
+    Damaged {
+        device: String,
+        offset_bytes: u64,
+        detail: String,
+    },
+}
+
+/// When [`Shard::open_with`] may format a region.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Only a provably blank region: a header sector of zeros and no wblock or index-image
+    /// header (magic within [`record::MAGIC_FLIP_MAX_BITS`] bits) at the start of any wblock.
+    #[default]
+    IfBlank,
+    /// Also a region whose header is not a valid Bolide header (damaged, or another program's
+    /// data): the operator accepts losing what it holds. A valid header is never formatted.
+    IfInvalid,
+}
+
+/// How [`Shard::open_with`] treats what it finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    pub format: Format,
+    /// Start even when a cold start finds a damaged wblock header over records
+    /// ([`OpenError::Damaged`]): the wblock is skipped (its records are lost, and older
+    /// copies of them may be served), logged at ERROR and counted. An operator's choice.
+    pub accept_damage: bool,
 }
 
 /// Counters of one shard; all monotonic except the gauges noted.
@@ -186,6 +241,16 @@ pub struct ShardStats {
     pub truncated: u64,
     /// Record and tombstone copies written for another shard's partitions.
     pub replica_writes: u64,
+    /// Cold start: records dropped because every copy failed like a torn write.
+    pub cold_start_corrupt_dropped: u64,
+    /// Cold start: records whose newest copy is media-damaged, kept so reads fail loudly.
+    pub cold_start_corrupt_kept: u64,
+    /// Cold start: damaged wblock headers (repaired, or dropped under `accept_damage`).
+    pub cold_start_damaged_wblock_headers: u64,
+    /// Cold start: record headers repaired to identify their record.
+    pub cold_start_repaired_record_headers: u64,
+    /// Cold start: wblocks or records skipped under `accept_damage`.
+    pub cold_start_wblocks_dropped: u64,
 }
 
 /// Space and write-amplification gauges.
@@ -349,6 +414,8 @@ pub struct Shard<D: BlockDevice, C: Clock> {
     lut_floor_ms: u64,
     /// Reused by truncates: the live entries a partition pass removed.
     truncate_scratch: Vec<IndexEntry>,
+    /// [`OpenOptions::accept_damage`] of the open in progress.
+    accept_damage: bool,
 }
 
 impl<D: BlockDevice, C: Clock> Shard<D, C> {
