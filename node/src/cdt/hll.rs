@@ -15,6 +15,10 @@ const UPDATE_ONLY: u64 = 0x02;
 const NO_FAIL: u64 = 0x04;
 const ALLOW_FOLD: u64 = 0x08;
 
+/// An HLL particle that is not a valid sketch (flags, bit counts or length; §8.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadHll;
+
 /// A decoded sketch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hll {
@@ -31,10 +35,6 @@ fn valid_bits(ib: i64, mb: i64) -> bool {
 fn reg_bytes(ib: u32, mb: u32) -> usize {
     ((6 + mb as usize) << ib).div_ceil(8)
 }
-
-/// A blob that is not a valid HLL particle (§8.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BadHll;
 
 /// Checks a stored HLL particle: flags 0, valid bit counts, exact length (§8.1).
 ///

@@ -95,11 +95,13 @@ pub(crate) fn select_values(
     Ok(match fam {
         Family::Index => {
             let p = single_index(int_arg(&args[0])?, n).ok_or(rc::OP_NOT_APPLICABLE)?;
+            info.by_position = true;
             info.index = Some((p as i64, 1));
             (vec![p], info, true)
         }
         Family::IndexRange => {
             let (s, k) = range(int_arg(&args[0])?, count_arg(args.get(1))?, n);
+            info.by_position = true;
             info.index = Some((s as i64, k as i64));
             if ordered {
                 info.rank = info.index;
@@ -196,6 +198,8 @@ pub(crate) fn get_remove_by(
     let is_map = matches!(c, Coll::M(_));
     let (mut sel, info, single) = select_values(vals, ordered, fam, &op.args[1..], is_map)?;
     let found = !sel.is_empty();
+    let mut info = info;
+    info.inverted = inverted;
     if !inverted && matches!(rtype, rt::RANK | rt::REVRANK) {
         // Value selections report their ranks as consecutive rank ranges: ascending, and for a
         // value list one range per listed value, in argument order (CE 8.1.2: A l39).
@@ -217,6 +221,13 @@ pub(crate) fn get_remove_by(
             return Err(rc::OP_NOT_APPLICABLE);
         }
         sel = complement(vals.len(), &sel);
+        if let (true, Family::RankRange | Family::RelRank, Some((s, k))) = (is_map, fam, info.rank) {
+            // A map's complement of a rank range that touches either end is one rank range,
+            // answered in rank order; a complement in two pieces comes in key order (CE 8.1.2).
+            if s == 0 || (s + k) as usize == vals.len() {
+                sel.sort_by(|&a, &b| cmp(vals[a], vals[b]).then(a.cmp(&b)));
+            }
+        }
     } else if !is_map && matches!(fam, Family::RankRange | Family::RelRank) && matches!(rtype, rt::INDEX | rt::REVINDEX) {
         sel.sort_unstable();
     }
@@ -460,7 +471,7 @@ pub(crate) fn op(op: &Op, target: &mut Option<Mp>) -> Result<Option<Mp>, u8> {
             let flags = flags_arg(a.get(3))?;
             let p = match single_index(i, n) {
                 Some(p) => Some(p),
-                None if i >= n as i64 && i <= MAX_INDEX => None,
+                None if i >= n as i64 && i <= MAX_INDEX && !l.ordered() => None,
                 None => return Err(rc::OP_NOT_APPLICABLE),
             };
             let new = match p {

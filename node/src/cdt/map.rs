@@ -133,7 +133,10 @@ fn sel_argc(s: &MapSel) -> (usize, usize) {
 /// Key-family selections: (selection in key order, range info, single).
 fn select_keys(m: &Map, s: &MapSel, args: &[Mp]) -> Result<(Vec<usize>, RangeInfo, bool), u8> {
     let n = m.pairs.len();
-    let mut info = RangeInfo::default();
+    let mut info = RangeInfo {
+        by_position: true,
+        ..RangeInfo::default()
+    };
     let less = |x: &Mp| m.pairs.partition_point(|(k, _)| cmp(k, x) == Ordering::Less);
     Ok(match s {
         MapSel::Key => match find_key(m, &args[0]) {
@@ -282,6 +285,12 @@ pub(crate) fn op(op: &Op, target: &mut Option<Mp>) -> Result<Option<Mp>, u8> {
                     let (rtype, inverted) = split_rt(&a[0])?;
                     let (mut sel, info, single) = select_keys(m, &s, &a[1..])?;
                     let found = !sel.is_empty();
+                    let mut info = info;
+                    info.inverted = inverted;
+                    if matches!(s, MapSel::KeyList) && matches!(rtype, rt::RANK | rt::REVRANK) {
+                        // CE 8.1.2 refuses ranks for a key list (tests/cdt_diff.py --random).
+                        return Err(rc::OP_NOT_APPLICABLE);
+                    }
                     if inverted {
                         if single || (rt::INDEX_RANGE..=rt::REVRANK_RANGE).contains(&rtype) {
                             return Err(rc::OP_NOT_APPLICABLE);

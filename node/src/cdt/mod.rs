@@ -428,6 +428,11 @@ pub(crate) mod rt {
 pub(crate) struct RangeInfo {
     pub index: Option<(i64, i64)>,
     pub rank: Option<(i64, i64)>,
+    /// Elements picked by position (index and key families): equal values share a rank (the
+    /// count of smaller elements); otherwise ranks are distinct positions in value order.
+    pub by_position: bool,
+    /// The selection is the complement of what the arguments picked.
+    pub inverted: bool,
 }
 
 /// A collection seen by the result builder: list elements, or map pairs in key order.
@@ -450,9 +455,9 @@ impl Coll<'_> {
         }
     }
     /// Rank (by value) of element `i`: elements less than it, plus equal ones before it.
-    fn rank(&self, i: usize) -> i64 {
+    fn rank(&self, i: usize, by_position: bool) -> i64 {
         if let Coll::L(l) = self {
-            if l.ordered() {
+            if l.ordered() && !by_position {
                 return i as i64;
             }
         }
@@ -460,7 +465,7 @@ impl Coll<'_> {
         (0..self.len())
             .filter(|&j| {
                 let o = msgpack::cmp(self.value(j), v);
-                o.is_lt() || (o.is_eq() && j < i)
+                o.is_lt() || (o.is_eq() && j < i && !by_position)
             })
             .count() as i64
     }
@@ -471,7 +476,18 @@ impl Coll<'_> {
 pub(crate) fn build_result(c: &Coll<'_>, rtype: u64, sel: &[usize], single: bool, info: RangeInfo) -> Result<Option<Mp>, u8> {
     let n = c.len() as i64;
     let is_map = matches!(c, Coll::M(_));
-    let ints = |v: Vec<i64>| -> Mp {
+    let ints = |mut v: Vec<i64>| -> Mp {
+        // Multi-result REVRANK, REVINDEX of a positional selection and RANK of a complement
+        // come sorted ascending (CE 8.1.2, found by tests/cdt_diff.py --random).
+        let sorted = match rtype {
+            rt::REVINDEX => info.by_position,
+            rt::REVRANK => true,
+            rt::RANK => info.inverted,
+            _ => false,
+        };
+        if !single && sorted {
+            v.sort_unstable();
+        }
         if single {
             Mp::Int(v.first().copied().unwrap_or(-1))
         } else {
@@ -497,8 +513,8 @@ pub(crate) fn build_result(c: &Coll<'_>, rtype: u64, sel: &[usize], single: bool
         rt::NONE => return Ok(None),
         rt::INDEX => ints(sel.iter().map(|&i| i as i64).collect()),
         rt::REVINDEX => ints(sel.iter().map(|&i| n - 1 - i as i64).collect()),
-        rt::RANK => ints(sel.iter().map(|&i| c.rank(i)).collect()),
-        rt::REVRANK => ints(sel.iter().map(|&i| n - 1 - c.rank(i)).collect()),
+        rt::RANK => ints(sel.iter().map(|&i| c.rank(i, info.by_position)).collect()),
+        rt::REVRANK => ints(sel.iter().map(|&i| n - 1 - c.rank(i, info.by_position)).collect()),
         rt::COUNT => Mp::Int(sel.len() as i64),
         rt::EXISTS => Mp::Bool(!sel.is_empty()),
         rt::VALUE | rt::KEY => {

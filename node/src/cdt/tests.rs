@@ -228,3 +228,212 @@ fn ce_8_1_2_answers_replayed() {
     assert!(unexpected.is_empty(), "{} cases differ from CE", unexpected.len());
     assert!(now_pass.is_empty(), "now identical, drop from KNOWN_DIFFERENT: {now_pass:?}");
 }
+
+/// Random op sequences applied to a model list/map and to [`super::apply`] agree.
+mod model {
+    use super::super::msgpack::{encode_array_header, encode_int, parse_exact, Mp};
+    use super::super::{apply, Answer};
+    use crate::particle::Value;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Clone, Debug)]
+    enum LOp {
+        Append(i64),
+        Insert(i64, i64),
+        Pop(i64),
+        RemoveRange(i64, u8),
+        Set(i64, i64),
+        Increment(i64, i64),
+        GetRange(i64, u8),
+        Sort,
+        Size,
+    }
+
+    fn lop() -> impl Strategy<Value = LOp> {
+        let i = -6i64..8;
+        let v = -50i64..50;
+        prop_oneof![
+            v.clone().prop_map(LOp::Append),
+            (i.clone(), v.clone()).prop_map(|(a, b)| LOp::Insert(a, b)),
+            i.clone().prop_map(LOp::Pop),
+            (i.clone(), 0u8..5).prop_map(|(a, b)| LOp::RemoveRange(a, b)),
+            (i.clone(), v.clone()).prop_map(|(a, b)| LOp::Set(a, b)),
+            (i.clone(), v).prop_map(|(a, b)| LOp::Increment(a, b)),
+            (i, 0u8..5).prop_map(|(a, b)| LOp::GetRange(a, b)),
+            Just(LOp::Sort),
+            Just(LOp::Size),
+        ]
+    }
+
+    fn payload(items: &[i64]) -> Vec<u8> {
+        let mut b = Vec::new();
+        encode_array_header(items.len(), &mut b);
+        for &i in items {
+            encode_int(i, &mut b);
+        }
+        b
+    }
+
+    fn norm(i: i64, n: usize) -> Option<usize> {
+        let j = if i < 0 { n as i64 + i } else { i };
+        (0..n as i64).contains(&j).then_some(j as usize)
+    }
+
+    fn clip(i: i64, c: u64, n: usize) -> (usize, usize) {
+        let n64 = n as i64;
+        if i >= n64 {
+            return (n, 0);
+        }
+        let (s, c) = if i < 0 && n64 + i < 0 { (0, c.saturating_sub((-(n64 + i)) as u64)) } else if i < 0 { ((n64 + i) as usize, c) } else { (i as usize, c) };
+        (s, (c as usize).min(n - s))
+    }
+
+    /// The model: `None` is a nil (padding) element. Returns (result code, result).
+    fn model_list(l: &mut Vec<Option<i64>>, op: &LOp) -> Result<Option<Vec<Option<i64>>>, u8> {
+        let n = l.len();
+        let one = |v: Option<i64>| Ok(Some(vec![v]));
+        match *op {
+            LOp::Append(v) => {
+                l.push(Some(v));
+                one(Some(l.len() as i64))
+            }
+            LOp::Insert(i, v) => {
+                let at = if i < 0 { n as i64 + i } else { i };
+                if at < 0 {
+                    return Err(26);
+                }
+                let at = at as usize;
+                if at > n {
+                    l.resize(at, None);
+                }
+                l.insert(at, Some(v));
+                one(Some(l.len() as i64))
+            }
+            LOp::Pop(i) => {
+                let p = norm(i, n).ok_or(26u8)?;
+                one(l.remove(p))
+            }
+            LOp::RemoveRange(i, c) => {
+                let (s, k) = clip(i, u64::from(c), n);
+                l.drain(s..s + k);
+                one(Some(k as i64))
+            }
+            LOp::Set(i, v) => {
+                if i < 0 {
+                    let p = norm(i, n).ok_or(26u8)?;
+                    l[p] = Some(v);
+                } else if (i as usize) < n {
+                    l[i as usize] = Some(v);
+                } else {
+                    l.resize(i as usize, None);
+                    l.push(Some(v));
+                }
+                Ok(None)
+            }
+            LOp::Increment(i, d) => match norm(i, n) {
+                Some(p) => {
+                    let old = l[p].ok_or(4u8)?;
+                    l[p] = Some(old.wrapping_add(d));
+                    one(l[p])
+                }
+                None if i >= n as i64 => {
+                    l.resize(i as usize, None);
+                    l.push(Some(d));
+                    one(Some(d))
+                }
+                None => Err(26),
+            },
+            LOp::GetRange(i, c) => {
+                let (s, k) = clip(i, u64::from(c), n);
+                Ok(Some(l[s..s + k].to_vec()))
+            }
+            LOp::Sort => {
+                l.sort();
+                Ok(None)
+            }
+            LOp::Size => one(Some(n as i64)),
+        }
+    }
+
+    fn request(op: &LOp) -> (u8, Vec<u8>) {
+        match *op {
+            LOp::Append(v) => (4, payload(&[1, v])),
+            LOp::Insert(i, v) => (4, payload(&[3, i, v])),
+            LOp::Pop(i) => (4, payload(&[5, i])),
+            LOp::RemoveRange(i, c) => (4, payload(&[8, i, i64::from(c)])),
+            LOp::Set(i, v) => (4, payload(&[9, i, v])),
+            LOp::Increment(i, d) => (4, payload(&[12, i, d])),
+            LOp::GetRange(i, c) => (3, payload(&[18, i, i64::from(c)])),
+            LOp::Sort => (4, payload(&[13, 0])),
+            LOp::Size => (3, payload(&[16])),
+        }
+    }
+
+    fn as_model(v: &Mp) -> Vec<Option<i64>> {
+        match v {
+            Mp::List(l) => l.items.iter().map(Mp::as_int).collect(),
+            other => panic!("not a list: {other:?}"),
+        }
+    }
+
+    fn answer_model(a: &Answer, op: &LOp) -> Option<Vec<Option<i64>>> {
+        match a {
+            Answer::NoResult | Answer::NoBin => None,
+            Answer::Nil => Some(vec![None]),
+            Answer::Value(Value::Int(i)) => Some(vec![Some(*i)]),
+            Answer::Value(Value::List(b)) if matches!(op, LOp::GetRange(..)) => Some(as_model(&parse_exact(b).unwrap())),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn list_ops_agree_with_a_vec_model(ops in proptest::collection::vec(lop(), 1..40)) {
+            let mut model: Vec<Option<i64>> = vec![Some(0)];
+            let mut bin = Some(Value::List(vec![0x91, 0x00]));
+            for op in &ops {
+                let (t, p) = request(op);
+                let mut m2 = model.clone();
+                let want = model_list(&mut m2, op);
+                let got = apply(t, 4, &p, bin.as_ref());
+                match (want, got) {
+                    (Err(w), Err(g)) => prop_assert_eq!(w, g, "{:?}", op),
+                    (Ok(w), Ok(o)) => {
+                        prop_assert_eq!(answer_model(&o.answer, op), w, "{:?}", op);
+                        if let Some(v) = o.new_value { bin = Some(v); }
+                        model = m2;
+                    }
+                    (w, g) => prop_assert!(false, "{:?}: model {:?} node {:?}", op, w, g),
+                }
+                let Some(Value::List(b)) = &bin else { unreachable!() };
+                prop_assert_eq!(as_model(&parse_exact(b).unwrap()), model.clone(), "after {:?}", op);
+            }
+        }
+
+        #[test]
+        fn map_put_remove_increment_agree_with_a_btreemap(ops in proptest::collection::vec((0u8..4, -8i64..8, -20i64..20), 1..40)) {
+            let mut model: BTreeMap<i64, i64> = BTreeMap::new();
+            let mut bin: Option<Value> = None;
+            for &(kind, k, v) in &ops {
+                let (t, p, want): (u8, Vec<u8>, Option<i64>) = match kind {
+                    0 => { model.insert(k, v); (4, payload(&[67, k, v, 0]), Some(model.len() as i64)) }
+                    1 => (4, payload(&[76, 7, k]), model.remove(&k)),
+                    2 => { let e = model.entry(k).or_insert(0); *e += v; (4, payload(&[73, k, v]), Some(*e)) }
+                    _ => (3, payload(&[97, 7, k]), model.get(&k).copied()),
+                };
+                let o = apply(t, 4, &p, bin.as_ref());
+                let o = match o { Ok(o) => o, Err(c) => { prop_assert!(false, "rc {}", c); unreachable!() } };
+                let got = match o.answer { Answer::Value(Value::Int(i)) => Some(i), Answer::NoBin | Answer::NoResult => None, a => panic!("{a:?}") };
+                prop_assert_eq!(got, want);
+                if let Some(v) = o.new_value { bin = Some(v); }
+                if let Some(Value::Map(b)) = &bin {
+                    let Mp::Map(m) = parse_exact(b).unwrap() else { unreachable!() };
+                    let pairs: Vec<(i64, i64)> = m.pairs.iter().map(|(k, v)| (k.as_int().unwrap(), v.as_int().unwrap())).collect();
+                    prop_assert_eq!(pairs, model.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>());
+                }
+            }
+        }
+    }
+}

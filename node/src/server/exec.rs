@@ -260,14 +260,13 @@ fn out(op_type: u8, name: &[u8], value: Option<Value>) -> OutOp {
 }
 
 /// Adds the reply op of a CDT/bit/HLL op as CDT spec §1.4 says: an empty result is sent as a
-/// particle-0 op only with RESPOND_ALL_OPS, or for a read op (or a nil element) in a writing
-/// command.
+/// particle-0 op only with RESPOND_ALL_OPS, or for a read op in a writing command (a nil
+/// element counts as empty).
 fn push_cdt_answer(ops: &mut Vec<OutOp>, op: &CmdOp, answer: cdt::Answer, write_cmd: bool, respond_all: bool) {
     let read_op = cdt::is_read(op.op_type);
     let value = match answer {
         cdt::Answer::Value(v) => Some(Some(v)),
-        cdt::Answer::Nil if write_cmd || respond_all => Some(None),
-        cdt::Answer::NoResult if respond_all || (write_cmd && read_op) => Some(None),
+        cdt::Answer::Nil | cdt::Answer::NoResult if respond_all || (write_cmd && read_op) => Some(None),
         cdt::Answer::NoBin if respond_all => Some(None),
         _ => None,
     };
