@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 # The pinned toolchain (rust-toolchain.toml) is installed by rustup on first use.
 rustup show active-toolchain >/dev/null
 
+echo "== test dependencies"
+# The S3-protocol server of the object-store backup tests (backup/tests/e2e_object_store.rs).
+command -v moto_server >/dev/null || python3 -m pip install --quiet 'moto[server]'
+
 echo "== build"
 cargo build --workspace --all-targets --locked
 

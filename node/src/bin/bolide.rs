@@ -47,8 +47,9 @@ struct Cli {
 enum Cmd {
     /// Run the node (the default command).
     Serve(ServeArgs),
-    /// `backup` and `restore` (asbackup / asrestore flags) run the `bolide-backup` binary that is
-    /// built next to this one; `probe DEVICE` runs `bolide-probe` (from bolide-bench).
+    /// `backup` and `restore` (asbackup / asrestore flags), `backup-service`, `policy-run` and
+    /// `catalogue` run the `bolide-backup` binary that is built next to this one; `probe
+    /// DEVICE` runs `bolide-probe` (from bolide-bench).
     #[command(external_subcommand)]
     External(Vec<OsString>),
 }
@@ -108,6 +109,9 @@ struct NodeConfig {
     /// Close client connections idle this long, ms (Aerospike's `proto-fd-idle-ms`); 0 = never.
     proto_fd_idle_ms: u64,
     storage: StorageConfig,
+    /// `[[backup.policy]]` tables: read and checked by `bolide backup-service`, not by the node
+    /// (docs/OPERATIONS.md, "Backup policies").
+    backup: toml::Table,
 }
 
 impl Default for NodeConfig {
@@ -130,6 +134,7 @@ impl Default for NodeConfig {
             max_unsent_reply_bytes: 16 << 20,
             proto_fd_idle_ms: 0,
             storage: StorageConfig::default(),
+            backup: toml::Table::new(),
         }
     }
 }
@@ -274,8 +279,13 @@ fn run_tool(argv: &[OsString]) -> String {
         .first()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // `backup-service` is `bolide-backup service`.
+    let service: Vec<OsString> = std::iter::once(OsString::from("service"))
+        .chain(argv.iter().skip(1).cloned())
+        .collect();
     let (tool, args, build) = match sub.as_str() {
-        "backup" | "restore" => ("bolide-backup", argv, "-p bolide-backup"),
+        "backup" | "restore" | "catalogue" | "policy-run" => ("bolide-backup", argv, "-p bolide-backup"),
+        "backup-service" => ("bolide-backup", &service[..], "-p bolide-backup"),
         "probe" => ("bolide-probe", &argv[1..], "-p bolide-bench --bin bolide-probe"),
         _ => return format!("unknown command `{sub}`: try `bolide --help`"),
     };
