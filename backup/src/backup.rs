@@ -788,6 +788,14 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
                     }
                     next
                 }
+                // A hand test (200 000 records, -w 2, killed after 6 s) lost 4 364 records of 90
+                // partitions on resume: refused until that is found (issue 16 note).
+                (Some(_), None) if std::env::var_os("BOLIDE_BACKUP_OBJECT_CONTINUE").is_none() => {
+                    return Err(format!(
+                        "--continue on an object store is disabled: a resumed run lost records in testing; \
+                         run the backup again into a new prefix ({target})"
+                    ))
+                }
                 (Some(st), None) => state::rewind_objects(target, st, &args.namespace)?,
                 (None, _) => {
                     prepare_dir(target, args.remove_files)?;

@@ -277,7 +277,7 @@ fn log(policy: &str, msg: impl std::fmt::Display) {
 }
 
 async fn run_logged(s: &Scheduled, host: &str, kind: Kind, why: &str) {
-    log(&s.policy.name, format_args!("{why}: starting a {} run", kind.as_str()));
+    log(&s.policy.name, format_args!("{why}: starting a run ({})", kind.as_str()));
     match run_once(&s.policy, host, kind).await {
         Ok(r) => log(
             &s.policy.name,
