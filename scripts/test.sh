@@ -23,5 +23,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
 cargo test --workspace --locked --no-fail-fast
 
+echo "== end-to-end tests again: every core its own node (per-core listeners), epoll sockets"
+BOLIDE_TEST_LISTEN_MODE=per-core BOLIDE_TEST_NETWORK=epoll \
+    cargo test -p bolide-tests --locked --no-fail-fast
+
 echo "== criterion benchmarks (test mode: each runs once)"
 cargo test --workspace --benches --locked
+
+echo "== user-space NVMe driver in an emulated machine (QEMU TCG, intel-iommu, emulated nvme)"
+if ! command -v qemu-system-x86_64 >/dev/null || ! command -v cpio >/dev/null || ! dpkg -s busybox-static >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 busybox-static cpio >/dev/null
+fi
+scripts/vm/nvme-vm.sh

@@ -10,6 +10,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bolide_drivers::any::AnyDevice;
+use bolide_drivers::nvme::{NvmeDevice, NvmeOptions};
 use bolide_drivers::uring::{UringDevice, UringOptions};
 use bolide_drivers::{BlockDevice, BufPool, Completion, DeviceError, IoKind, SECTOR_SIZE};
 use hdrhistogram::Histogram;
@@ -32,6 +34,45 @@ pub fn open(path: &Path, create_bytes: Option<u64>, queue_depth: u32) -> Result<
         wait_timeout: Duration::from_secs(30),
     };
     UringDevice::open(path, &opts).map_err(|e| e.to_string())
+}
+
+/// Opens `device`: `nvme:DDDD:BB:DD.F` (optionally `/nsN`, default namespace 1) through the
+/// user-space NVMe driver (the controller bound to `vfio-pci`), anything else as [`open`] does.
+///
+/// # Errors
+/// The driver's open error, as text naming the device.
+pub fn open_any(device: &Path, create_bytes: Option<u64>, queue_depth: u32) -> Result<AnyDevice, String> {
+    match nvme_target(device) {
+        Some((pci, nsid)) => {
+            let opts = NvmeOptions {
+                nsid,
+                queue_depth,
+                ..NvmeOptions::default()
+            };
+            NvmeDevice::open(&pci, &opts).map(AnyDevice::Nvme).map_err(|e| e.to_string())
+        }
+        None => open(device, create_bytes, queue_depth).map(AnyDevice::Uring),
+    }
+}
+
+/// `(pci_address, nsid)` of a device named `nvme:DDDD:BB:DD.F[/nsN]`.
+pub fn nvme_target(device: &Path) -> Option<(String, u32)> {
+    let s = device.to_str()?.strip_prefix("nvme:")?;
+    match s.split_once("/ns") {
+        Some((pci, ns)) => Some((pci.to_string(), ns.parse().ok()?)),
+        None => Some((s.to_string(), 1)),
+    }
+}
+
+/// CPU time this thread has used, ns (`/proc/thread-self/schedstat`, first field); `None` where
+/// the kernel does not report it.
+pub fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Parses a size in bytes: a number with an optional binary suffix `K`, `M`, `G`, `T` (also
@@ -128,6 +169,8 @@ pub struct StepResult {
     pub secs: f64,
     /// Per-I/O latency (submit to reap), ns.
     pub latency: Histogram<u64>,
+    /// CPU time of the submitting thread over the step, seconds (`None`: not reported).
+    pub cpu_secs: Option<f64>,
 }
 
 impl StepResult {
@@ -139,6 +182,11 @@ impl StepResult {
     /// Bandwidth, MB/s (10^6 bytes).
     pub fn mbps(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.secs.max(1e-9)
+    }
+
+    /// CPU time of the submitting thread per completed I/O, µs.
+    pub fn cpu_us_per_io(&self) -> Option<f64> {
+        self.cpu_secs.map(|c| c * 1e6 / self.ios.max(1) as f64)
     }
 }
 
@@ -154,8 +202,8 @@ impl StepResult {
 /// If `io_bytes` is not a positive multiple of [`SECTOR_SIZE`], the region holds no I/O, or
 /// `queue_depth` exceeds the device's `max_in_flight` (programmer errors).
 #[allow(clippy::too_many_arguments)]
-pub fn closed_loop(
-    dev: &mut UringDevice,
+pub fn closed_loop<D: BlockDevice + ?Sized>(
+    dev: &mut D,
     kind: IoKind,
     pattern: Pattern,
     io_bytes: usize,
@@ -187,6 +235,7 @@ pub fn closed_loop(
     let mut next_seq = 0u64;
     let (mut ios, mut bytes, mut issued_bytes) = (0u64, 0u64, 0u64);
     let mut done = Vec::with_capacity(queue_depth);
+    let cpu_start = thread_cpu_ns();
     let start = Instant::now();
     let deadline = start + duration;
     let budget = max_bytes.unwrap_or(u64::MAX);
@@ -237,6 +286,7 @@ pub fn closed_loop(
         bytes,
         secs: start.elapsed().as_secs_f64(),
         latency,
+        cpu_secs: cpu_start.zip(thread_cpu_ns()).map(|(a, b)| b.saturating_sub(a) as f64 / 1e9),
     })
 }
 
@@ -246,8 +296,8 @@ pub fn closed_loop(
 ///
 /// # Errors
 /// As [`closed_loop`].
-pub fn fill(
-    dev: &mut UringDevice,
+pub fn fill<D: BlockDevice + ?Sized>(
+    dev: &mut D,
     bytes: u64,
     block_bytes: usize,
     queue_depth: usize,
@@ -307,5 +357,14 @@ mod tests {
         assert_eq!(r.ios, 256, "the byte budget ends the step");
         assert_eq!(r.latency.len(), 256);
         assert!(r.iops() > 0.0 && r.mbps() > 0.0);
+        assert!(r.cpu_us_per_io().is_some_and(|c| c > 0.0));
+    }
+
+    #[test]
+    fn nvme_targets_parse() {
+        assert_eq!(nvme_target(Path::new("nvme:0000:00:02.0")), Some(("0000:00:02.0".into(), 1)));
+        assert_eq!(nvme_target(Path::new("nvme:0000:00:02.0/ns2")), Some(("0000:00:02.0".into(), 2)));
+        assert_eq!(nvme_target(Path::new("/dev/nvme0n1")), None);
+        assert_eq!(nvme_target(Path::new("nvme:0000:00:02.0/nsX")), None);
     }
 }

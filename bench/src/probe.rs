@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bolide_drivers::uring::UringDevice;
+use bolide_drivers::any::AnyDevice;
 use bolide_drivers::{BlockDevice, IoKind};
 use rand::SeedableRng;
 use serde_json::{json, Value};
@@ -70,6 +70,8 @@ pub struct StepSummary {
     pub mbps: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// CPU time of the probing thread per I/O, µs (`None`: not reported).
+    pub cpu_us_per_io: Option<f64>,
 }
 
 impl StepSummary {
@@ -84,6 +86,7 @@ impl StepSummary {
             mbps: r.mbps(),
             p50_us: q(0.5),
             p99_us: q(0.99),
+            cpu_us_per_io: r.cpu_us_per_io(),
         }
     }
 
@@ -93,6 +96,7 @@ impl StepSummary {
             "queue_depth": self.queue_depth, "io_bytes": self.io_bytes, "ios": self.ios,
             "seconds": (self.secs * 1000.0).round() / 1000.0, "iops": r1(self.iops), "mbps": r1(self.mbps),
             "p50_us": r1(self.p50_us), "p99_us": r1(self.p99_us),
+            "cpu_us_per_io": self.cpu_us_per_io.map(|c| (c * 100.0).round() / 100.0),
         })
     }
 }
@@ -175,20 +179,21 @@ impl ProbeResult {
         ] {
             let _ = writeln!(
                 s,
-                "{name:<17} {:>4} {:>8} {:>10} {:>9} {:>9} {:>9}",
-                "qd", "io KiB", "IOPS", "MB/s", "p50 us", "p99 us"
+                "{name:<17} {:>4} {:>8} {:>10} {:>9} {:>9} {:>9} {:>10}",
+                "qd", "io KiB", "IOPS", "MB/s", "p50 us", "p99 us", "cpu us/io"
             );
             for st in steps {
                 let _ = writeln!(
                     s,
-                    "{:<17} {:>4} {:>8} {:>10.0} {:>9.1} {:>9.1} {:>9.1}",
+                    "{:<17} {:>4} {:>8} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>10.2}",
                     "",
                     st.queue_depth,
                     st.io_bytes / 1024,
                     st.iops,
                     st.mbps,
                     st.p50_us,
-                    st.p99_us
+                    st.p99_us,
+                    st.cpu_us_per_io.unwrap_or(f64::NAN)
                 );
             }
         }
@@ -203,7 +208,7 @@ impl ProbeResult {
 /// Runs one sweep over `depths` (stopping early when `saturating` and IOPS stop growing).
 #[allow(clippy::too_many_arguments)]
 fn sweep(
-    dev: &mut UringDevice,
+    dev: &mut AnyDevice,
     kind: IoKind,
     pattern: Pattern,
     io_bytes: usize,
@@ -252,7 +257,7 @@ pub fn probe(cfg: &ProbeConfig) -> Result<ProbeResult, String> {
         .chain([cfg.max_queue_depth, 8])
         .max()
         .unwrap_or(1);
-    let mut dev = devio::open(&cfg.device, cfg.size_bytes, max_qd as u32)?;
+    let mut dev = devio::open_any(&cfg.device, cfg.size_bytes, max_qd as u32)?;
     let capacity = dev.info().capacity_bytes;
     if capacity < cfg.seq_io_bytes as u64 {
         return Err(format!(
@@ -268,7 +273,7 @@ pub fn probe(cfg: &ProbeConfig) -> Result<ProbeResult, String> {
     } else {
         None
     };
-    let seq = |dev: &mut UringDevice, kind, rng: &mut _| {
+    let seq = |dev: &mut AnyDevice, kind, rng: &mut _| {
         sweep(
             dev,
             kind,

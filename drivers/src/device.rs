@@ -121,6 +121,14 @@ pub struct DeviceInfo {
     pub max_in_flight: usize,
     /// True when a completed write is durable without a flush (O_DSYNC / FUA / the simulator).
     pub durable_writes: bool,
+    /// Largest transfer the device takes in one command, bytes (NVMe MDTS); `None`: unknown or
+    /// no limit. Informational: backends split larger I/Os themselves.
+    pub max_transfer_bytes: Option<usize>,
+    /// The device's logical block, bytes (NVMe LBA format; 4096 for files).
+    pub lba_bytes: usize,
+    /// True when the device has a volatile write cache, so only a flush (or FUA) makes a
+    /// completed write durable (NVMe Identify Controller VWC; unknown for files: false).
+    pub volatile_write_cache: bool,
 }
 
 /// One core's queue to a block device. See the module docs for the life of an I/O.
@@ -179,6 +187,19 @@ pub trait BlockDevice: Send {
     /// epoll between turns; `None` when the backend has none (poll it instead). `reap` clears it.
     fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         None
+    }
+
+    /// Turns the completion fd's signals on (before a poll loop sleeps on it) or off (while it
+    /// runs and reaps anyway), so a busy loop pays no eventfd write per completion and no read
+    /// per reap. Off, completions still arrive and [`BlockDevice::reap`] still finds them; a
+    /// loop must turn signals on, then check [`BlockDevice::has_completions`], before it sleeps.
+    /// Backends without a completion fd ignore it.
+    fn set_completion_signals(&mut self, _on: bool) {}
+
+    /// Whether finished I/Os are waiting to be reaped, without a system call where the backend
+    /// can tell (io_uring: the CQ ring's head and tail). `true` when the backend cannot tell.
+    fn has_completions(&mut self) -> bool {
+        self.in_flight() > 0
     }
 }
 

@@ -130,6 +130,12 @@ impl<D: BlockDevice> BlockDevice for Faulty<D> {
     fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.inner.completion_fd()
     }
+    fn set_completion_signals(&mut self, on: bool) {
+        self.inner.set_completion_signals(on);
+    }
+    fn has_completions(&mut self) -> bool {
+        self.inner.has_completions()
+    }
 }
 
 #[cfg(test)]

@@ -352,6 +352,9 @@ impl SimDevice {
             sector_size_bytes: SECTOR_SIZE,
             max_in_flight: cfg.max_in_flight,
             durable_writes: true,
+            max_transfer_bytes: None,
+            lba_bytes: SECTOR_SIZE,
+            volatile_write_cache: false,
         };
         SimDevice {
             info,

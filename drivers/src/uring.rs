@@ -163,6 +163,10 @@ pub struct UringDevice {
     /// An eventfd the kernel signals on every CQE (`IORING_REGISTER_EVENTFD`), so a poll loop
     /// can sleep in epoll and wake for device completions.
     completion_fd: File,
+    /// Whether the kernel signals `completion_fd` now (`IORING_CQ_EVENTFD_DISABLED` clear), and
+    /// whether it may hold a count that `reap` must clear.
+    signals: bool,
+    fd_may_be_set: bool,
     info: DeviceInfo,
     wait_timeout: Duration,
     /// Slot `i` holds the I/O whose SQE carries user_data `i`; `None` when free.
@@ -305,11 +309,16 @@ impl UringDevice {
             sector_size_bytes: SECTOR_SIZE,
             max_in_flight: depth,
             durable_writes: opts.dsync,
+            max_transfer_bytes: None,
+            lba_bytes: SECTOR_SIZE,
+            volatile_write_cache: false,
         };
         Ok(UringDevice {
             ring,
             _file: file,
             completion_fd,
+            signals: true,
+            fd_may_be_set: true,
             info,
             wait_timeout: opts.wait_timeout,
             slots: (0..depth).map(|_| None).collect(),
@@ -633,8 +642,13 @@ impl BlockDevice for UringDevice {
     fn reap(&mut self, out: &mut Vec<Completion>, min_complete: usize) -> Result<usize, DeviceError> {
         // Clear the completion eventfd before draining the CQ: a CQE posted after the clear
         // signals it again, so a poll loop sleeping on it never misses one.
-        let mut counter = [0u8; 8];
-        let _ = (&self.completion_fd).read(&mut counter);
+        // With signals off (the loop is running, not sleeping on the fd) the count can only be
+        // left from before they were turned off: clear it once, not on every reap.
+        if self.fd_may_be_set {
+            let mut counter = [0u8; 8];
+            let _ = (&self.completion_fd).read(&mut counter);
+            self.fd_may_be_set = self.signals;
+        }
         let want = min_complete.min(self.with_kernel());
         if want > 0 {
             self.wait_for(want)?;
@@ -648,6 +662,24 @@ impl BlockDevice for UringDevice {
 
     fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.completion_fd.as_fd())
+    }
+
+    fn set_completion_signals(&mut self, on: bool) {
+        if on == self.signals {
+            return;
+        }
+        let cq = self.ring.completion();
+        if on {
+            cq.enable_eventfd();
+            self.fd_may_be_set = true;
+        } else {
+            cq.disable_eventfd();
+        }
+        self.signals = on;
+    }
+
+    fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty()
     }
 }
 

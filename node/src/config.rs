@@ -4,6 +4,8 @@
 //! `commit-to-device`, `defrag-lwm-pct`, `min-avail-pct`, `max-record-size`,
 //! `post-write-cache`, `max-write-cache`) spelled the Rust way with units last.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
 /// A bad setting: which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("config key `{key}`: {reason}")]
@@ -151,6 +153,91 @@ impl StorageConfig {
             return Err(err("nsup_period_ms", "must be at least 1"));
         }
         Ok(())
+    }
+}
+
+/// Settings an operator may change while the node runs (Aerospike's `set-config`), with their
+/// start-up values from the config file. Every worker reads them where they apply, so a change
+/// takes effect on the next command or sweep without a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The namespace's `default-ttl`: TTL of a write that asks for the default (TTL 0), seconds;
+    /// 0 = never expire. At most [`MAX_DEFAULT_TTL_S`].
+    pub default_ttl_s: u32,
+    /// The namespace's `nsup-period` (the expiry sweep's period; Aerospike sets it in seconds),
+    /// ms. 0: no sweep, and, as Aerospike, writes with a TTL are refused (22) unless
+    /// `allow_ttl_without_nsup`. Starts as [`StorageConfig::nsup_period_ms`].
+    pub nsup_period_ms: u64,
+    /// The namespace's `allow-ttl-without-nsup`.
+    pub allow_ttl_without_nsup: bool,
+    /// The namespace's `default-read-touch-ttl-pct`: a read that asks for the default (0)
+    /// touches its record once the TTL left is within this share of the TTL it was written
+    /// with; 0 = never. 0..=100.
+    pub default_read_touch_ttl_pct: u32,
+    /// The service's `proto-fd-idle-ms`: client connections idle this long are closed, ms;
+    /// 0 = never.
+    pub proto_fd_idle_ms: u64,
+    /// The service's `query-max-done`: finished query jobs kept for `query-show`. Bolide keeps
+    /// no finished jobs, so the value is only stored and reported (the clients' test harnesses
+    /// set it).
+    pub query_max_done: u32,
+}
+
+/// Longest `default-ttl`, seconds (10 years, as a client TTL).
+pub const MAX_DEFAULT_TTL_S: u32 = 315_360_000;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_ttl_s: 0,
+            nsup_period_ms: 1000,
+            allow_ttl_without_nsup: false,
+            default_read_touch_ttl_pct: 0,
+            proto_fd_idle_ms: 0,
+            query_max_done: 100,
+        }
+    }
+}
+
+/// [`Settings`] shared by every worker: atomics, read with relaxed loads on the data path.
+#[derive(Debug)]
+pub struct LiveSettings {
+    pub default_ttl_s: AtomicU32,
+    pub nsup_period_ms: AtomicU64,
+    pub allow_ttl_without_nsup: AtomicBool,
+    pub default_read_touch_ttl_pct: AtomicU32,
+    pub proto_fd_idle_ms: AtomicU64,
+    pub query_max_done: AtomicU32,
+}
+
+impl LiveSettings {
+    pub fn new(s: Settings) -> LiveSettings {
+        LiveSettings {
+            default_ttl_s: AtomicU32::new(s.default_ttl_s),
+            nsup_period_ms: AtomicU64::new(s.nsup_period_ms),
+            allow_ttl_without_nsup: AtomicBool::new(s.allow_ttl_without_nsup),
+            default_read_touch_ttl_pct: AtomicU32::new(s.default_read_touch_ttl_pct),
+            proto_fd_idle_ms: AtomicU64::new(s.proto_fd_idle_ms),
+            query_max_done: AtomicU32::new(s.query_max_done),
+        }
+    }
+
+    /// The current values.
+    pub fn get(&self) -> Settings {
+        Settings {
+            default_ttl_s: self.default_ttl_s.load(Ordering::Relaxed),
+            nsup_period_ms: self.nsup_period_ms.load(Ordering::Relaxed),
+            allow_ttl_without_nsup: self.allow_ttl_without_nsup.load(Ordering::Relaxed),
+            default_read_touch_ttl_pct: self.default_read_touch_ttl_pct.load(Ordering::Relaxed),
+            proto_fd_idle_ms: self.proto_fd_idle_ms.load(Ordering::Relaxed),
+            query_max_done: self.query_max_done.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a write with a TTL (not "never") is allowed: Aerospike's `is_ttl_disallowed`
+    /// refuses it (22) while `nsup-period` is 0, unless `allow-ttl-without-nsup`.
+    pub fn ttl_allowed(&self) -> bool {
+        self.nsup_period_ms.load(Ordering::Relaxed) != 0 || self.allow_ttl_without_nsup.load(Ordering::Relaxed)
     }
 }
 

@@ -63,6 +63,9 @@ pub struct DeviceSection {
     /// For `nvme`: the controller's PCI address, `DDDD:BB:DD.F`.
     #[serde(default)]
     pub pci_address: Option<String>,
+    /// For `nvme`: the namespace id (NSID) on that controller. Default 1.
+    #[serde(default)]
+    pub nsid: Option<u32>,
     /// For a directory: size of each shard file, bytes (created sparse). Default 2 GiB.
     #[serde(default = "default_shard_file_bytes")]
     pub shard_file_bytes: u64,
@@ -195,6 +198,9 @@ impl HardwareProfile {
                     if d.pci_address.is_some() {
                         return Err(err("device.pci_address", "only nvme devices have a PCI address"));
                     }
+                    if d.nsid.is_some() {
+                        return Err(err("device.nsid", "only nvme devices have a namespace id"));
+                    }
                 }
                 DeviceDriver::Nvme => {
                     let Some(a) = &d.pci_address else {
@@ -208,6 +214,9 @@ impl HardwareProfile {
                     }
                     if d.path.is_some() {
                         return Err(err("device.path", "an nvme device is named by pci_address, not path"));
+                    }
+                    if d.nsid == Some(0) || d.nsid == Some(u32::MAX) {
+                        return Err(err("device.nsid", "a namespace id is 1..=0xFFFFFFFE"));
                     }
                 }
             }
@@ -247,17 +256,14 @@ impl HardwareProfile {
         Ok(())
     }
 
-    /// Whether `bolide serve` can run this profile in this build: uring devices and kernel
-    /// sockets only, for now.
+    /// Whether `bolide serve` can run this profile in this build: uring and (on Linux) nvme
+    /// devices, kernel sockets.
     ///
     /// # Errors
     /// Names the first part this build cannot drive.
     pub fn check_supported(&self) -> Result<(), ConfigError> {
-        if self.devices.iter().any(|d| d.driver == DeviceDriver::Nvme) {
-            return Err(err(
-                "device.driver",
-                "nvme (the user-space NVMe driver) is not in this build yet; use uring",
-            ));
+        if !cfg!(target_os = "linux") && self.devices.iter().any(|d| d.driver == DeviceDriver::Nvme) {
+            return Err(err("device.driver", "nvme (VFIO) needs Linux; use uring"));
         }
         if self.network.driver == NicDriver::Dpdk {
             return Err(err("network.driver", "dpdk is not in this build yet; use kernel"));
@@ -308,13 +314,17 @@ polling = "busy"
         assert!(p.storage.commit_to_device);
         assert_eq!(p.network.polling, PollingMode::Busy);
         assert_eq!(p.devices[0].measured.as_ref().unwrap().rand_read_iops, 700000.0);
-        assert_eq!(p.check_supported().unwrap_err().key, "device.driver");
+        assert_eq!(p.check_supported().unwrap_err().key, "network.driver");
     }
 
     #[test]
     fn bad_profiles_name_their_key() {
         let cases = [
             (LAB.replace("0000:01:00.0", "01:00.0"), "device.pci_address"),
+            (
+                LAB.replace("pci_address = \"0000:02:00.0\"", "pci_address = \"0000:02:00.0\"\nnsid = 0"),
+                "device.nsid",
+            ),
             (LAB.replace("cores = [2, 3, 4, 5]", "cores = [2, 2]"), "cpu.cores"),
             (
                 LAB.replace("queue_depth = 256", "queue_depth = 0"),

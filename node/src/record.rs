@@ -508,6 +508,95 @@ pub fn verify_body(hdr: &RecordHeader, buf: &[u8]) -> Result<(), RecordError> {
     Ok(())
 }
 
+/// CRC32C lookup table (reflected polynomial `0x82F63B78`), for the error locator below.
+const CRC32C_TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
+/// `CRC32C_TABLE_INV[T[k] >> 24] = k`: the top bytes of the table are a permutation of 0..256,
+/// which makes one step of the CRC register invertible.
+const CRC32C_TABLE_INV: [u8; 256] = {
+    let mut inv = [0u8; 256];
+    let mut seen = [false; 256];
+    let mut k = 0;
+    while k < 256 {
+        let top = (CRC32C_TABLE[k] >> 24) as usize;
+        assert!(!seen[top], "CRC32C table top bytes are not a permutation");
+        seen[top] = true;
+        inv[top] = k as u8;
+        k += 1;
+    }
+    inv
+};
+
+/// When `data` fails its CRC32C `stored_crc` and the difference is explained by damage inside
+/// exactly one byte, returns that byte's offset and the XOR that repairs it.
+///
+/// CRC32C is linear: for equal lengths `crc(a) ^ crc(b)` is the init-free CRC of `a ^ b`, and
+/// an error confined to byte `j` with pattern `v` has the syndrome `F^(L-1-j)(T[v])`, where `F`
+/// is one register step over a zero byte. Stepping the syndrome back with `F⁻¹` at most `L`
+/// times finds `j` and `v` (the syndromes of distinct single-byte errors are distinct for any
+/// length a wblock can hold). A torn write (whole 4 KiB sectors of other data) matches by
+/// accident with a chance of about `255·L / 2³²`. Used by cold start to tell media damage (a
+/// bit flip) from a torn write; `docs/FAULT_MODEL.md`.
+pub fn crc_error_in_one_byte(data: &[u8], stored_crc: u32) -> Option<(usize, u8)> {
+    let syndrome = crc32c::crc32c(data) ^ stored_crc;
+    if syndrome == 0 || data.is_empty() {
+        return None;
+    }
+    let mut r = syndrome;
+    for n in 0..data.len() {
+        let k = CRC32C_TABLE_INV[(r >> 24) as usize];
+        if CRC32C_TABLE[k as usize] == r && k != 0 {
+            return Some((data.len() - 1 - n, k));
+        }
+        // F⁻¹: r = F(q) = (q >> 8) ^ T[q & 0xff], and the top byte of r names q & 0xff.
+        r = ((r ^ CRC32C_TABLE[k as usize]) << 8) | u32::from(k);
+    }
+    None
+}
+
+/// A record header that failed [`decode_header`] with `HeaderCorrupt`, repaired when its
+/// damage is provably small: a magic off by at most [`MAGIC_FLIP_MAX_BITS`] bits over bytes
+/// that pass the checksum, damage inside one byte of bytes 8..64 ([`crc_error_in_one_byte`]),
+/// or damage inside one byte of the stored checksum. Returns the repaired 64 bytes, which then
+/// decode. `None` when `buf` holds no such header.
+pub fn repair_record_header(buf: &[u8]) -> Option<[u8; RECORD_HEADER_BYTES]> {
+    let h = buf.get(..RECORD_HEADER_BYTES)?;
+    let mut fixed = [0u8; RECORD_HEADER_BYTES];
+    fixed.copy_from_slice(h);
+    let magic = le_u32(h, 0);
+    let stored = le_u32(h, 4);
+    let computed = crc32c::crc32c(&h[8..]);
+    if magic != RECORD_MAGIC {
+        if (magic ^ RECORD_MAGIC).count_ones() > MAGIC_FLIP_MAX_BITS || computed != stored {
+            return None;
+        }
+        fixed[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+    } else if computed != stored {
+        let diff = (computed ^ stored).to_le_bytes();
+        if diff.iter().filter(|&&b| b != 0).count() == 1 {
+            fixed[4..8].copy_from_slice(&computed.to_le_bytes());
+        } else {
+            let (j, v) = crc_error_in_one_byte(&h[8..], stored)?;
+            fixed[8 + j] ^= v;
+        }
+    }
+    decode_header(&fixed, None).ok().map(|_| fixed)
+}
+
 /// Decodes and fully verifies the record at the start of `buf`.
 ///
 /// [`decode_header`], then [`verify_body`], then a full parse of the body: set name 1..=63 bytes,
@@ -717,6 +806,75 @@ impl WblockHeader {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn one_byte_crc_errors_are_located_and_tears_are_not() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for len in [1usize, 2, 63, 64, 1000, 4096, 70_000] {
+            let data: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+            let crc = crc32c::crc32c(&data);
+            assert_eq!(crc_error_in_one_byte(&data, crc), None, "no error");
+            for _ in 0..20 {
+                let j = (rnd() as usize) % len;
+                let v = (rnd() as u8).max(1);
+                let mut bad = data.clone();
+                bad[j] ^= v;
+                assert_eq!(crc_error_in_one_byte(&bad, crc), Some((j, v)), "len {len} byte {j} xor {v:#x}");
+            }
+        }
+        // A torn write: a whole sector of other bytes. Not mistaken for a one-byte error.
+        let data: Vec<u8> = (0..3 * 4096).map(|_| rnd() as u8).collect();
+        let crc = crc32c::crc32c(&data);
+        for s in 0..3 {
+            let mut torn = data.clone();
+            torn[s * 4096..(s + 1) * 4096].fill(0);
+            assert_eq!(crc_error_in_one_byte(&torn, crc), None);
+        }
+    }
+
+    #[test]
+    fn small_record_header_damage_is_repaired_and_large_is_not() {
+        let rec = Record {
+            meta: RecordMeta {
+                digest: Digest([7; 20]),
+                generation: 3,
+                void_time: 0,
+                lut_ms: 99,
+                origin_seq: 5,
+                tombstone: false,
+            },
+            set_name: Vec::new(),
+            key: None,
+            bins: Vec::new(),
+        };
+        let mut buf = vec![0u8; 256];
+        let n = encode(&rec, 5, &mut buf);
+        let good = decode_header(&buf[..n], None).unwrap();
+        for at in 0..RECORD_HEADER_BYTES {
+            for v in [1u8, 0x80, 0xff] {
+                let mut bad = buf.clone();
+                bad[at] ^= v;
+                if decode_header(&bad, None) != Err(RecordError::HeaderCorrupt) {
+                    continue;
+                }
+                if at < 4 && (v.count_ones() > MAGIC_FLIP_MAX_BITS) {
+                    continue; // a magic changed in many bits is not a record header at all
+                }
+                let fixed = repair_record_header(&bad).unwrap_or_else(|| panic!("byte {at} xor {v:#x}"));
+                assert_eq!(decode_header(&fixed, None).unwrap(), good, "byte {at}");
+            }
+        }
+        let mut two = buf.clone();
+        two[20] ^= 1;
+        two[40] ^= 1;
+        assert_eq!(repair_record_header(&two), None);
+    }
 
     const SEQ: u64 = 0x0000_0007_dead_beef;
 

@@ -35,7 +35,8 @@ enum State {
 impl State {
     fn at(self, now_s: u32) -> State {
         match self {
-            State::Val { void_time, .. } if void_time != 0 && void_time <= now_s => State::Absent,
+            // Expired once void_time < now (whole seconds, as Aerospike; `shard::is_expired`).
+            State::Val { void_time, .. } if void_time != 0 && void_time < now_s => State::Absent,
             s => s,
         }
     }

@@ -26,7 +26,7 @@ fn every_shipped_profile_is_valid() {
             .find(|p| p.name == n)
             .unwrap_or_else(|| panic!("{n}.toml is shipped"))
     };
-    // The default and CI profiles run on this build; the lab example needs the NVMe driver.
+    // The default and CI profiles run on this build; the lab example needs DPDK.
     get("dev-uring").check_supported().unwrap();
     get("ci").check_supported().unwrap();
     let lab = get("lab-2x-nvme");

@@ -154,14 +154,17 @@ fn a_corrupt_record_is_reported_never_returned_as_data() {
     }
     assert_eq!(s.stats().read_corrupt, 1);
     assert_eq!(check_rec(&s.get_blocking(&digest_of(11)).unwrap()), (11, 1));
-    // A cold start finds no valid copy: the record is dropped and reported, others are intact.
+    // A cold start finds no valid copy, and one flipped bit is media damage, not a torn write:
+    // the damaged copy is kept, reported, and reads of it keep failing (never NotFound, which
+    // would let an older copy or a delete win); others are intact.
     let (mut s, rep) = open_sim(
         SimDevice::from_disk(s.into_device().crash(), SimConfig::new("sim0", CAP, 5)),
         &clock,
         cfg,
     );
-    assert_eq!((rep.corrupt_bodies, rep.corrupt_dropped), (1, 1), "{rep:?}");
-    assert_eq!(s.get_blocking(&digest_of(10)), Err(ReadError::NotFound));
+    assert_eq!((rep.corrupt_bodies, rep.corrupt_dropped, rep.corrupt_kept), (1, 0, 1), "{rep:?}");
+    assert_eq!(s.stats().cold_start_corrupt_kept, 1);
+    assert!(matches!(s.get_blocking(&digest_of(10)), Err(ReadError::Corrupt { .. })));
     for k in (0..300).filter(|&k| k != 10) {
         assert_eq!(check_rec(&s.get_blocking(&digest_of(k)).unwrap()), (k, 1));
     }

@@ -304,7 +304,12 @@ def run_scan():
     recs = q.results({"total_timeout": 20000})
     took = time.monotonic() - t0
     exactly(recs, all_q, "query with records_per_second", st)
-    check(took >= 0.5, f"{N_Q} records at {rate}/s took {took:.3f} s (about 1 s expected)")
+    # each node holds its own stream to the rate (as Aerospike does): per-core mode shows
+    # every worker as a node
+    nodes = len(client.get_nodes())
+    check(took >= 0.5 / nodes,
+          f"{N_Q} records at {rate}/s per node on {nodes} node(s) took {took:.3f} s "
+          f"(about {1 / nodes:.1f} s expected)")
 
     # large records: the scan reply spans several protos
     blob = bytes(range(256)) * 64  # 16 KiB
@@ -385,7 +390,11 @@ def run_scan():
         want = all_q if pf is None else [i for i in all_q if 1000 <= pid(st, i) < 1500]
         exactly(union, want, f"pagination by {page_size} over {pf}", st)
         full = [p for p in pages if len(p) == page_size]
-        check(len(full) >= len(want) // page_size, f"pagination by {page_size}: page sizes {[len(p) for p in pages]}")
+        # with several nodes (per-core mode) the client splits each page over them, so a page
+        # near the end may come up short on one node
+        short_ok = len(client.get_nodes()) - 1
+        check(len(full) >= len(want) // page_size - short_ok,
+              f"pagination by {page_size}: page sizes {[len(p) for p in pages]}")
 
     # the Scan API paginates too
     s = client.scan(NS, st)
@@ -571,17 +580,16 @@ def run_truncate_sets():
     check(client.truncate(NS, "f", before, INFO) == 0, "truncate f with an older lut")
     check(count_set("f") == [99], f"older lut keeps the newer record: {count_set('f')}")
 
-    # a lut in the future is refused and removes nothing; an unknown namespace is refused
+    # a lut in the future is refused (4, as Aerospike) and removes nothing; an unknown
+    # namespace is answered ok and changes nothing, as Aerospike CE 8.1.2.0 does (issue 17)
     try:
         client.truncate(NS, "b", time.time_ns() + 3600 * 10**9, INFO)
         check(False, "a truncate lut in the future must be refused")
-    except ex.AerospikeError:
+    except ex.AerospikeError as e:
+        check(e.code == 4, f"a future lut answers 4, got {e.code}")
         check(count_set("b") == list(range(100)), "a refused truncate removes nothing")
-    try:
-        client.truncate("nosuchns", "b", 0, INFO)
-        check(False, "truncate of an unknown namespace must fail")
-    except ex.NamespaceNotFound:
-        check(True, "")
+    check(client.truncate("nosuchns", "b", 0, INFO) == 0, "truncate of an unknown namespace is ok")
+    check(count_set("b") == list(range(100)), "truncate of another namespace removes nothing")
 
     # truncate of a set that has no records, then of d
     check(client.truncate(NS, "nosuchset", 0, INFO) == 0, "truncate of an empty set")

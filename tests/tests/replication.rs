@@ -40,7 +40,13 @@ driver = "kernel"
 polling = "interrupt"
 "#;
 
-const CONFIG: [&str; 2] = ["replication_factor = 2", "fault_injection = true"];
+/// No record cache: phase 3 finds the failed device through client reads, which a cache of
+/// the (verified) records would serve from RAM.
+const CONFIG: [&str; 3] = [
+    "replication_factor = 2",
+    "fault_injection = true",
+    "record_cache_bytes = 0",
+];
 
 fn key(k: u32) -> Key {
     Key::new(NS, "r", aerospike::Value::from(i64::from(k))).expect("key")

@@ -1,5 +1,6 @@
 //! `bolide-probe DEVICE` (also `bolide probe DEVICE`): measures a file or block device through
-//! the io_uring backend — sequential bandwidth, random 4 KiB IOPS over queue depths, QD1
+//! the io_uring backend (or, named `nvme:PCI[/nsN]`, a controller through the user-space NVMe
+//! driver) — sequential bandwidth, random 4 KiB IOPS over queue depths, QD1
 //! latency — prints them, and with `--write-profile` writes them into a hardware profile's
 //! `[device.measured]` section. See `bolide_bench::probe`.
 //!
@@ -20,8 +21,9 @@ use serde_json::json;
     about = "Measure a device (iotune style) and write the [device.measured] section of a hardware profile"
 )]
 struct Args {
-    /// File or block device. EVERYTHING ON IT IS OVERWRITTEN. A file is created or grown to
-    /// --size (and filled once, so reads reach the disk).
+    /// File or block device, or `nvme:DDDD:BB:DD.F[/nsN]` for a controller bound to vfio-pci
+    /// (Bolide's user-space NVMe driver). EVERYTHING ON IT IS OVERWRITTEN. A file is created or
+    /// grown to --size (and filled once, so reads reach the disk).
     device: PathBuf,
     /// Size of the file to create or grow, e.g. 2G (binary suffixes K, M, G, T).
     #[arg(long, default_value = "2G")]
@@ -55,10 +57,11 @@ struct Args {
 
 fn config(a: &Args) -> Result<ProbeConfig, String> {
     let size = parse_size(&a.size).map_err(|e| format!("--size: {e}"))?;
-    let is_block = std::fs::metadata(&a.device).is_ok_and(|m| {
-        use std::os::unix::fs::FileTypeExt;
-        m.file_type().is_block_device()
-    });
+    let is_block = bolide_bench::devio::nvme_target(&a.device).is_some()
+        || std::fs::metadata(&a.device).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_block_device()
+        });
     if !(a.step_s > 0.0 && a.step_s <= 600.0) {
         return Err(format!("--step-s: must be in (0, 600], got {}", a.step_s));
     }
@@ -137,7 +140,12 @@ fn main() {
                 "device": cfg.device.display().to_string(), "size_bytes": cfg.size_bytes,
                 "step_s": a.step_s, "seq_io_bytes": cfg.seq_io_bytes,
                 "seq_queue_depths": cfg.seq_queue_depths, "max_queue_depth": cfg.max_queue_depth,
-                "seed": cfg.seed, "direct": true, "backend": "bolide_drivers::uring (io_uring, O_DIRECT, registered buffers)",
+                "seed": cfg.seed, "direct": true,
+                "backend": if bolide_bench::devio::nvme_target(&cfg.device).is_some() {
+                    "bolide_drivers::nvme (user-space NVMe over VFIO, polled queue pair, registered buffers)"
+                } else {
+                    "bolide_drivers::uring (io_uring, O_DIRECT, registered buffers)"
+                },
             },
             "machine": machine,
             "result": result.json(),

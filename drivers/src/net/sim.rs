@@ -76,8 +76,10 @@ struct Inner {
     tick: u64,
     rng: ChaCha8Rng,
     faults: SimFaults,
-    /// Listening addresses: addr -> (queue, listener).
-    listeners: BTreeMap<SocketAddr, (usize, ListenerId)>,
+    /// Listening addresses: addr -> (queue, listener) per queue listening there (several with
+    /// `reuse_port`, as `SO_REUSEPORT`: a new connection goes to one of them, drawn from the seed),
+    /// and whether the address is shared.
+    listeners: BTreeMap<SocketAddr, (Vec<(usize, ListenerId)>, bool)>,
     links: Vec<Link>,
     /// Per queue: links accepted but not yet reported, by link index.
     backlog: Vec<VecDeque<usize>>,
@@ -130,12 +132,18 @@ impl SimWorld {
     /// Nothing listens there (connection refused).
     pub fn connect(&self, addr: SocketAddr) -> Result<SimClient, NetError> {
         let mut w = self.lock();
-        let Some(&(queue, listener)) = w.listeners.get(&addr) else {
+        let Some((queues, _)) = w.listeners.get(&addr) else {
             return Err(NetError {
                 op: format!("connect to {addr}"),
                 errno: Some(libc_econnrefused()),
                 detail: "connection refused".into(),
             });
+        };
+        let queues = queues.clone();
+        let (queue, listener) = if queues.len() == 1 {
+            queues[0]
+        } else {
+            queues[w.rng.gen_range(0..queues.len())]
         };
         w.links.push(Link {
             conn: None,
@@ -272,22 +280,35 @@ impl SimNet {
 }
 
 impl NetQueue for SimNet {
-    fn listen(&mut self, addr: SocketAddr, _opts: &ListenOptions) -> Result<(ListenerId, SocketAddr), NetError> {
+    fn listen(&mut self, addr: SocketAddr, opts: &ListenOptions) -> Result<(ListenerId, SocketAddr), NetError> {
         let mut w = self.world.lock();
         let mut addr = addr;
         if addr.port() == 0 {
             addr.set_port(w.next_port);
             w.next_port += 1;
         }
-        if w.listeners.contains_key(&addr) {
+        let shareable = w.listeners.get(&addr).map(|(qs, shared)| {
+            *shared && opts.reuse_port && !qs.iter().any(|(q, _)| *q == self.index)
+        });
+        if shareable == Some(false) {
             return Err(NetError {
                 op: format!("listen on {addr}"),
                 errno: Some(98),
                 detail: "address in use".into(),
             });
         }
-        let id = ListenerId(w.listeners.values().filter(|(q, _)| *q == self.index).count() as u32);
-        w.listeners.insert(addr, (self.index, id));
+        let index = self.index;
+        let id = ListenerId(
+            w.listeners
+                .values()
+                .map(|(qs, _)| qs.iter().filter(|(q, _)| *q == index).count())
+                .sum::<usize>() as u32,
+        );
+        w.listeners
+            .entry(addr)
+            .or_insert_with(|| (Vec::new(), opts.reuse_port))
+            .0
+            .push((index, id));
         Ok((id, addr))
     }
 

@@ -6,17 +6,20 @@
 //! then it shuts every shard down cleanly (flush, persist the index for a fast restart).
 
 use bolide_drivers::fault::{FaultSwitch, Faulty};
+use bolide_drivers::any::AnyDevice;
+use bolide_drivers::nvme::{NvmeDevice, NvmeOptions};
 use bolide_drivers::uring::{UringDevice, UringOptions};
 use bolide_node::clock::SystemClock;
 use bolide_node::config::StorageConfig;
+use bolide_node::datadir::{DeviceLock, DirLock};
 use bolide_node::profile::HardwareProfile;
 use bolide_drivers::net::NetDriver;
 use bolide_node::server::{ListenMode, Server, ServerConfig};
-use bolide_node::shard::{OpenMode, Region, Shard};
+use bolide_node::shard::{Format, OpenMode, OpenOptions, Region, Shard};
 
 /// A shard on an io_uring device that the `fail-device` info command can fail (when
 /// `fault_injection` is set).
-type NodeShard = Shard<Faulty<UringDevice>, SystemClock>;
+type NodeShard = Shard<Faulty<AnyDevice>, SystemClock>;
 use bolide_node::truncate::TruncateTable;
 
 /// The truncate table, in the data directory (docs/DISK_FORMAT.md, "Truncate table").
@@ -63,6 +66,16 @@ struct ServeArgs {
     /// tuning. Without it: one worker per core, one file per shard under `data_dir`.
     #[arg(long)]
     profile: Option<PathBuf>,
+    /// Format every shard region whose header is not a valid Bolide header (damaged, or another
+    /// program's data), destroying what it holds. Without it only a provably blank region is
+    /// formatted and anything else stops the start (docs/FAULT_MODEL.md).
+    #[arg(long)]
+    format_invalid: bool,
+    /// Start even when a cold start finds damage it cannot attribute (a wblock or record header
+    /// damaged past repair): what it held is dropped, and older copies of those records may be
+    /// served. Logged at ERROR and counted. Prefer repairing from the replica copy.
+    #[arg(long)]
+    accept_data_loss: bool,
 }
 
 /// The node's config file. Every key is optional.
@@ -108,6 +121,18 @@ struct NodeConfig {
     max_unsent_reply_bytes: usize,
     /// Close client connections idle this long, ms (Aerospike's `proto-fd-idle-ms`); 0 = never.
     proto_fd_idle_ms: u64,
+    /// TTL of writes that ask for the namespace default, seconds (Aerospike's `default-ttl`);
+    /// 0 = never expire. `set-config` changes it at run time.
+    default_ttl_s: u32,
+    /// Allow writes with a TTL while `nsup-period` is 0 (Aerospike's `allow-ttl-without-nsup`).
+    allow_ttl_without_nsup: bool,
+    /// Reads that ask for the default touch their record once the TTL left is within this share
+    /// of its last write's TTL (Aerospike's `default-read-touch-ttl-pct`), 0..=100; 0 = never.
+    default_read_touch_ttl_pct: u32,
+    /// RAM for the record cache in front of the devices, bytes for the whole node (split
+    /// evenly over the shards); 0 = no cache: every read not in a write buffer goes to the device.
+    /// Default: 1 GiB, or an eighth of the machine's memory if that is less.
+    record_cache_bytes: u64,
     storage: StorageConfig,
     /// `[[backup.policy]]` tables: read and checked by `bolide backup-service`, not by the node
     /// (docs/OPERATIONS.md, "Backup policies").
@@ -133,6 +158,10 @@ impl Default for NodeConfig {
             polling: String::new(),
             max_unsent_reply_bytes: 16 << 20,
             proto_fd_idle_ms: 0,
+            default_ttl_s: 0,
+            allow_ttl_without_nsup: false,
+            default_read_touch_ttl_pct: 0,
+            record_cache_bytes: (1u64 << 30).min(physical_memory_bytes().unwrap_or(8 << 30) / 8),
             storage: StorageConfig::default(),
             backup: toml::Table::new(),
         }
@@ -216,13 +245,41 @@ fn load_config(path: Option<&Path>, profile: Option<&HardwareProfile>) -> Result
             cfg.polling
         ));
     }
+    if cfg.default_ttl_s > bolide_node::config::MAX_DEFAULT_TTL_S {
+        return Err(format!(
+            "config key `default_ttl_s`: {} is over {} (10 years)",
+            cfg.default_ttl_s,
+            bolide_node::config::MAX_DEFAULT_TTL_S
+        ));
+    }
+    if cfg.default_read_touch_ttl_pct > 100 {
+        return Err(format!(
+            "config key `default_read_touch_ttl_pct`: {} is over 100",
+            cfg.default_read_touch_ttl_pct
+        ));
+    }
     if cfg.max_unsent_reply_bytes < 64 * 1024 {
         return Err(format!(
             "config key `max_unsent_reply_bytes`: {} is under 65536 (one scan chunk must fit)",
             cfg.max_unsent_reply_bytes
         ));
     }
+    if cfg.record_cache_bytes > physical_memory_bytes().unwrap_or(u64::MAX) / 2 {
+        return Err(format!(
+            "config key `record_cache_bytes`: {} is over half of this machine's memory ({} bytes)",
+            cfg.record_cache_bytes,
+            physical_memory_bytes().unwrap_or(0)
+        ));
+    }
     Ok(cfg)
+}
+
+/// The machine's RAM, bytes (`/proc/meminfo`'s MemTotal), if it can be read.
+fn physical_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The network backend, listener layout and polling mode: the config's keys, else the
@@ -329,6 +386,8 @@ struct Placement {
     /// This shard's slot and the number of shards sharing the file or block device.
     slot: (u64, u64),
     queue_depth: u32,
+    /// `nvme` devices: the controller's PCI address and the namespace id (`path` is unused).
+    nvme: Option<(String, u32)>,
 }
 
 /// Shard `w` of `workers` on device `w % devices`: a file of its own in a directory, else an
@@ -343,6 +402,7 @@ fn placements(cfg: &NodeConfig, profile: Option<&HardwareProfile>, workers: usiz
                 create_size_bytes: Some(cfg.shard_file_bytes),
                 slot: (0, 1),
                 queue_depth: cfg.queue_depth,
+                nvme: None,
             })
             .collect());
     };
@@ -350,8 +410,19 @@ fn placements(cfg: &NodeConfig, profile: Option<&HardwareProfile>, workers: usiz
     (0..workers)
         .map(|w| {
             let d = &p.devices[w % n];
-            let path = d.path.clone().expect("validated: uring devices have a path");
             let sharing = ((workers - 1 - w % n) / n + 1) as u64;
+            if let Some(pci) = &d.pci_address {
+                // One queue pair per worker on the shared controller; equal regions of the
+                // namespace, as for a block device.
+                return Ok(Placement {
+                    path: PathBuf::from(format!("nvme:{pci}")),
+                    create_size_bytes: None,
+                    slot: ((w / n) as u64, sharing),
+                    queue_depth: d.queue_depth,
+                    nvme: Some((pci.clone(), d.nsid.unwrap_or(1))),
+                });
+            }
+            let path = d.path.clone().expect("validated: uring devices have a path");
             let is_dir = path.is_dir() || !path.exists();
             if is_dir {
                 std::fs::create_dir_all(&path)
@@ -361,6 +432,7 @@ fn placements(cfg: &NodeConfig, profile: Option<&HardwareProfile>, workers: usiz
                     create_size_bytes: Some(d.shard_file_bytes),
                     slot: (0, 1),
                     queue_depth: d.queue_depth,
+                    nvme: None,
                 })
             } else {
                 Ok(Placement {
@@ -368,6 +440,7 @@ fn placements(cfg: &NodeConfig, profile: Option<&HardwareProfile>, workers: usiz
                     create_size_bytes: None,
                     slot: ((w / n) as u64, sharing),
                     queue_depth: d.queue_depth,
+                    nvme: None,
                 })
             }
         })
@@ -392,7 +465,20 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         (None, 0) => cores.len().max(1),
         (None, w) => w,
     };
+    if workers == 0 || workers > bolide_node::server::replica::MAX_WORKERS {
+        return Err(format!(
+            "{} workers: Bolide runs 1..={} (the partition map names a worker in one byte)",
+            workers,
+            bolide_node::server::replica::MAX_WORKERS
+        ));
+    }
+    // One node per data directory and per device, for the life of this process: taken before
+    // any shard file is created or opened.
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", cfg.data_dir.display()))?;
+    let _locks = lock_paths(&cfg, profile.as_ref())?;
     let places = placements(&cfg, profile.as_ref(), workers)?;
+    check_shard_files(&places)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -413,6 +499,10 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         ));
     }
     let switches: Vec<FaultSwitch> = (0..workers).map(|_| FaultSwitch::new()).collect();
+    let open_opts = OpenOptions {
+        format: if args.format_invalid { Format::IfInvalid } else { Format::IfBlank },
+        accept_damage: args.accept_data_loss,
+    };
     // Open every shard (cold starts run in parallel).
     let opened: Vec<Result<(NodeShard, bool), String>> = std::thread::scope(|s| {
         let hs: Vec<_> = places
@@ -421,7 +511,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             .enumerate()
             .map(|(w, (place, sw))| {
                 let cfg = &cfg;
-                s.spawn(move || open_shard(w, place, cfg, sw.clone()))
+                s.spawn(move || open_shard(w, place, cfg, sw.clone(), open_opts))
             })
             .collect();
         hs.into_iter()
@@ -486,6 +576,16 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         fresh,
         fault_switches: if cfg.fault_injection { switches } else { Vec::new() },
         rereplication_records_per_second: cfg.rereplication_records_per_second,
+        storage: cfg.storage.clone(),
+        settings: bolide_node::config::Settings {
+            default_ttl_s: cfg.default_ttl_s,
+            nsup_period_ms: cfg.storage.nsup_period_ms,
+            allow_ttl_without_nsup: cfg.allow_ttl_without_nsup,
+            default_read_touch_ttl_pct: cfg.default_read_touch_ttl_pct,
+            proto_fd_idle_ms: cfg.proto_fd_idle_ms,
+            query_max_done: 100,
+        },
+        record_cache_bytes: cfg.record_cache_bytes / workers.max(1) as u64,
     };
     let pins = (0..workers)
         .map(|w| cores.get(w % cores.len().max(1)).copied())
@@ -495,7 +595,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         _ if e.to_string().starts_with("cannot listen") => e.to_string(),
         _ => format!("cannot listen on {}: {e}", cfg.listen),
     })?;
-    tracing::info!(listen = %server.shared.listen, namespace = %cfg.namespace, node = %server_cfg.node_name, workers, replication_factor = cfg.replication_factor, network = ?network, listen_mode = ?listen_mode, busy_poll, "serving");
+    tracing::info!(version = bolide_node::proto::info::EDITION, build = bolide_node::proto::info::DEFAULT_BUILD, listen = %server.shared.listen, namespace = %cfg.namespace, node = %server_cfg.node_name, workers, replication_factor = cfg.replication_factor, network = ?network, listen_mode = ?listen_mode, busy_poll, "serving");
     while !stop.load(Ordering::Relaxed) && !server.stopping() {
         std::thread::sleep(Duration::from_millis(50));
         if cfg.replication_factor == 2 {
@@ -522,22 +622,125 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     first_err.map_or(Ok(()), Err)
 }
 
+/// Locks the data directory and every device of the profile (a directory by its lock file, a
+/// file or block device by itself); the locks live as long as the returned values.
+fn lock_paths(cfg: &NodeConfig, profile: Option<&HardwareProfile>) -> Result<Vec<Box<dyn std::any::Any>>, String> {
+    let mut locks: Vec<Box<dyn std::any::Any>> =
+        vec![Box::new(DirLock::acquire(&cfg.data_dir).map_err(|e| e.to_string())?)];
+    let mut seen = vec![std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone())];
+    for d in profile.map(|p| p.devices.as_slice()).unwrap_or_default() {
+        let Some(path) = &d.path else { continue };
+        if path.is_dir() || !path.exists() {
+            std::fs::create_dir_all(path)
+                .map_err(|e| format!("cannot create device directory {}: {e}", path.display()))?;
+        }
+        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        if seen.contains(&canon) {
+            continue;
+        }
+        seen.push(canon);
+        if path.is_dir() {
+            locks.push(Box::new(DirLock::acquire(path).map_err(|e| e.to_string())?));
+        } else {
+            locks.push(Box::new(DeviceLock::acquire(path).map_err(|e| e.to_string())?));
+        }
+    }
+    Ok(locks)
+}
+
+/// Before any file is created or changed: every shard file that exists must have exactly the
+/// configured size (a shorter one was truncated, a longer or shorter setting would grow or
+/// ignore data), and in a directory either every shard file of this worker count exists or none
+/// does (a lost file is not formatted blank, and a changed worker count would misplace every
+/// partition). Files that are missing in a fresh directory are created by the device open.
+fn check_shard_files(places: &[Placement]) -> Result<(), String> {
+    let mut present = Vec::new();
+    let mut missing = Vec::new();
+    for p in places {
+        let Some(want) = p.create_size_bytes else { continue };
+        match std::fs::metadata(&p.path) {
+            Ok(m) if !m.is_file() => return Err(format!("shard file {} is not a regular file", p.path.display())),
+            Ok(m) if m.len() != want => {
+                return Err(format!(
+                    "shard file {} is {} bytes, but shard_file_bytes is {want}: the file was truncated or the setting                      changed; refusing to start (nothing was changed; restore the file, or set shard_file_bytes back)",
+                    p.path.display(),
+                    m.len()
+                ))
+            }
+            Ok(_) => present.push(&p.path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(&p.path),
+            Err(e) => return Err(format!("cannot stat shard file {}: {e}", p.path.display())),
+        }
+    }
+    // Within one directory (a device): all or none. A whole device directory that is new is a
+    // replaced device, formatted blank (and refilled by re-replication with replication_factor 2).
+    let lost = missing.iter().find_map(|m| present.iter().find(|p| p.parent() == m.parent()).map(|p| (p, m)));
+    if let Some((have, lost)) = lost {
+        return Err(format!(
+            "shard file {} is missing while {} exists: a lost shard file is not formatted blank (restore it,              or move the whole data directory away to start empty)",
+            lost.display(),
+            have.display()
+        ));
+    }
+    // A shard file beyond this worker count: the count changed under existing data.
+    let dirs: Vec<&Path> = places
+        .iter()
+        .filter(|p| p.create_size_bytes.is_some())
+        .filter_map(|p| p.path.parent())
+        .collect();
+    for dir in dirs.iter().copied().collect::<std::collections::BTreeSet<_>>() {
+        let Ok(rd) = std::fs::read_dir(dir) else { continue };
+        for ent in rd.flatten() {
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            let is_shard = name.strip_prefix("shard-").and_then(|r| r.strip_suffix(".dat")).is_some_and(|n| n.parse::<usize>().is_ok());
+            if is_shard && !places.iter().any(|p| p.path == ent.path()) {
+                return Err(format!(
+                    "{} belongs to no worker of this configuration: the worker count changed under existing data                      (partitions are owned by partition % workers); start with the earlier worker count",
+                    ent.path().display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Opens worker `w`'s shard; returns it and whether it was blank (formatted now: a new or
 /// replaced device).
-fn open_shard(w: usize, place: &Placement, cfg: &NodeConfig, switch: FaultSwitch) -> Result<(NodeShard, bool), String> {
+fn open_shard(
+    w: usize,
+    place: &Placement,
+    cfg: &NodeConfig,
+    switch: FaultSwitch,
+    open_opts: OpenOptions,
+) -> Result<(NodeShard, bool), String> {
     let path = &place.path;
     // With commit_to_device a completed write must be durable, not just in the device's cache:
     // open O_DSYNC so every write completion means "on stable media".
     let opts = UringOptions {
         queue_depth: place.queue_depth,
-        create_size_bytes: place.create_size_bytes,
+        // Only a missing file is created; an existing one is never resized (checked before).
+        create_size_bytes: place.create_size_bytes.filter(|_| !path.exists()),
         dsync: cfg.storage.commit_to_device,
         ..UringOptions::default()
     };
-    let dev = Faulty::new(
-        UringDevice::open(path, &opts).map_err(|e| format!("worker {w}: {e}"))?,
-        switch,
-    );
+    let dev = match &place.nvme {
+        // With commit_to_device every write carries FUA, so its completion means "on stable media".
+        Some((pci, nsid)) => AnyDevice::Nvme(
+            NvmeDevice::open(
+                pci,
+                &NvmeOptions {
+                    nsid: *nsid,
+                    queue_depth: place.queue_depth,
+                    fua: cfg.storage.commit_to_device,
+                    ..NvmeOptions::default()
+                },
+            )
+            .map_err(|e| format!("worker {w}: {e}"))?,
+        ),
+        None => AnyDevice::Uring(UringDevice::open(path, &opts).map_err(|e| format!("worker {w}: {e}"))?),
+    };
+    let dev = Faulty::new(dev, switch);
     let cap = bolide_drivers::BlockDevice::info(&dev).capacity_bytes;
     // Shards sharing a file or block device get equal regions, whole wblocks each.
     let (slot, sharing) = place.slot;
@@ -547,7 +750,7 @@ fn open_shard(w: usize, place: &Placement, cfg: &NodeConfig, switch: FaultSwitch
         offset_bytes: slot * len_bytes,
         len_bytes,
     };
-    let (shard, report) = Shard::open(dev, SystemClock::new(), cfg.storage.clone(), w as u32, region)
+    let (shard, report) = Shard::open_with(dev, SystemClock::new(), cfg.storage.clone(), w as u32, region, open_opts)
         .map_err(|e| format!("worker {w}: {}: {e}", path.display()))?;
     tracing::info!(worker = w, path = %path.display(), offset = region.offset_bytes, mode = ?report.mode, records = report.index_entries, ms = report.elapsed_ms, "shard ready");
     Ok((shard, report.mode == OpenMode::Formatted))

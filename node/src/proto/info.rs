@@ -35,8 +35,6 @@
 //!   same connection. Clients send it once, and only to builds ≥ 8.1 (spec §2.5).
 //! * `rack-ids` answers `<ns>:0` per namespace; CE 8.x answers `ERROR:25:enterprise only`. Only
 //!   rack-aware clients ask, and an error would fail their tend (spec §2.6).
-//! * `truncate` of an unknown namespace answers `ERROR:20:...`; the server answers `ok` and
-//!   ignores it.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -57,10 +55,26 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// The build reported when the source does not override [`InfoSource::build`]: the spec §2.5
 /// advice. Four numeric parts (Rust 3.0 needs four), ≥ 6.0 for the modern batch and query paths,
 /// below 8.1 so clients skip `user-agent-set` and the 8.1+/8.2+ extensions.
+///
+/// The gates this value trips, read in the clients' sources: the Rust client 3.0
+/// (`version_parser.rs`) turns on partition scans (≥ 4.9.0.3), query-show (≥ 5.7), blob
+/// indexes (≥ 7.0), batch-any and partition queries (≥ 6.0) and transactions (≥ 8.0); it
+/// would send `user-agent-set` and the new `sindex-create:namespace=` form at ≥ 8.1, path
+/// expressions at ≥ 8.1.1, the 8.1.2 expression and set-index APIs, and string operations,
+/// integer indexes, error details and server-compiled expressions at ≥ 8.2 (none of which
+/// Bolide serves). The Python client 19.3.0 sends `user-agent-set` at ≥ 8.1 and path
+/// expressions at ≥ 8.1.1.
 pub const DEFAULT_BUILD: &str = "8.0.0.0";
 
-/// The `edition` value (spec §2.2); `version` is `<EDITION> build <build>`.
-pub const EDITION: &str = "Aerospike Community Edition";
+/// The `edition` value (spec §2.2); `version` is `<EDITION> build <build>`, the server's
+/// format. Bolide names itself where a person reads it, and keeps "Community Edition" in the
+/// text because tools tell the editions apart by it (an "Enterprise" edition turns on features
+/// Bolide does not have). Clients gate features on [`DEFAULT_BUILD`] alone.
+pub const EDITION: &str = concat!(
+    "Bolide ",
+    env!("CARGO_PKG_VERSION"),
+    " (Aerospike Community Edition compatible)"
+);
 
 /// The `features` value: the list the CE server prints (spec §2.5; `thr_info.c` `cmd_features`),
 /// without build-specific extras.
@@ -303,6 +317,15 @@ pub struct LatencyHist {
     pub slice: Option<LatencySlice>,
 }
 
+/// Which settings `get-config` and `set-config` address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigContext<'a> {
+    /// `context=service`.
+    Service,
+    /// `context=namespace;id=<ns>`: a namespace the source serves.
+    Namespace(&'a str),
+}
+
 /// Why a truncate was refused (spec §2.2 `truncate`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TruncateError {
@@ -397,6 +420,25 @@ pub trait InfoSource {
     /// `si-query`).
     fn latencies(&self) -> Vec<LatencyHist>;
 
+    /// `get-config:context=service` (`Service`) or `get-config:context=namespace;id=<ns>`
+    /// (`Namespace`, a known namespace): the settings as `(key, value)` in the server's
+    /// spelling (`nsup-period`, `storage-engine.flush-max-ms`). Default: none.
+    fn config(&self, context: ConfigContext<'_>) -> Vec<(String, String)> {
+        let _ = context;
+        Vec::new()
+    }
+
+    /// `set-config:context=..;[id=<ns>;]<key>=<value>`: changes one setting at run time.
+    ///
+    /// # Errors
+    /// `Err(())` when `key` cannot change at run time or `value` is not valid for it: answered
+    /// as the server, `ERROR:4:invalid set-config parameter`. Default: every key refused.
+    #[allow(clippy::result_unit_err)]
+    fn set_config(&mut self, context: ConfigContext<'_>, key: &str, value: &str) -> Result<(), ()> {
+        let _ = (context, key, value);
+        Err(())
+    }
+
     /// `fail-device:worker=N` or `fail-device:device=D` (Bolide, tests and drills): fails
     /// worker `N`'s device, or device `D` under every worker that uses it, as if it died. The
     /// default refuses: only a node configured with `fault_injection` allows it.
@@ -417,7 +459,7 @@ pub trait InfoSource {
 /// | command | value |
 /// |---|---|
 /// | `node`, `build`, `cluster-name` | from the source |
-/// | `version`, `edition` | `Aerospike Community Edition build <build>`, `Aerospike Community Edition` |
+/// | `version`, `edition` | `<EDITION> build <build>`, [`EDITION`] (Bolide, "Aerospike Community Edition compatible") |
 /// | `partition-generation`, `peers-generation`, `rebalance-generation` | from the source |
 /// | `peers-{clear,tls}-{std,alt}`, `alumni-*` | `<peers-generation>,<port>,[]`: no peers |
 /// | `replicas` | `<ns>:0,1,<684-char bitmap, every partition>` per namespace, `;`-joined (§2.4) |
@@ -432,9 +474,14 @@ pub trait InfoSource {
 /// | `statistics` | `key=value;...` |
 /// | `features` | [`FEATURES`] |
 /// | `rack-ids` | `<ns>:0;...` |
-/// | `truncate:namespace=..;set=..[;lut=..]`, `truncate-namespace:namespace=..[;lut=..]` | `ok` |
+/// | `truncate:namespace=..;set=..[;lut=..]`, `truncate-namespace:namespace=..[;lut=..]` | `ok` (also for an unknown namespace, as the server), or `ERROR:4:would truncate ..` |
 /// | `user-agent-set:value=..`, `status` | `ok` |
 /// | `latencies:[hist=<name>]` | see [`LatencyHist`] |
+/// | `get-config[:context=service]`, `get-config:context=namespace;id=<ns>` | `key=value;...` from [`InfoSource::config`] |
+/// | `set-config:context=..;[id=<ns>;]<key>=<value>` | `ok`, or `ERROR:4:invalid set-config parameter` |
+/// | `udf-list`, `udf-get`, `udf-remove`, `udf-put` | empty, `error=not_found`, `ok`, `error=unsupported_feature;..` (no UDFs) |
+/// | `sindex-list`, `sindex[/<ns>]`, `sindex-exists`, `sindex-delete`, `sindex-create` | empty, empty, `false`, `ok`, `ERROR:16:..` (no secondary indexes) |
+/// | `logs` | `0:stderr` |
 /// | `fail-device:worker=N`, `fail-device:device=D` | `ok`, or `ERROR:4:..` unless fault injection is on (Bolide) |
 /// | anything else | `ERROR:4:unrecognized command` |
 ///
@@ -521,6 +568,31 @@ fn answer(cmd: &InfoCommand<'_>, src: &mut dyn InfoSource, out: &mut Vec<u8>) {
         "statistics" => statistics(out, src),
         "features" => out.extend_from_slice(FEATURES.as_bytes()),
         "rack-ids" => join(out, &src.namespaces(), b';', |out, ns| put(out, format_args!("{ns}:0"))),
+        "get-config" | "config-get" => get_config(out, src, cmd),
+        "set-config" | "config-set" => set_config(out, src, cmd),
+        // No UDFs: `udf-list` lists none, `udf-get` finds none, `udf-remove` of a module that
+        // is not there is `ok` (the server's SMD delete), and `udf-put` fails in the server's
+        // `error=` form, which the clients turn into a failed register call.
+        "udf-list" => {}
+        "udf-get" => out.extend_from_slice(b"error=not_found"),
+        "udf-remove" => match cmd.param("filename") {
+            Some(f) if !f.is_empty() => out.extend_from_slice(b"ok"),
+            _ => out.extend_from_slice(b"error=invalid_filename"),
+        },
+        "udf-put" => out.extend_from_slice(b"error=unsupported_feature;message=Bolide does not run UDFs"),
+        // No secondary indexes: none listed, none exists, deleting one that is not there is
+        // `ok` (as the server), and creating one fails with code 16 (unsupported feature).
+        "sindex-list" => {}
+        "sindex-exists" => out.extend_from_slice(b"false"),
+        "sindex-delete" => sindex_delete(out, cmd),
+        "sindex-create" => error(
+            out,
+            result_code::UNSUPPORTED_FEATURE,
+            "secondary indexes are not supported",
+        ),
+        "sindex" => sindex(out, src, cmd),
+        // The log sinks (`cf_log_get_sinks`): Bolide logs to stderr only.
+        "logs" => out.extend_from_slice(b"0:stderr"),
         "truncate" => truncate(out, src, cmd, true),
         "truncate-namespace" => truncate(out, src, cmd, false),
         "user-agent-set" | "status" => out.extend_from_slice(b"ok"),
@@ -665,41 +737,171 @@ fn statistics(out: &mut Vec<u8>, src: &dyn InfoSource) {
     }
 }
 
-/// `truncate` (`with_set`) and `truncate-namespace`, with the server's parameter checks
-/// (`thr_info.c` `cmd_truncate*`, `truncate.c` `as_truncate_cmd`).
+/// A parameter as the server's `as_info_parameter_get` into a `cap`-byte buffer, checked as
+/// its `as_info_optional_param_is_ok`: `Ok(None)` when absent; an error answer
+/// (`missing '<key>' value`, `'<key>' value too long`; code 20 for `namespace`, else 4) when
+/// empty or at least `cap` bytes.
+fn bounded_param<'a>(cmd: &InfoCommand<'a>, key: &str, cap: usize) -> Result<Option<&'a str>, (u8, String)> {
+    let code = if key == "namespace" {
+        result_code::NAMESPACE_NOT_FOUND
+    } else {
+        result_code::PARAMETER
+    };
+    match cmd.param(key) {
+        None => Ok(None),
+        Some("") => Err((code, format!("missing '{key}' value"))),
+        Some(v) if v.len() >= cap => Err((code, format!("'{key}' value too long"))),
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+/// [`bounded_param`] for a parameter the command needs: absent answers `missing '<key>'`.
+fn required_param<'a>(cmd: &InfoCommand<'a>, key: &str, cap: usize) -> Result<&'a str, (u8, String)> {
+    bounded_param(cmd, key, cap)?.ok_or_else(|| {
+        let code = if key == "namespace" {
+            result_code::NAMESPACE_NOT_FOUND
+        } else {
+            result_code::PARAMETER
+        };
+        (code, format!("missing '{key}'"))
+    })
+}
+
+/// Buffer sizes of the server's parameter reads: `AS_ID_NAMESPACE_SZ`, `AS_SET_NAME_MAX_SIZE`,
+/// and the truncate `lut` string.
+const NAMESPACE_PARAM_CAP: usize = 32;
+const SET_PARAM_CAP: usize = 64;
+const LUT_PARAM_CAP: usize = 24;
+
+/// `truncate` (`with_set`) and `truncate-namespace`, with the server's parameter checks and
+/// texts (`thr_info.c` `cmd_truncate*`, `truncate.c` `as_truncate_cmd`). As the server, a
+/// namespace this node does not have is answered `ok`: the server hands the command to the
+/// cluster's metadata store without looking the namespace up.
 fn truncate(out: &mut Vec<u8>, src: &mut dyn InfoSource, cmd: &InfoCommand<'_>, with_set: bool) {
-    let ns = match cmd.param("namespace") {
-        None => return error(out, result_code::NAMESPACE_NOT_FOUND, "missing 'namespace'"),
-        Some("") => return error(out, result_code::NAMESPACE_NOT_FOUND, "missing 'namespace' value"),
-        Some(ns) => ns,
-    };
-    let set = match (with_set, cmd.param("set")) {
-        (true, None) => return error(out, result_code::PARAMETER, "missing 'set'"),
-        (true, Some("")) => return error(out, result_code::PARAMETER, "missing 'set' value"),
-        (true, Some(set)) => Some(set),
-        (false, Some(_)) => return error(out, result_code::PARAMETER, "unexpected set name"),
-        (false, None) => None,
-    };
-    let lut_nanos = match cmd.param("lut") {
-        None => None,
-        Some("") => return error(out, result_code::PARAMETER, "missing 'lut' value"),
-        Some(lut) => {
-            let nanos = parse_c_ulong(lut);
-            // The server converts to Citrusleaf-epoch milliseconds and refuses 0 (spec §10.5).
-            if nanos / 1_000_000 <= CITRUSLEAF_EPOCH_SECS * 1000 {
-                return error(out, result_code::SERVER_ERROR, "would-truncate-to-0");
+    /// (namespace, set, cut-off in Unix ns), or the error answer (code, message).
+    type Checked<'a> = Result<(&'a str, Option<&'a str>, Option<u64>), (u8, String)>;
+    let checked = || -> Checked<'_> {
+        let ns = required_param(cmd, "namespace", NAMESPACE_PARAM_CAP)?;
+        let set = if with_set {
+            Some(required_param(cmd, "set", SET_PARAM_CAP)?)
+        } else if cmd.param("set").is_some() {
+            return Err((result_code::PARAMETER, "unexpected set name".into()));
+        } else {
+            None
+        };
+        let lut_nanos = match bounded_param(cmd, "lut", LUT_PARAM_CAP)? {
+            None => None,
+            Some(lut) => {
+                let nanos = parse_c_ulong(lut);
+                // The server converts to Citrusleaf-epoch milliseconds and refuses 0
+                // (`cf_clepoch_ms_from_utc_ns`, spec §10.5).
+                if nanos / 1_000_000 <= CITRUSLEAF_EPOCH_SECS * 1000 {
+                    return Err((result_code::PARAMETER, "would truncate to 0".into()));
+                }
+                Some(nanos)
             }
-            Some(nanos)
-        }
+        };
+        Ok((ns, set, lut_nanos))
+    };
+    let (ns, set, lut_nanos) = match checked() {
+        Ok(v) => v,
+        Err((code, message)) => return error(out, code, &message),
     };
     match src.truncate(ns, set, lut_nanos) {
-        Ok(()) => out.extend_from_slice(b"ok"),
-        Err(TruncateError::UnknownNamespace) => error(
-            out,
-            result_code::NAMESPACE_NOT_FOUND,
-            &TruncateError::UnknownNamespace.to_string(),
-        ),
+        Ok(()) | Err(TruncateError::UnknownNamespace) => out.extend_from_slice(b"ok"),
+        Err(TruncateError::LutInFuture) => error(out, result_code::PARAMETER, "would truncate in the future"),
         Err(e) => error(out, result_code::SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// The `context` and, for `namespace`, the `id` of a get-config or set-config request, checked
+/// as the server (`cfg_info.c`): `missing 'context'` and `invalid context` (4), `missing
+/// 'namespace'` and `namespace not found on node` (20).
+fn config_context<'a>(src: &dyn InfoSource, cmd: &InfoCommand<'a>) -> Result<ConfigContext<'a>, (u8, String)> {
+    match required_param(cmd, "context", 1024)? {
+        "service" => Ok(ConfigContext::Service),
+        "namespace" => {
+            let ns = match bounded_param(cmd, "id", NAMESPACE_PARAM_CAP) {
+                Ok(Some(ns)) => ns,
+                Ok(None) => return Err((result_code::NAMESPACE_NOT_FOUND, "missing 'namespace'".into())),
+                Err((_, m)) => {
+                    return Err((result_code::NAMESPACE_NOT_FOUND, m.replace("'id'", "'namespace'")));
+                }
+            };
+            if src.namespaces().iter().any(|n| n == ns) {
+                Ok(ConfigContext::Namespace(ns))
+            } else {
+                Err((result_code::NAMESPACE_NOT_FOUND, "namespace not found on node".into()))
+            }
+        }
+        _ => Err((result_code::PARAMETER, "invalid context".into())),
+    }
+}
+
+/// `get-config` (`as_cfg_info_cmd_get_config`): without parameters the service settings, with
+/// `context=service` or `context=namespace;id=<ns>` that context's; `key=value;...` without a
+/// trailing `;`.
+fn get_config(out: &mut Vec<u8>, src: &dyn InfoSource, cmd: &InfoCommand<'_>) {
+    let context = if cmd.args.is_empty() {
+        ConfigContext::Service
+    } else {
+        match config_context(src, cmd) {
+            Ok(c) => c,
+            Err((code, message)) => return error(out, code, &message),
+        }
+    };
+    pairs(out, &src.config(context));
+}
+
+/// `set-config:context=..;[id=<ns>;]<key>=<value>` (`cfg_info.c` `cfg_set`): `ok`, or the
+/// server's `ERROR:4:invalid set-config parameter` for a key that cannot change (or a bad
+/// value).
+fn set_config(out: &mut Vec<u8>, src: &mut dyn InfoSource, cmd: &InfoCommand<'_>) {
+    let context = match config_context(src, cmd) {
+        Ok(c) => c,
+        Err((code, message)) => return error(out, code, &message),
+    };
+    let setting = cmd.params().find(|(k, _)| !matches!(*k, "context" | "id"));
+    let applied = match setting {
+        Some((key, value)) => src.set_config(context, key, value),
+        None => Err(()),
+    };
+    match applied {
+        Ok(()) => out.extend_from_slice(b"ok"),
+        Err(()) => error(out, result_code::PARAMETER, "invalid set-config parameter"),
+    }
+}
+
+/// `sindex-delete:ns=<ns>;indexname=<name>` (`as_sindex_manager_sindex_delete`): there are no
+/// secondary indexes, so every well-formed request deletes nothing and answers `ok`.
+fn sindex_delete(out: &mut Vec<u8>, cmd: &InfoCommand<'_>) {
+    let name = bounded_param(cmd, "indexname", 64)
+        .and_then(|v| v.ok_or((result_code::PARAMETER, "missing 'indexname'".into())));
+    if let Err((code, message)) = name {
+        return error(out, code, &message);
+    }
+    let ns = cmd.param("namespace").or_else(|| cmd.param("ns"));
+    match ns {
+        None => error(out, result_code::NAMESPACE_NOT_FOUND, "missing 'namespace'"),
+        Some("") => error(out, result_code::NAMESPACE_NOT_FOUND, "missing 'namespace' value"),
+        Some(_) => out.extend_from_slice(b"ok"),
+    }
+}
+
+/// `sindex`, `sindex/<ns>`, `sindex/<ns>/<index>` (`thr_info.c` `cmd_sindex`): no indexes to
+/// list; `ns_type=unknown` for an unknown namespace, `ERROR:201:no index` for a named index.
+fn sindex(out: &mut Vec<u8>, src: &dyn InfoSource, cmd: &InfoCommand<'_>) {
+    if cmd.args.is_empty() {
+        return;
+    }
+    let (ns, index) = match cmd.args.split_once('/') {
+        Some((ns, index)) => (ns, Some(index)),
+        None => (cmd.args, None),
+    };
+    if !src.namespaces().iter().any(|n| n == ns) {
+        out.extend_from_slice(b"ns_type=unknown");
+    } else if index.is_some() {
+        error(out, result_code::SINDEX_NOT_FOUND, "no index");
     }
 }
 
@@ -1034,10 +1236,12 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "peers-generation\t3\npeers-clear-std\t3,3100,[]\nservice-clear-std\t[::1]:3100\n\
+            format!(
+                "peers-generation\t3\npeers-clear-std\t3,3100,[]\nservice-clear-std\t[::1]:3100\n\
              partition-generation\t5\nbuild\t8.0.0.0-bolide\n\
-             version\tAerospike Community Edition build 8.0.0.0-bolide\ncluster-name\t\n\
+             version\t{EDITION} build 8.0.0.0-bolide\ncluster-name\t\n\
              statistics\tcluster_size=1;cluster_integrity=true;cluster_is_member=true\n"
+            )
         );
     }
 
@@ -1089,8 +1293,10 @@ mod tests {
         );
         assert_eq!(
             ask(&mut src, "edition\nversion\n"),
-            "edition\tAerospike Community Edition\nversion\tAerospike Community Edition build 8.0.0.0\n"
+            format!("edition\t{EDITION}\nversion\t{EDITION} build 8.0.0.0\n")
         );
+        assert!(EDITION.starts_with("Bolide ") && EDITION.contains("Community Edition"));
+        assert!(!EDITION.contains("Enterprise"));
     }
 
     #[test]
@@ -1124,8 +1330,8 @@ mod tests {
         assert_eq!(ask(&mut src, "bogus\n"), "bogus\tERROR:4:unrecognized command\n");
         // One bad name among good ones: only its own line is an error, in request order.
         assert_eq!(
-            ask(&mut src, "node\nudf-put:filename=x.lua\nbuild\n"),
-            format!("node\t{NODE}\nudf-put:filename=x.lua\tERROR:4:unrecognized command\nbuild\t8.0.0.0\n")
+            ask(&mut src, "node\nsindex-stat\nbuild\n"),
+            format!("node\t{NODE}\nsindex-stat\tERROR:4:unrecognized command\nbuild\t8.0.0.0\n")
         );
         // Names are case-sensitive; a name ends at the first '/', ':' or ';'.
         assert_eq!(ask(&mut src, "NODE\n"), "NODE\tERROR:4:unrecognized command\n");
@@ -1239,11 +1445,19 @@ mod tests {
             ("truncate-namespace:namespace=test;lut=", "ERROR:4:missing 'lut' value"),
             (
                 "truncate-namespace:namespace=test;lut=garbage",
-                "ERROR::would-truncate-to-0",
+                "ERROR:4:would truncate to 0",
             ),
             (
                 "truncate-namespace:namespace=test;lut=1262304000000000000",
-                "ERROR::would-truncate-to-0",
+                "ERROR:4:would truncate to 0",
+            ),
+            (
+                "truncate:namespace=0123456789012345678901234567890123;set=demo",
+                "ERROR:20:'namespace' value too long",
+            ),
+            (
+                "truncate-namespace:namespace=test;lut=0000000000000000000000001",
+                "ERROR:4:'lut' value too long",
             ),
         ];
         for (line, value) in refused {
@@ -1252,8 +1466,8 @@ mod tests {
         assert!(src.truncates.is_empty(), "refused commands must not reach the source");
 
         for (err, value) in [
-            (TruncateError::UnknownNamespace, "ERROR:20:namespace not found on node"),
-            (TruncateError::LutInFuture, "ERROR::would-truncate-in-the-future"),
+            (TruncateError::LutInFuture, "ERROR:4:would truncate in the future"),
+            (TruncateError::UnknownNamespace, "ok"),
             (TruncateError::Failed("busy".into()), "ERROR::busy"),
         ] {
             src.truncate_result = Err(err);
@@ -1262,6 +1476,147 @@ mod tests {
                 format!("truncate-namespace:namespace=x\t{value}\n")
             );
         }
+    }
+
+    /// A source with settings for get-config / set-config.
+    struct Configurable {
+        inner: Fake,
+        ttl: u32,
+    }
+    impl InfoSource for Configurable {
+        fn node_name(&self) -> &str {
+            self.inner.node_name()
+        }
+        fn cluster_name(&self) -> &str {
+            "bolide"
+        }
+        fn service_endpoint(&self) -> SocketAddr {
+            self.inner.service_endpoint()
+        }
+        fn namespaces(&self) -> Vec<String> {
+            self.inner.namespaces()
+        }
+        fn namespace_stats(&self, ns: &str) -> Option<NamespaceStats> {
+            self.inner.namespace_stats(ns)
+        }
+        fn statistics(&self) -> Vec<(String, String)> {
+            Vec::new()
+        }
+        fn sets(&self, ns: &str) -> Vec<SetStats> {
+            self.inner.sets(ns)
+        }
+        fn truncate(&mut self, ns: &str, set: Option<&str>, lut: Option<u64>) -> Result<(), TruncateError> {
+            self.inner.truncate(ns, set, lut)
+        }
+        fn latencies(&self) -> Vec<LatencyHist> {
+            Vec::new()
+        }
+        fn config(&self, context: ConfigContext<'_>) -> Vec<(String, String)> {
+            match context {
+                ConfigContext::Service => vec![("proto-fd-max".into(), "10000".into())],
+                ConfigContext::Namespace(ns) => {
+                    vec![("ns".into(), ns.into()), ("default-ttl".into(), self.ttl.to_string())]
+                }
+            }
+        }
+        fn set_config(&mut self, context: ConfigContext<'_>, key: &str, value: &str) -> Result<(), ()> {
+            match (context, key) {
+                (ConfigContext::Namespace("test"), "default-ttl") => {
+                    self.ttl = value.parse().map_err(|_| ())?;
+                    Ok(())
+                }
+                _ => Err(()),
+            }
+        }
+    }
+
+    #[test]
+    fn get_and_set_config() {
+        let mut src = Configurable {
+            inner: Fake::new(),
+            ttl: 0,
+        };
+        let mut ask = |body: &str| {
+            let mut out = Vec::new();
+            respond(body.as_bytes(), &mut src, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(ask("get-config\n"), "get-config\tproto-fd-max=10000\n");
+        assert_eq!(
+            ask("get-config:context=service\n"),
+            "get-config:context=service\tproto-fd-max=10000\n"
+        );
+        assert_eq!(
+            ask("get-config:context=namespace;id=test\n"),
+            "get-config:context=namespace;id=test\tns=test;default-ttl=0\n"
+        );
+        for (line, value) in [
+            (
+                "get-config:context=namespace;id=nope",
+                "ERROR:20:namespace not found on node",
+            ),
+            ("get-config:context=namespace", "ERROR:20:missing 'namespace'"),
+            ("get-config:context=bogus", "ERROR:4:invalid context"),
+            ("get-config:x=1", "ERROR:4:missing 'context'"),
+            ("set-config:context=namespace;id=test;default-ttl=60", "ok"),
+            (
+                "set-config:context=namespace;id=test;default-ttl=x",
+                "ERROR:4:invalid set-config parameter",
+            ),
+            (
+                "set-config:context=namespace;id=test;storage-engine.flush-max-ms=5",
+                "ERROR:4:invalid set-config parameter",
+            ),
+            (
+                "set-config:context=namespace;id=test",
+                "ERROR:4:invalid set-config parameter",
+            ),
+            (
+                "set-config:context=namespace;id=nope;default-ttl=1",
+                "ERROR:20:namespace not found on node",
+            ),
+            ("set-config:context=network;x=1", "ERROR:4:invalid context"),
+        ] {
+            assert_eq!(ask(&format!("{line}\n")), format!("{line}\t{value}\n"));
+        }
+        assert_eq!(
+            ask("get-config:context=namespace;id=test\n"),
+            "get-config:context=namespace;id=test\tns=test;default-ttl=60\n",
+            "the accepted set-config changed the setting, the refused ones did not"
+        );
+    }
+
+    #[test]
+    fn udf_and_sindex_commands_answer_without_failing_the_request() {
+        let mut src = Fake::new();
+        let cases = [
+            ("udf-list", ""),
+            ("udf-get:filename=x.lua", "error=not_found"),
+            ("udf-remove:filename=x.lua", "ok"),
+            ("udf-remove", "error=invalid_filename"),
+            (
+                "udf-put:filename=x.lua;content=YQ==;content-len=4;udf-type=LUA",
+                "error=unsupported_feature;message=Bolide does not run UDFs",
+            ),
+            ("sindex-list", ""),
+            ("sindex-list:ns=test", ""),
+            ("sindex", ""),
+            ("sindex/test", ""),
+            ("sindex/nope", "ns_type=unknown"),
+            ("sindex/test/idx", "ERROR:201:no index"),
+            ("sindex-exists:ns=test;indexname=idx", "false"),
+            ("sindex-delete:ns=test;indexname=idx", "ok"),
+            ("sindex-delete:namespace=test;indexname=idx", "ok"),
+            ("sindex-delete:ns=test", "ERROR:4:missing 'indexname'"),
+            (
+                "sindex-create:ns=test;indexname=idx;indexdata=a,numeric",
+                "ERROR:16:secondary indexes are not supported",
+            ),
+            ("logs", "0:stderr"),
+        ];
+        let body: String = cases.iter().map(|(l, _)| format!("{l}\n")).collect();
+        let want: String = cases.iter().map(|(l, v)| format!("{l}\t{v}\n")).collect();
+        assert_eq!(ask(&mut src, &body), want);
     }
 
     #[test]

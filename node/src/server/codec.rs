@@ -10,7 +10,7 @@ use crate::proto::scan::{ScanPartition, ScanRecord, ScanRequest};
 use crate::proto::{exp, info};
 use crate::proto::{result_code as rc, PROTO_TYPE_ADMIN, PROTO_TYPE_INFO, PROTO_TYPE_MSG, PROTO_TYPE_MSG_COMPRESSED};
 use crate::record::{Record, StoredKey};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What to do with one request.
@@ -403,6 +403,61 @@ impl Source<'_> {
     }
 }
 
+impl Source<'_> {
+    /// The data path's figures (this worker's in per-core mode, else the node's): record cache,
+    /// reads by source, defrag, write amplification, device queue, refusals. Aerospike's names
+    /// where Aerospike has the figure (`cache_read_pct`, `defrag_reads`, `free_wblocks`,
+    /// `data_used_pct`), else Bolide's.
+    fn data_path_stats(&self) -> Vec<(String, String)> {
+        let g = |f: fn(&super::WorkerGauges) -> &AtomicU64| self.gauge(f);
+        let pct = |part: u64, all: u64| {
+            if all == 0 {
+                "0".to_string()
+            } else {
+                format!("{:.1}", part as f64 * 100.0 / all as f64)
+            }
+        };
+        let (hits, misses) = (g(|w| &w.cache_hits), g(|w| &w.cache_misses));
+        let (ram, dev) = (g(|w| &w.reads_ram), g(|w| &w.reads_device));
+        let (client, device) = (g(|w| &w.client_bytes), g(|w| &w.device_write_bytes));
+        let (used, total) = (g(|w| &w.live_bytes), g(|w| &w.capacity_bytes));
+        vec![
+            ("record_cache_hits".into(), hits.to_string()),
+            ("record_cache_misses".into(), misses.to_string()),
+            ("record_cache_hit_pct".into(), pct(hits, hits + misses)),
+            ("record_cache_used_bytes".into(), g(|w| &w.cache_used_bytes).to_string()),
+            ("reads_from_write_buffer".into(), ram.to_string()),
+            ("reads_from_device".into(), dev.to_string()),
+            ("cache_read_pct".into(), pct(hits + ram, hits + ram + dev)),
+            ("defrag_reads".into(), g(|w| &w.wblocks_defragged).to_string()),
+            ("defrag_record_bytes".into(), g(|w| &w.defrag_bytes).to_string()),
+            ("client_record_bytes".into(), client.to_string()),
+            ("device_write_bytes".into(), device.to_string()),
+            (
+                "write_amplification".into(),
+                if client == 0 {
+                    "0".into()
+                } else {
+                    format!("{:.3}", device as f64 / client as f64)
+                },
+            ),
+            ("free_wblocks".into(), g(|w| &w.wblocks_free).to_string()),
+            ("data_used_pct".into(), pct(used, total)),
+            ("device_queue_depth".into(), g(|w| &w.device_in_flight).to_string()),
+            ("read_corrupt_records".into(), g(|w| &w.read_corrupt).to_string()),
+            ("writes_refused_space".into(), g(|w| &w.writes_refused_space).to_string()),
+            ("writes_refused_overload".into(), g(|w| &w.writes_refused_overload).to_string()),
+            (
+                "refused_connections".into(),
+                self.s.refused_connections.load(Ordering::Relaxed).to_string(),
+            ),
+            ("requests".into(), g(|w| &w.requests).to_string()),
+            ("cross_core_messages".into(), g(|w| &w.messages_sent).to_string()),
+            ("doorbells".into(), g(|w| &w.doorbells).to_string()),
+        ]
+    }
+}
+
 impl info::InfoSource for Source<'_> {
     fn node_name(&self) -> &str {
         &self.name
@@ -464,7 +519,7 @@ impl info::InfoSource for Source<'_> {
         } else {
             0
         };
-        vec![
+        let mut stats: Vec<(String, String)> = vec![
             ("cluster_size".into(), "1".into()),
             ("objects".into(), self.objects().to_string()),
             (
@@ -492,7 +547,9 @@ impl info::InfoSource for Source<'_> {
                 "rereplication_read_errors".into(),
                 s.rereplication_read_errors.load(Ordering::Relaxed).to_string(),
             ),
-        ]
+        ];
+        stats.extend(self.data_path_stats());
+        stats
     }
     fn fail_device(&mut self, worker: Option<&str>, device: Option<&str>) -> Result<(), String> {
         let s = self.s;
@@ -521,6 +578,41 @@ impl info::InfoSource for Source<'_> {
         }
         Ok(())
     }
+    fn config(&self, context: info::ConfigContext<'_>) -> Vec<(String, String)> {
+        let s = self.s;
+        let live = s.settings.get();
+        let kv = |k: &str, v: String| (k.to_string(), v);
+        match context {
+            info::ConfigContext::Service => vec![
+                kv("cluster-name", s.cluster_name.clone()),
+                kv("node-id", self.name.clone()),
+                kv("proto-fd-idle-ms", live.proto_fd_idle_ms.to_string()),
+                kv("proto-fd-max", s.max_connections.to_string()),
+                kv("query-max-done", live.query_max_done.to_string()),
+                kv("service-threads", s.workers.len().to_string()),
+            ],
+            info::ConfigContext::Namespace(_) => {
+                let st = &s.storage;
+                vec![
+                    kv("allow-ttl-without-nsup", live.allow_ttl_without_nsup.to_string()),
+                    kv("default-read-touch-ttl-pct", live.default_read_touch_ttl_pct.to_string()),
+                    kv("default-ttl", live.default_ttl_s.to_string()),
+                    kv("max-record-size", st.max_record_bytes.to_string()),
+                    // Seconds, as the server; a sub-second period reads as 1.
+                    kv("nsup-period", live.nsup_period_ms.div_ceil(1000).to_string()),
+                    kv("replication-factor", s.replication_factor.to_string()),
+                    kv("storage-engine", "device".into()),
+                    kv("storage-engine.commit-to-device", st.commit_to_device.to_string()),
+                    kv("storage-engine.defrag-lwm-pct", st.defrag_lwm_pct.to_string()),
+                    kv("storage-engine.flush-max-ms", st.flush_max_ms.to_string()),
+                    kv("storage-engine.write-block-size", st.wblock_size_bytes.to_string()),
+                ]
+            }
+        }
+    }
+    fn set_config(&mut self, context: info::ConfigContext<'_>, key: &str, value: &str) -> Result<(), ()> {
+        set_config(&self.s.settings, context, key, value)
+    }
     fn sets(&self, _ns: &str) -> Vec<info::SetStats> {
         Vec::new()
     }
@@ -533,6 +625,78 @@ impl info::InfoSource for Source<'_> {
     fn latencies(&self) -> Vec<info::LatencyHist> {
         self.s.latencies.hists(&self.s.namespace)
     }
+}
+
+/// `set-config`: changes one of the settings that can change at run time, with the server's
+/// value checks (`cfg_info.c` `cfg_set_service`, `cfg_set_namespace`): `proto-fd-idle-ms` and
+/// `query-max-done` (0..=10000) of the service; `default-ttl` (seconds, with an optional
+/// `s`/`m`/`h`/`d`, at most 10 years, non-zero only with a non-zero `nsup-period` or
+/// `allow-ttl-without-nsup`), `nsup-period` (seconds, unit suffix allowed),
+/// `allow-ttl-without-nsup` (`true`/`false`) and `default-read-touch-ttl-pct` (0..=100) of the
+/// namespace. Every other key (Bolide's storage settings are fixed at start-up) is refused.
+fn set_config(live: &crate::config::LiveSettings, context: info::ConfigContext<'_>, key: &str, value: &str) -> Result<(), ()> {
+    use info::ConfigContext::{Namespace, Service};
+    let int = |v: &str| v.parse::<i64>().map_err(|_| ());
+    let old = live.get();
+    match (context, key) {
+        (Service, "proto-fd-idle-ms") => {
+            let ms = u32::try_from(int(value)?).map_err(|_| ())?;
+            live.proto_fd_idle_ms.store(u64::from(ms), Ordering::Relaxed);
+        }
+        (Service, "query-max-done") => {
+            let n = int(value)?;
+            if !(0..=10_000).contains(&n) {
+                return Err(());
+            }
+            live.query_max_done.store(n as u32, Ordering::Relaxed);
+        }
+        (Namespace(_), "default-ttl") => {
+            let ttl = seconds(value)?;
+            if ttl > crate::config::MAX_DEFAULT_TTL_S || (ttl != 0 && old.nsup_period_ms == 0 && !old.allow_ttl_without_nsup) {
+                return Err(());
+            }
+            live.default_ttl_s.store(ttl, Ordering::Relaxed);
+        }
+        (Namespace(_), "nsup-period") => {
+            let s = seconds(value)?;
+            live.nsup_period_ms.store(u64::from(s) * 1000, Ordering::Relaxed);
+        }
+        (Namespace(_), "allow-ttl-without-nsup") => {
+            let on = match value {
+                "true" => true,
+                "false" => false,
+                _ => return Err(()),
+            };
+            live.allow_ttl_without_nsup.store(on, Ordering::Relaxed);
+        }
+        (Namespace(_), "default-read-touch-ttl-pct") => {
+            let pct = int(value)?;
+            if !(0..=100).contains(&pct) {
+                return Err(());
+            }
+            live.default_read_touch_ttl_pct.store(pct as u32, Ordering::Relaxed);
+        }
+        _ => return Err(()),
+    }
+    tracing::info!(?context, key, value, "set-config: changed");
+    Ok(())
+}
+
+/// A duration as the server's `cf_str_atoi_seconds`: a number of seconds with an optional
+/// unit `s`, `m`, `h` or `d`, fitting in 32 bits.
+fn seconds(v: &str) -> Result<u32, ()> {
+    let (digits, unit) = match v.char_indices().last() {
+        Some((i, c @ ('s' | 'm' | 'h' | 'd' | 'S' | 'M' | 'H' | 'D'))) => (&v[..i], c.to_ascii_lowercase()),
+        _ => (v, 's'),
+    };
+    let n: u64 = digits.parse().map_err(|_| ())?;
+    let per = match unit {
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => 1,
+    };
+    u32::try_from(n.checked_mul(per).ok_or(())?).map_err(|_| ())
 }
 
 /// Records a truncate of `set` (the whole namespace when `None`) at `lut_nanos` (Unix ns; now

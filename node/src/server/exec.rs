@@ -5,6 +5,7 @@
 //! returns what to store and what to answer. The worker does the I/O (index peek, device read,
 //! put/delete, acknowledgement) around it.
 
+use crate::cdt;
 use crate::digest::Digest;
 use crate::particle::{Bin, BinName, ParticleType, Value, BIN_NAME_MAX_BYTES};
 use crate::record::{Record, StoredKey};
@@ -13,7 +14,8 @@ use crate::shard::PutRecord;
 use crate::proto::msg::{info1, info2, info3, op_type, MAX_N_OPS};
 use crate::proto::result_code as rc;
 
-/// CDT, expression, bit, HLL and string ops: a later issue (answered 16 until then).
+/// Expression and string ops: a later issue (answered 16 until then). CDT, bit and HLL op types
+/// in this list are handled by [`cdt`] first.
 pub const OPS_UNSUPPORTED: [u8; 13] = [3, 4, 7, 8, 12, 13, 15, 16, 17, 18, 19, 6, 0];
 
 /// Longest TTL a client may ask for, seconds (10 years, spec §6.3).
@@ -125,16 +127,45 @@ pub struct Existing<'a> {
     pub void_time: u32,
 }
 
+/// The namespace settings a command is applied under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    /// Seconds since 2010.
+    pub now_s: u32,
+    /// TTL of a write that asks for the default (TTL 0), seconds; 0 = never expire
+    /// (`default-ttl`).
+    pub default_ttl_s: u32,
+    /// Whether a write may give its record a TTL: false while `nsup-period` is 0 and
+    /// `allow-ttl-without-nsup` is false, when such writes answer 22 (`is_ttl_disallowed`).
+    pub ttl_allowed: bool,
+}
+
+impl Namespace {
+    /// At `now_s`, with no default TTL and TTLs allowed.
+    pub fn at(now_s: u32) -> Namespace {
+        Namespace {
+            now_s,
+            default_ttl_s: 0,
+            ttl_allowed: true,
+        }
+    }
+}
+
 /// Applies `cmd` to the current state of its record. `filter` evaluates the request's filter
 /// expression against an existing record (false → 27); `now_s` is seconds since 2010.
 pub fn apply(cmd: &Command, cur: Existing<'_>, filter: Option<Filter<'_>>, now_s: u32) -> Action {
-    match apply_inner(cmd, cur, filter, now_s) {
+    apply_in(cmd, cur, filter, Namespace::at(now_s))
+}
+
+/// [`apply`] under the namespace's settings `ns`.
+pub fn apply_in(cmd: &Command, cur: Existing<'_>, filter: Option<Filter<'_>>, ns: Namespace) -> Action {
+    match apply_inner(cmd, cur, filter, ns) {
         Ok(a) => a,
         Err(code) => Action::Reply(Reply::code(code)),
     }
 }
 
-fn apply_inner(cmd: &Command, cur: Existing<'_>, filter: Option<Filter<'_>>, now_s: u32) -> Result<Action, u8> {
+fn apply_inner(cmd: &Command, cur: Existing<'_>, filter: Option<Filter<'_>>, ns: Namespace) -> Result<Action, u8> {
     if cmd.ops.len() > MAX_N_OPS {
         return Err(rc::PARAMETER);
     }
@@ -160,12 +191,18 @@ fn apply_inner(cmd: &Command, cur: Existing<'_>, filter: Option<Filter<'_>>, now
     if !cmd.is_write() {
         return read(cmd, cur);
     }
-    write(cmd, cur, now_s)
+    write(cmd, cur, ns)
 }
 
 fn read(cmd: &Command, cur: Existing<'_>) -> Result<Action, u8> {
     if cur.generation == 0 {
         return Err(rc::KEY_NOT_FOUND);
+    }
+    // A read's `record_ttl` is its read-touch percentage: 0 (the namespace default), 1..=100
+    // or 0xFFFFFFFF (never); anything else is refused when the record has a TTL
+    // (`as_read_touch_check`). The owner does the touch.
+    if cur.void_time != 0 && cmd.record_ttl > 100 && cmd.record_ttl != TTL_NEVER {
+        return Err(rc::PARAMETER);
     }
     let mut reply = Reply {
         result_code: rc::OK,
@@ -178,7 +215,8 @@ fn read(cmd: &Command, cur: Existing<'_>) -> Result<Action, u8> {
     }
     let rec = cur.record.ok_or(rc::PARAMETER)?;
     let respond_all = cmd.info2 & info2::RESPOND_ALL_OPS != 0;
-    if cmd.info1 & info1::GET_ALL != 0 || cmd.ops.is_empty() {
+    let get_all = cmd.info1 & info1::GET_ALL != 0;
+    if get_all {
         reply.ops = rec
             .bins
             .iter()
@@ -186,18 +224,26 @@ fn read(cmd: &Command, cur: Existing<'_>) -> Result<Action, u8> {
             .collect();
         return Ok(Action::Reply(reply));
     }
+    // Neither every bin nor any op: the server's read_local answers 4 ("bin op(s) expected");
+    // `select(key, [])` sends this.
+    if cmd.ops.is_empty() {
+        return Err(rc::PARAMETER);
+    }
     for op in &cmd.ops {
         match op.op_type {
-            op_type::READ if op.name.is_empty() => reply.ops.extend(
-                rec.bins
-                    .iter()
-                    .map(|b| out(op_type::READ, b.name.as_bytes(), Some(b.value.clone()))),
-            ),
+            // A READ op without a name reads every bin only with GET_ALL (`op_is_read_all`,
+            // answered above); without it, it names a bin that cannot exist (the Rust client's
+            // `get_header`).
             op_type::READ => match rec.bins.iter().find(|b| b.name.as_bytes() == op.name.as_slice()) {
                 Some(b) => reply.ops.push(out(op_type::READ, &op.name, Some(b.value.clone()))),
                 None if respond_all => reply.ops.push(out(op_type::READ, &op.name, None)),
                 None => {}
             },
+            t if cdt::handles(t) && cdt::is_read(t) => {
+                let bin = rec.bins.iter().find(|b| b.name.as_bytes() == op.name.as_slice());
+                let o = cdt::apply(t, op.particle_type, &op.value, bin.map(|b| &b.value))?;
+                push_cdt_answer(&mut reply.ops, op, o.answer, false, respond_all);
+            }
             t if OPS_UNSUPPORTED.contains(&t) => return Err(rc::UNSUPPORTED_FEATURE),
             _ => return Err(rc::PARAMETER),
         }
@@ -213,7 +259,24 @@ fn out(op_type: u8, name: &[u8], value: Option<Value>) -> OutOp {
     }
 }
 
-fn write(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
+/// Adds the reply op of a CDT/bit/HLL op as CDT spec §1.4 says: an empty result is sent as a
+/// particle-0 op only with RESPOND_ALL_OPS, or for a read op (or a nil element) in a writing
+/// command.
+fn push_cdt_answer(ops: &mut Vec<OutOp>, op: &CmdOp, answer: cdt::Answer, write_cmd: bool, respond_all: bool) {
+    let read_op = cdt::is_read(op.op_type);
+    let value = match answer {
+        cdt::Answer::Value(v) => Some(Some(v)),
+        cdt::Answer::Nil if write_cmd || respond_all => Some(None),
+        cdt::Answer::NoResult if respond_all || (write_cmd && read_op) => Some(None),
+        cdt::Answer::NoBin if respond_all => Some(None),
+        _ => None,
+    };
+    if let Some(v) = value {
+        ops.push(out(op.op_type, &op.name, v));
+    }
+}
+
+fn write(cmd: &Command, cur: Existing<'_>, ns: Namespace) -> Result<Action, u8> {
     let exists = cur.generation != 0;
     let replace = cmd.info3 & (info3::CREATE_OR_REPLACE | info3::REPLACE_ONLY) != 0;
     if cmd.info2 & info2::CREATE_ONLY != 0 && exists {
@@ -232,6 +295,7 @@ fn write(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
                 o.op_type,
                 op_type::TOUCH | op_type::INCR | op_type::APPEND | op_type::PREPEND | op_type::DELETE
             ) || (o.op_type == op_type::WRITE && o.particle_type == ParticleType::Null as u8)
+                || (cdt::handles(o.op_type) && !cdt::is_read(o.op_type))
         });
         if bad {
             return Err(rc::PARAMETER);
@@ -242,6 +306,23 @@ fn write(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
             return Err(rc::KEY_MISMATCH);
         }
     }
+    // The TTL (spec §6.3) is checked before any bin op, as `write_master`: a bad one answers
+    // 4, one the namespace does not allow (no nsup) 22.
+    let ttl = match cmd.record_ttl {
+        TTL_DONT_UPDATE if exists => None,
+        0 | TTL_DONT_UPDATE => Some(ns.default_ttl_s),
+        TTL_NEVER => Some(0),
+        t if t <= MAX_TTL_S => Some(t),
+        _ => return Err(rc::PARAMETER),
+    };
+    if ttl.is_some_and(|t| t != 0) && !ns.ttl_allowed {
+        return Err(rc::FAIL_FORBIDDEN);
+    }
+    let void_time = match ttl {
+        None => cur.void_time,
+        Some(0) => 0,
+        Some(t) => ns.now_s.saturating_add(t),
+    };
     let old = cur.record;
     let mut bins: Vec<Bin> = if replace {
         Vec::new()
@@ -261,7 +342,7 @@ fn write(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
             });
         }
         match op.op_type {
-            op_type::READ if op.name.is_empty() => reply_ops.extend(
+            op_type::READ if op.name.is_empty() && cmd.info1 & info1::GET_ALL != 0 => reply_ops.extend(
                 bins.iter()
                     .map(|b| out(op_type::READ, b.name.as_bytes(), Some(b.value.clone()))),
             ),
@@ -276,37 +357,34 @@ fn write(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
                     bins.retain(|b| b.name != name);
                 } else {
                     let value = Value::decode_wire(op.particle_type, &op.value).map_err(|_| rc::PARAMETER)?;
-                    set_bin(&mut bins, name, value);
+                    set_bin(&mut bins, name, cdt::normalize_write(value)?);
                 }
             }
-            op_type::INCR => {
+            op_type::INCR | op_type::APPEND | op_type::PREPEND => {
                 let name = bin_name(&op.name)?;
-                let delta = Value::decode_wire(op.particle_type, &op.value).map_err(|_| rc::PARAMETER)?;
-                let new = match (bins.iter().find(|b| b.name == name).map(|b| &b.value), &delta) {
-                    (None, Value::Int(_) | Value::Float(_)) => delta.clone(),
-                    (Some(Value::Int(a)), Value::Int(d)) => Value::Int(a.wrapping_add(*d)),
-                    (Some(Value::Float(a)), Value::Float(d)) => Value::Float(a + d),
-                    (_, Value::Int(_) | Value::Float(_)) => return Err(rc::INCOMPATIBLE_TYPE),
-                    _ => return Err(rc::PARAMETER),
-                };
-                set_bin(&mut bins, name, new);
-            }
-            op_type::APPEND | op_type::PREPEND => {
-                let name = bin_name(&op.name)?;
-                let add = Value::decode_wire(op.particle_type, &op.value).map_err(|_| rc::PARAMETER)?;
-                let append = op.op_type == op_type::APPEND;
-                let join = |a: &[u8], b: &[u8]| if append { [a, b].concat() } else { [b, a].concat() };
-                let new = match (bins.iter().find(|b| b.name == name).map(|b| &b.value), &add) {
-                    (None, Value::Str(_) | Value::Blob(..)) => add.clone(),
-                    (Some(Value::Str(a)), Value::Str(b)) => Value::Str(join(a, b)),
-                    (Some(Value::Blob(t, a)), Value::Blob(u, b)) if t == u => Value::Blob(*t, join(a, b)),
-                    (_, Value::Str(_) | Value::Blob(..)) => return Err(rc::INCOMPATIBLE_TYPE),
-                    _ => return Err(rc::PARAMETER),
-                };
+                let operand = Value::decode_wire(op.particle_type, &op.value).map_err(|_| rc::PARAMETER)?;
+                let new = modify(
+                    op.op_type,
+                    bins.iter().find(|b| b.name == name).map(|b| &b.value),
+                    operand,
+                )?;
                 set_bin(&mut bins, name, new);
             }
             op_type::TOUCH => {}
             op_type::DELETE => bins.clear(),
+            t if cdt::handles(t) => {
+                if cdt::is_read(t) && cmd.info1 & info1::READ == 0 {
+                    return Err(rc::PARAMETER);
+                }
+                let name = bin_name(&op.name)?;
+                let cur = bins.iter().find(|b| b.name == name).map(|b| &b.value);
+                let o = cdt::apply(t, op.particle_type, &op.value, cur)?;
+                if let Some(v) = o.new_value {
+                    set_bin(&mut bins, name, v);
+                }
+                push_cdt_answer(&mut reply_ops, op, o.answer, true, respond_all);
+                continue;
+            }
             t if OPS_UNSUPPORTED.contains(&t) => return Err(rc::UNSUPPORTED_FEATURE),
             _ => return Err(rc::PARAMETER),
         }
@@ -314,12 +392,6 @@ fn write(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
             reply_ops.push(out(op.op_type, &op.name, None));
         }
     }
-    let void_time = match cmd.record_ttl {
-        0 | TTL_NEVER => 0,
-        TTL_DONT_UPDATE => cur.void_time,
-        t if t <= MAX_TTL_S => now_s.saturating_add(t),
-        _ => return Err(rc::PARAMETER),
-    };
     let reply = Reply {
         result_code: rc::OK,
         generation: 0,
@@ -327,11 +399,13 @@ fn write(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
         ops: reply_ops,
     };
     if bins.is_empty() {
-        return Ok(if exists {
-            Action::Delete(Reply { void_time: 0, ..reply })
+        // A write that leaves no bin deletes the record; on a record that did not exist the
+        // server answers 2 (`write_master_apply`: "didn't exist").
+        return if exists {
+            Ok(Action::Delete(Reply { void_time: 0, ..reply }))
         } else {
-            Action::Reply(reply)
-        });
+            Err(rc::KEY_NOT_FOUND)
+        };
     }
     let set_name = if cmd.set_name.is_empty() {
         old.map(|r| r.set_name.clone()).unwrap_or_default()
@@ -349,6 +423,26 @@ fn write(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
         },
         reply,
     ))
+}
+
+/// An `incr`, `append` or `prepend` of `operand` to a bin holding `old` (`None`: no such bin),
+/// as the server's `as_bin_particle_modify_from_client`: on a missing bin every op creates the
+/// bin with the operand, whatever its type; on an existing bin `incr` adds an integer to an
+/// integer or a float to a float, `append`/`prepend` join a string to a string or a blob to a
+/// blob of the same type, and any other pair answers 12 (incompatible type).
+fn modify(op: u8, old: Option<&Value>, operand: Value) -> Result<Value, u8> {
+    let Some(old) = old else { return Ok(operand) };
+    let append = op == op_type::APPEND;
+    let join = |a: &[u8], b: &[u8]| if append { [a, b].concat() } else { [b, a].concat() };
+    match (op, old, &operand) {
+        (op_type::INCR, Value::Int(a), Value::Int(d)) => Ok(Value::Int(a.wrapping_add(*d))),
+        (op_type::INCR, Value::Float(a), Value::Float(d)) => Ok(Value::Float(a + d)),
+        (op_type::APPEND | op_type::PREPEND, Value::Str(a), Value::Str(b)) => Ok(Value::Str(join(a, b))),
+        (op_type::APPEND | op_type::PREPEND, Value::Blob(t, a), Value::Blob(u, b)) if t == u => {
+            Ok(Value::Blob(*t, join(a, b)))
+        }
+        _ => Err(rc::INCOMPATIBLE_TYPE),
+    }
 }
 
 fn bin_name(name: &[u8]) -> Result<BinName, u8> {
@@ -566,7 +660,7 @@ mod tests {
         );
         assert_eq!(
             reply(apply(
-                &cmd(info1::READ, 0, 0, vec![op(3, "a", None)]),
+                &cmd(info1::READ, 0, 0, vec![op(op_type::EXP_READ, "a", None)]),
                 with(&r),
                 None,
                 0

@@ -10,6 +10,7 @@
 //! pinned thread per shard.
 
 pub mod batch;
+pub mod cache;
 pub mod cmd;
 pub mod codec;
 pub mod conn;
@@ -104,6 +105,12 @@ pub struct ServerConfig {
     pub fault_switches: Vec<FaultSwitch>,
     /// Re-replication and repair: records copied per second, per worker (0 = unlimited).
     pub rereplication_records_per_second: u32,
+    /// The namespace's storage settings (reported by `get-config`).
+    pub storage: crate::config::StorageConfig,
+    /// Start-up values of the settings `set-config` may change.
+    pub settings: crate::config::Settings,
+    /// Per shard: bytes of the RAM record cache ([`cache`]); 0 = no cache.
+    pub record_cache_bytes: u64,
 }
 
 impl ServerConfig {
@@ -127,6 +134,9 @@ impl ServerConfig {
             fresh: vec![false; workers],
             fault_switches: Vec::new(),
             rereplication_records_per_second: 50_000,
+            storage: crate::config::StorageConfig::default(),
+            settings: crate::config::Settings::default(),
+            record_cache_bytes: 0,
         }
     }
 }
@@ -146,6 +156,27 @@ pub struct WorkerGauges {
     pub requests: AtomicU64,
     pub messages_sent: AtomicU64,
     pub doorbells: AtomicU64,
+    /// Record cache ([`cache`]): hits, misses, bytes held.
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub cache_used_bytes: AtomicU64,
+    /// Record reads served from a write buffer in RAM, and from the device.
+    pub reads_ram: AtomicU64,
+    pub reads_device: AtomicU64,
+    /// Record bytes appended for clients and by defrag, bytes written to the device (write
+    /// amplification is device / client).
+    pub client_bytes: AtomicU64,
+    pub defrag_bytes: AtomicU64,
+    pub device_write_bytes: AtomicU64,
+    /// Wblocks defragged (read back and emptied), free now.
+    pub wblocks_defragged: AtomicU64,
+    pub wblocks_free: AtomicU64,
+    /// Device I/Os submitted and not yet completed (the device queue depth now).
+    pub device_in_flight: AtomicU64,
+    /// Reads that found a damaged record, writes refused for space or overload.
+    pub read_corrupt: AtomicU64,
+    pub writes_refused_space: AtomicU64,
+    pub writes_refused_overload: AtomicU64,
 }
 
 /// Which node an info request speaks for: the whole node (shared mode) or one worker's
@@ -197,6 +228,10 @@ pub struct NodeShared {
     /// Partitions moved to their replica because their master's device failed.
     pub partitions_failed_over: AtomicU64,
     pub rereplication_records_per_second: u32,
+    /// The namespace's storage settings as started (`get-config`).
+    pub storage: crate::config::StorageConfig,
+    /// What `set-config` may change while the node runs.
+    pub settings: crate::config::LiveSettings,
 }
 
 impl NodeShared {
@@ -333,6 +368,10 @@ impl<D: BlockDevice + 'static, C: Clock + 'static> Server<D, C> {
     ) -> std::io::Result<Server<D, C>> {
         use bolide_drivers::net::{epoll::EpollNet, uring::{UringNet, UringNetOptions}};
         let io = |e: NetError| std::io::Error::other(e.to_string());
+        if cfg.listen_mode == ListenMode::Shared && cfg.listen.port() != 0 {
+            // Kernel sockets: SO_REUSEPORT would share the port with another node.
+            check_port_free(cfg.listen)?;
+        }
         match cfg.network {
             NetDriver::Epoll => Self::start_with(cfg, shards, cores, |_| EpollNet::new().map_err(io)),
             NetDriver::Uring => Self::start_with(cfg, shards, cores, |_| UringNet::new(&UringNetOptions::default()).map_err(io)),
@@ -432,8 +471,6 @@ pub fn build<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell>(
         let mut addr = *addr;
         if cfg.listen_mode == ListenMode::Shared && k > 0 {
             addr = bound; // a port 0 became a real one: the others share it
-        } else if cfg.listen_mode == ListenMode::Shared && addr.port() != 0 {
-            check_port_free(addr)?;
         } else if cfg.listen_mode == ListenMode::PerCore && k > 0 && cfg.listen.port() == 0 {
             addr.set_port(bound.port() + k as u16);
         }
@@ -450,6 +487,7 @@ pub fn build<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell>(
         }
         nets.push(net);
     }
+    let shard_nsup_ms = shards[0].config().nsup_period_ms;
     let shared = Arc::new(NodeShared {
         namespace: cfg.namespace.clone(),
         node_name: cfg.node_name.clone(),
@@ -475,6 +513,14 @@ pub fn build<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell>(
         rereplication_read_errors: AtomicU64::new(0),
         partitions_failed_over: AtomicU64::new(0),
         rereplication_records_per_second: cfg.rereplication_records_per_second,
+        storage: cfg.storage.clone(),
+        // The idle limit and the expiry period start from where they are configured (the
+        // connection limits, the shards' storage settings).
+        settings: crate::config::LiveSettings::new(crate::config::Settings {
+            proto_fd_idle_ms: cfg.conn_limits.idle_ms,
+            nsup_period_ms: shard_nsup_ms,
+            ..cfg.settings
+        }),
     });
     if syncing > 0 {
         tracing::info!(partitions = syncing, "reconciling partition copies in the background");
@@ -484,6 +530,7 @@ pub fn build<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell>(
     let opts = ReactorOptions {
         busy_poll: cfg.busy_poll,
         conn_limits: cfg.conn_limits,
+        record_cache_bytes: cfg.record_cache_bytes,
     };
     let mut reactors = Vec::with_capacity(n);
     for (i, ((shard, mut net), rings)) in shards.into_iter().zip(nets).zip(rings).enumerate() {

@@ -15,6 +15,7 @@ use crate::record::{Record, RecordMeta};
 use crate::shard::{ReadAck, ReadError, WriteError};
 use bolide_drivers::net::Doorbell;
 use bolide_drivers::BlockDevice;
+use std::sync::Arc;
 
 impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
     /// A command for this worker's shard arrived (from a connection here or a ring).
@@ -57,16 +58,22 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
         }
         // A record older than a set's cut-off: only the stored record says which set it is in.
         let must_read = entry.is_some_and(|e| self.truncate.may_cover(e.lut_ms()));
-        if (self.pending(key).cmd.needs_bins() || must_read) && entry.is_some() {
+        // A read that will touch its record rewrites it, so it needs the bins too.
+        let must_read = must_read || entry.is_some_and(|e| self.read_touch(&self.pending(key).cmd, &e).is_some());
+        if let (true, Some(e)) = (self.pending(key).cmd.needs_bins() || must_read, entry) {
+            if let Some(rec) = self.cache.get(&digest, &e) {
+                self.cont(key, Some(rec), entry);
+                return;
+            }
             let token = Token::new(TokenKind::Cmd, key).0;
-            match self.shard.get(&digest, token) {
-                Ok(ReadAck::Done(rec)) => self.cont(key, Some(rec)),
+            match self.shard.get_entry(e, token) {
+                Ok(ReadAck::Done(rec)) => self.cont(key, Some(Arc::new(rec)), entry),
                 Ok(ReadAck::Pending) => self.set_stage(key, Stage::Reading),
-                Err(ReadError::NotFound) => self.cont(key, None),
+                Err(ReadError::NotFound) => self.cont(key, None, None),
                 Err(e) => self.read_failed(key, &e),
             }
         } else {
-            self.cont(key, None);
+            self.cont(key, None, entry);
         }
     }
 
@@ -77,14 +84,25 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
             other => panic!("a read completed for a command that is not reading: {other:?}"),
         }
         match result {
-            Ok(rec) => self.cont(key, Some(rec)),
-            Err(ReadError::NotFound) => self.cont(key, None),
+            Ok(rec) => {
+                let rec = Arc::new(rec);
+                // The entry now (the command holds its digest, so only defrag, expiry or a
+                // truncate can have changed it while the device read).
+                let entry = self.shard.peek(&rec.meta.digest);
+                if let Some(e) = entry.filter(|e| e.lut_ms() == rec.meta.lut_ms) {
+                    self.cache.insert(&e, &rec);
+                }
+                self.cont(key, Some(rec), entry);
+            }
+            Err(ReadError::NotFound) => self.cont(key, None, None),
             Err(e) => self.read_failed(key, &e),
         }
     }
 
-    /// Decides and acts, with the record as stored (`rec`: its bins when read).
-    fn cont(&mut self, key: Key, rec: Option<Record>) {
+    /// Decides and acts, with the record as stored (`rec`: its bins when read, shared with the
+    /// record cache).
+    /// `entry` is the record's live index entry as the caller last looked it up.
+    fn cont(&mut self, key: Key, rec: Option<Arc<Record>>, mut entry: Option<crate::index::IndexEntry>) {
         let digest = self.pending(key).cmd.digest;
         let rec = match rec {
             Some(r) if self.truncate.covers(r.meta.lut_ms, &r.set_name) => {
@@ -93,16 +111,25 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
                     .namespace_lut_ms()
                     .max(self.truncate.set_cutoff_ms(&r.set_name));
                 self.shard.truncate_record(&digest, cutoff);
+                entry = self.shard.peek(&digest);
                 None
             }
             other => other,
         };
-        let entry = self.shard.peek(&digest);
-        let action = self.decide(&self.pending(key).cmd, rec.as_ref(), entry);
+        let action = self.decide(&self.pending(key).cmd, rec.as_deref(), entry);
+        if !matches!(action, Action::Reply(_)) {
+            self.cache.forget(&digest);
+        }
         let replica = self.shared.pmap.get(digest.partition_id()).replica();
         let token = Token::new(TokenKind::Cmd, key).0;
         match action {
-            Action::Reply(r) => self.finish(key, r),
+            Action::Reply(r) => match (rec, entry) {
+                (Some(rec), Some(e)) if r.result_code == 0 => match self.read_touch(&self.pending(key).cmd, &e) {
+                    Some(void_time) => self.touch_on_read(key, rec, void_time, r),
+                    None => self.finish(key, r),
+                },
+                _ => self.finish(key, r),
+            },
             Action::Put(p, reply) => {
                 // The replica's copy: the same record, with the generation and LUT the local
                 // write gives it (filled in by after_write).
@@ -144,6 +171,63 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
                     (r, Box::new(rec))
                 });
                 self.after_write(key, written, reply, false, copy);
+            }
+        }
+    }
+
+    /// The void-time a read-only command gives its record by touching it, when it must
+    /// (Aerospike's read-touch, `as_read_touch_check`): the command's `record_ttl` carries the
+    /// read's `read_touch_ttl_percent` (0: the namespace's `default-read-touch-ttl-pct`,
+    /// 0xFFFFFFFF: never; over 100 exec answers 4). Once the TTL left is within that share of
+    /// the TTL the record was last written with, the record is rewritten with that TTL again
+    /// from now (80 % of a 10 h TTL: reads from 2 h after the write on touch).
+    /// `None`: no touch (no TTL, not due, or the record was written since).
+    pub(crate) fn read_touch(&self, cmd: &Command, e: &crate::index::IndexEntry) -> Option<u32> {
+        if cmd.is_write() || cmd.is_delete() || e.void_time() == 0 {
+            return None;
+        }
+        let pct = match cmd.record_ttl {
+            0 => self
+                .shared
+                .settings
+                .default_read_touch_ttl_pct
+                .load(std::sync::atomic::Ordering::Relaxed),
+            p if p <= 100 => p,
+            _ => return None,
+        };
+        if pct == 0 {
+            return None;
+        }
+        let void_time = e.void_time();
+        let write_ttl = void_time.saturating_sub(u32::try_from(e.lut_ms() / 1000).unwrap_or(u32::MAX));
+        let threshold = u32::try_from(u64::from(write_ttl) * u64::from(pct) / 100).expect("at most write_ttl");
+        let now_s = self.shard.clock().now_cl_s();
+        if now_s < void_time - threshold {
+            return None;
+        }
+        let touched = now_s.saturating_add(write_ttl);
+        (touched > void_time).then_some(touched)
+    }
+
+    /// Touches the record a read just read (`reply`, answered once the touch is stored; the
+    /// reply keeps the void-time the read saw, as the server's, which touches after
+    /// answering). A touch that cannot be written leaves the record as it was and the read
+    /// still answers.
+    fn touch_on_read(&mut self, key: Key, rec: Arc<Record>, void_time: u32, reply: Reply) {
+        self.cache.forget(&rec.meta.digest);
+        let rec = Arc::unwrap_or_clone(rec);
+        let replica = self.shared.pmap.get(rec.meta.digest.partition_id()).replica();
+        let copy = replica.map(|r| {
+            let mut c = rec.clone();
+            c.meta.void_time = void_time;
+            (r, Box::new(c))
+        });
+        let token = Token::new(TokenKind::Cmd, key).0;
+        match self.shard.put_touched(rec, void_time, token) {
+            Ok(w) => self.after_write(key, Ok(w), reply, false, copy),
+            Err(e) => {
+                tracing::debug!(worker = self.id, error = %e, "read touch not written");
+                self.finish(key, reply);
             }
         }
     }
@@ -223,10 +307,15 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
             generation: entry.map_or(0, |e| e.generation()),
             void_time: entry.map_or(0, |e| e.void_time()),
         };
-        let now_s = self.shard.clock().now_cl_s();
+        let settings = &self.shared.settings;
+        let ns = exec::Namespace {
+            now_s: self.shard.clock().now_cl_s(),
+            default_ttl_s: settings.default_ttl_s.load(std::sync::atomic::Ordering::Relaxed),
+            ttl_allowed: settings.ttl_allowed(),
+        };
         match codec::filter_for(cmd, self.shard.clock().now_cl_ms()) {
-            Ok(Some(f)) => exec::apply(cmd, cur, Some(&|r: &Record| f(r)), now_s),
-            Ok(None) => exec::apply(cmd, cur, None, now_s),
+            Ok(Some(f)) => exec::apply_in(cmd, cur, Some(&|r: &Record| f(r)), ns),
+            Ok(None) => exec::apply_in(cmd, cur, None, ns),
             Err(code) => Action::Reply(Reply::code(code)),
         }
     }

@@ -57,6 +57,8 @@ pub struct ReactorOptions {
     /// Never sleep: poll every source every turn (a profile's `polling = "busy"`).
     pub busy_poll: bool,
     pub conn_limits: ConnLimits,
+    /// Bytes of this worker's record cache (0 = none).
+    pub record_cache_bytes: u64,
 }
 
 /// Counters of one reactor (for per-operation figures and `statistics`).
@@ -103,9 +105,13 @@ pub struct Core<D: BlockDevice, C: Clock, B: Doorbell> {
     pub(crate) truncate_version: u64,
     pub(crate) truncate_sweep: Option<(u64, u16)>,
     pub(crate) repl: Repl,
+    /// Verified records read for client commands ([`super::cache`]).
+    pub(crate) cache: super::cache::RecordCache,
     events: Vec<Event>,
     next_publish_ms: u64,
     next_idle_sweep_ms: u64,
+    /// `counters.refused` when the refusals were last logged (once per idle sweep at most).
+    refused_logged: u64,
     pub(crate) counters: ReactorCounters,
     opts: ReactorOptions,
 }
@@ -160,9 +166,11 @@ impl<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell> Reactor<N, D, C, B> {
                 truncate_version: 0,
                 truncate_sweep: None,
                 repl,
+                cache: super::cache::RecordCache::new(opts.record_cache_bytes),
                 events: Vec::new(),
                 next_publish_ms: 0,
                 next_idle_sweep_ms: now + IDLE_SWEEP_PERIOD_MS,
+                refused_logged: 0,
                 counters: ReactorCounters::default(),
                 opts,
                 shared,
@@ -207,14 +215,22 @@ impl<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell> Reactor<N, D, C, B> {
     /// Runs turns until the node's stop flag is set; returns the shard for a clean shutdown.
     pub fn run(mut self) -> Shard<D, C> {
         let sleeps = self.net.can_sleep() && !self.core.opts.busy_poll;
+        // The device signals its completion fd only while this core sleeps on it.
+        self.core.shard.device_mut().set_completion_signals(false);
         while !self.core.shared.stop.load(Ordering::Relaxed) {
             let mut timeout = Duration::ZERO;
             let mut parked = false;
             if sleeps && !self.core.has_work() {
                 self.core.parking.park();
-                // Dekker: after announcing, look once more (a push may have missed the flag).
-                if self.core.rings.any_inbound() || self.core.has_work() {
+                self.core.shard.device_mut().set_completion_signals(true);
+                // Dekker: after announcing, look once more (a push may have missed the flag,
+                // a completion may have come while the device's signals were off).
+                if self.core.rings.any_inbound()
+                    || self.core.has_work()
+                    || self.core.shard.device_mut().has_completions()
+                {
                     self.core.parking.unpark();
+                    self.core.shard.device_mut().set_completion_signals(false);
                 } else {
                     parked = true;
                     self.core.counters.parks += 1;
@@ -226,6 +242,7 @@ impl<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell> Reactor<N, D, C, B> {
             }
             if parked {
                 self.core.parking.unpark();
+                self.core.shard.device_mut().set_completion_signals(false);
             }
         }
         self.into_shard()
@@ -306,6 +323,7 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
         }
         if now_ms >= self.next_idle_sweep_ms {
             self.next_idle_sweep_ms = now_ms + IDLE_SWEEP_PERIOD_MS;
+            self.sweep_settings();
             for c in self.conns.idle(now_ms) {
                 tracing::debug!(worker = self.id, conn = ?c, "closing an idle connection");
                 self.close(c);
@@ -636,6 +654,30 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
     // ----- gauges -----
 
     /// Publishes this worker's gauges for info commands.
+    /// Once per idle sweep: takes the live `proto-fd-idle-ms` and `nsup-period` (set-config
+    /// changes them at run time), and logs the connections refused since the last sweep, once,
+    /// not once per refusal.
+    fn sweep_settings(&mut self) {
+        let settings = &self.shared.settings;
+        self.conns.limits.idle_ms = settings.proto_fd_idle_ms.load(Ordering::Relaxed);
+        let nsup_ms = settings.nsup_period_ms.load(Ordering::Relaxed);
+        if self.shard.config().nsup_period_ms != nsup_ms {
+            self.shard.set_nsup_period_ms(nsup_ms);
+        }
+        let refused = self.counters.refused - self.refused_logged;
+        if refused > 0 {
+            self.refused_logged = self.counters.refused;
+            tracing::warn!(
+                worker = self.id,
+                refused,
+                max_connections = self.shared.max_connections,
+                total_refused = self.shared.refused_connections.load(Ordering::Relaxed),
+                "refused client connections in the last {IDLE_SWEEP_PERIOD_MS} ms: max_connections are open \
+                 (set proto_fd_idle_ms, or set-config proto-fd-idle-ms, to close idle ones)"
+            );
+        }
+    }
+
     fn publish(&mut self) {
         let s = &self.shared;
         let w = &s.workers[self.id];
@@ -657,5 +699,20 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
         w.requests.store(self.counters.requests, Ordering::Relaxed);
         w.messages_sent.store(self.rings.sent, Ordering::Relaxed);
         w.doorbells.store(self.parking.rings(), Ordering::Relaxed);
+        w.cache_hits.store(self.cache.counters.hits, Ordering::Relaxed);
+        w.cache_misses.store(self.cache.counters.misses, Ordering::Relaxed);
+        w.cache_used_bytes.store(self.cache.used_bytes(), Ordering::Relaxed);
+        let st = self.shard.stats();
+        w.reads_ram.store(st.reads_ram, Ordering::Relaxed);
+        w.reads_device.store(st.reads_device, Ordering::Relaxed);
+        w.client_bytes.store(st.client_bytes, Ordering::Relaxed);
+        w.defrag_bytes.store(st.defrag_bytes, Ordering::Relaxed);
+        w.device_write_bytes.store(st.device_write_bytes, Ordering::Relaxed);
+        w.wblocks_defragged.store(st.wblocks_defragged, Ordering::Relaxed);
+        w.read_corrupt.store(st.read_corrupt, Ordering::Relaxed);
+        w.writes_refused_space.store(st.writes_refused_space, Ordering::Relaxed);
+        w.writes_refused_overload.store(st.writes_refused_overload, Ordering::Relaxed);
+        w.wblocks_free.store(u64::from(space.wblocks_free), Ordering::Relaxed);
+        w.device_in_flight.store(self.shard.in_flight() as u64, Ordering::Relaxed);
     }
 }

@@ -21,6 +21,9 @@ pub struct Parking<B: Doorbell> {
     parked: AtomicBool,
     /// Doorbell rings sent to this core (each one a wake-up system call).
     rung: AtomicU64,
+    /// `rung` as of the owner's last drain (written by the owner only): an unpark with no new
+    /// ring skips the drain's system call.
+    drained: AtomicU64,
     pub bell: B,
 }
 
@@ -29,6 +32,7 @@ impl<B: Doorbell> Parking<B> {
         Parking {
             parked: AtomicBool::new(false),
             rung: AtomicU64::new(0),
+            drained: AtomicU64::new(0),
             bell,
         }
     }
@@ -39,16 +43,25 @@ impl<B: Doorbell> Parking<B> {
     }
 
     /// Called by the owning core when it wakes (or decides not to sleep).
+    ///
+    /// Drains the doorbell only if it was rung since the last drain. A ring that lands after
+    /// the check stays pending: the next park then wakes at once and drains it.
     pub fn unpark(&self) {
         self.parked.store(false, Ordering::Relaxed);
-        self.bell.drain();
+        let rung = self.rung.load(Ordering::Acquire);
+        if rung != self.drained.load(Ordering::Relaxed) {
+            self.drained.store(rung, Ordering::Relaxed);
+            self.bell.drain();
+        }
     }
 
     /// Wakes the core if it is parked (after a push).
     pub fn wake(&self) {
         if self.parked.load(Ordering::SeqCst) {
-            self.rung.fetch_add(1, Ordering::Relaxed);
+            // Ring first, count after: an owner that sees the count drains a doorbell that is
+            // already rung (see `unpark`).
             self.bell.ring();
+            self.rung.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -169,5 +182,21 @@ mod tests {
         assert!(!p[1].bell.is_rung(), "unpark drains the doorbell");
         rings[0].push(1, 3).unwrap();
         assert_eq!(p[1].rings(), 1);
+    }
+
+    #[test]
+    fn unpark_drains_only_after_a_ring() {
+        let p = parkings(2);
+        let mut rings = mesh::<u32, _>(&p, 8);
+        // A doorbell rung behind the counter's back (as by a ring whose count is not yet
+        // visible) is left for the next unpark that sees a new count.
+        p[1].bell.ring();
+        p[1].park();
+        p[1].unpark();
+        assert!(p[1].bell.is_rung(), "no new ring counted: no drain (no system call)");
+        p[1].park();
+        rings[0].push(1, 1).unwrap();
+        p[1].unpark();
+        assert!(!p[1].bell.is_rung(), "a counted ring is drained");
     }
 }

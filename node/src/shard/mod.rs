@@ -40,6 +40,7 @@ use bolide_drivers::{BlockDevice, BufPool, Completion, DeviceError, IoBuf, Submi
 use std::collections::{BTreeSet, VecDeque};
 
 pub use recovery::{OpenMode, OpenReport};
+pub use region::{HeaderSector, RegionHeaderError};
 
 pub use crate::record::SET_NAME_MAX_BYTES;
 
@@ -151,9 +152,63 @@ pub enum OpenError {
         found: u64,
         expected: u64,
     },
-    /// The region header is damaged; nothing was changed on it.
-    #[error("region header is damaged: {0}")]
-    HeaderCorrupt(String),
+    /// The region header is damaged, or is not a Bolide header; nothing was changed on it.
+    #[error("{device}: region header at byte offset {offset_bytes} is not valid, start refused (nothing was written): {reason}")]
+    HeaderCorrupt {
+        device: String,
+        offset_bytes: u64,
+        reason: region::RegionHeaderError,
+    },
+    /// The header sector is zeros but the region holds Bolide wblocks: the header was zeroed,
+    /// this is not a blank region; nothing was changed on it.
+    #[error("{device}: region header at byte offset {offset_bytes} is zeros, but wblock {wblock} at byte offset {wblock_offset_bytes} holds {what}: the header was destroyed, this region is not blank and is not formatted")]
+    NotBlank {
+        device: String,
+        offset_bytes: u64,
+        wblock: u32,
+        wblock_offset_bytes: u64,
+        what: &'static str,
+    },
+    /// The region holds fewer wblocks than its header says (a truncated file or a smaller
+    /// region); nothing was changed on it.
+    #[error("{device}: region at byte offset {offset_bytes} has room for {have} wblocks but its header says {header}: the file or device was truncated or the region moved; start refused")]
+    Truncated {
+        device: String,
+        offset_bytes: u64,
+        have: u64,
+        header: u64,
+    },
+    /// A cold start found a wblock whose header is damaged while it holds records: they may be
+    /// the newest copies of their records, so serving without them could resurrect older copies
+    /// or deleted records. Start refused; see [`OpenOptions::accept_damage`].
+    #[error("{device}: damage at byte offset {offset_bytes}: {detail}; cold start refused so that no older copy or deleted record comes back (repair from the replica, or start with accept_damage to drop what it held)")]
+    Damaged {
+        device: String,
+        offset_bytes: u64,
+        detail: String,
+    },
+}
+
+/// When [`Shard::open_with`] may format a region.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Only a provably blank region: a header sector of zeros and no wblock or index-image
+    /// header (magic within [`record::MAGIC_FLIP_MAX_BITS`] bits) at the start of any wblock.
+    #[default]
+    IfBlank,
+    /// Also a region whose header is not a valid Bolide header (damaged, or another program's
+    /// data): the operator accepts losing what it holds. A valid header is never formatted.
+    IfInvalid,
+}
+
+/// How [`Shard::open_with`] treats what it finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    pub format: Format,
+    /// Start even when a cold start finds a damaged wblock header over records
+    /// ([`OpenError::Damaged`]): the wblock is skipped (its records are lost, and older
+    /// copies of them may be served), logged at ERROR and counted. An operator's choice.
+    pub accept_damage: bool,
 }
 
 /// Counters of one shard; all monotonic except the gauges noted.
@@ -186,6 +241,16 @@ pub struct ShardStats {
     pub truncated: u64,
     /// Record and tombstone copies written for another shard's partitions.
     pub replica_writes: u64,
+    /// Cold start: records dropped because every copy failed like a torn write.
+    pub cold_start_corrupt_dropped: u64,
+    /// Cold start: records whose newest copy is media-damaged, kept so reads fail loudly.
+    pub cold_start_corrupt_kept: u64,
+    /// Cold start: damaged wblock headers (repaired, or dropped under `accept_damage`).
+    pub cold_start_damaged_wblock_headers: u64,
+    /// Cold start: record headers repaired to identify their record.
+    pub cold_start_repaired_record_headers: u64,
+    /// Cold start: wblocks or records skipped under `accept_damage`.
+    pub cold_start_wblocks_dropped: u64,
 }
 
 /// Space and write-amplification gauges.
@@ -349,6 +414,8 @@ pub struct Shard<D: BlockDevice, C: Clock> {
     lut_floor_ms: u64,
     /// Reused by truncates: the live entries a partition pass removed.
     truncate_scratch: Vec<IndexEntry>,
+    /// [`OpenOptions::accept_damage`] of the open in progress.
+    accept_damage: bool,
 }
 
 impl<D: BlockDevice, C: Clock> Shard<D, C> {
@@ -445,6 +512,38 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             bins: rec.bins,
         };
         let written = self.append_record(Stream::Client, &record, old, token)?;
+        self.stats.client_writes += 1;
+        Ok(written)
+    }
+
+    /// Rewrites a live record with a new void-time and a new LUT but the same generation: the
+    /// server's read-touch (`read_touch_master`: "don't increment generation - causes
+    /// extraneous gen-check failures"). `rec` is the record as read; its bins, set and key are
+    /// written again.
+    ///
+    /// # Errors
+    /// `NotFound` when the record is no longer live; otherwise as [`Shard::put`].
+    pub fn put_touched(&mut self, rec: Record, void_time: u32, token: u64) -> Result<Written, WriteError> {
+        if let Some(e) = &self.failed {
+            return Err(WriteError::DeviceFailed(e.clone()));
+        }
+        let now_s = self.clock.now_cl_s();
+        let old = match self.index.get(&rec.meta.digest) {
+            Some(e) if !e.is_tombstone() && !is_expired(e, now_s) => *e,
+            _ => return Err(WriteError::NotFound),
+        };
+        let record = Record {
+            meta: RecordMeta {
+                digest: rec.meta.digest,
+                generation: old.generation(),
+                void_time,
+                lut_ms: self.next_lut(Some(&old)),
+                origin_seq: self.next_seq - 1,
+                tombstone: false,
+            },
+            ..rec
+        };
+        let written = self.append_record(Stream::Client, &record, Some(old), token)?;
         self.stats.client_writes += 1;
         Ok(written)
     }
@@ -753,6 +852,15 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     /// `NotFound` (absent, deleted or expired), `Corrupt` (from RAM), `Overload`.
     pub fn get(&mut self, digest: &Digest, token: u64) -> Result<ReadAck, ReadError> {
         let entry = self.peek(digest).ok_or(ReadError::NotFound)?;
+        self.read_entry(entry, token, 0)
+    }
+
+    /// As [`Shard::get`], for the live index entry the caller already looked up with
+    /// [`Shard::peek`] (one index search per command).
+    ///
+    /// # Errors
+    /// As [`Shard::get`].
+    pub fn get_entry(&mut self, entry: IndexEntry, token: u64) -> Result<ReadAck, ReadError> {
         self.read_entry(entry, token, 0)
     }
 
@@ -1146,8 +1254,22 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         self.nsup_next_pid = end;
         if end as usize == crate::digest::N_PARTITIONS {
             self.nsup_active = false;
-            self.nsup_due_ms = now_ms + self.cfg.nsup_period_ms;
+            self.nsup_due_ms = match self.cfg.nsup_period_ms {
+                0 => u64::MAX,
+                period => now_ms.saturating_add(period),
+            };
         }
+    }
+
+    /// Changes the expiry sweep's period at run time (`set-config` `nsup-period`), ms; 0 stops
+    /// the sweep (expired records still read as absent). A sweep under way finishes; the next
+    /// one is due at most `ms` from now.
+    pub fn set_nsup_period_ms(&mut self, ms: u64) {
+        self.cfg.nsup_period_ms = ms;
+        self.nsup_due_ms = match ms {
+            0 => u64::MAX,
+            _ => self.nsup_due_ms.min(self.clock.mono_ms().saturating_add(ms)),
+        };
     }
 
     // ----- blocking helpers (tools, tests) -----
@@ -1291,9 +1413,10 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     }
 }
 
-/// True when the entry's void-time has passed.
+/// True when the entry's void-time has passed: `void_time < now_s`, as the server's
+/// `as_record_is_expired` (whole seconds, so a record lives at least its TTL).
 pub fn is_expired(e: &IndexEntry, now_s: u32) -> bool {
-    e.void_time() != 0 && e.void_time() <= now_s
+    e.void_time() != 0 && e.void_time() < now_s
 }
 
 fn validate_put(rec: &PutRecord) -> Result<(), WriteError> {

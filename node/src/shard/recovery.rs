@@ -1,7 +1,9 @@
 //! Start-up (format, fast restart, cold start) and clean shutdown (persisting the index).
 //!
-//! * **Format**: a region whose header sector has no magic gets a new header (random instance
-//!   id); every wblock is free.
+//! * **Format**: only a provably blank region (a header sector of zeros and no wblock or image
+//!   magic at the start of any wblock), or one the operator names ([`super::Format::IfInvalid`]),
+//!   gets a new header (random instance id); every wblock is free. Anything else that is not a
+//!   valid header refuses the start and writes nothing (`docs/FAULT_MODEL.md`).
 //! * **Fast restart**: a clean shutdown wrote the index as an image into free wblocks and pointed
 //!   the header at it. Start-up reads the image, checks its CRC, its order and bounds, samples
 //!   wblock headers against its block table, and loads it. The header is then rewritten without
@@ -9,23 +11,29 @@
 //! * **Cold start**: every wblock is read (several in flight, at the device's sequential
 //!   bandwidth) and every record header checked. For each digest the copy with the greatest
 //!   (valid body, LUT, wblock sequence) wins; tombstones and expired records stay in the index as
-//!   tombstones, so they keep shadowing older copies. A record none of whose copies passes its
-//!   body checksum is dropped and reported (`OpenReport::corrupt_dropped`, an error log line per
-//!   digest): after a crash that is a torn, never-acknowledged write. Reads at run time report
-//!   a checksum failure as an error instead.
+//!   tombstones, so they keep shadowing older copies. A copy whose body fails its checksum is
+//!   *torn* (it spans sectors and its error is not inside one byte: a crash explains it) or
+//!   *damaged* (media damage). A damaged newest copy stays in the index, so reads of it fail and
+//!   no older copy comes back (`OpenReport::corrupt_kept`); a torn one gives way to every other
+//!   copy, and a record with only torn copies is dropped and reported
+//!   (`OpenReport::corrupt_dropped`, an error log line per digest): after a crash that is a
+//!   write that was never acknowledged. Wblock and record headers damaged in one byte are
+//!   repaired for recovery; damage past repair refuses the start unless
+//!   [`super::OpenOptions::accept_damage`] is set.
 
 use super::region::{
     self, ImageRef, RegionHeader, IMAGE_BLOCK_ENTRY_BYTES, IMAGE_BLOCK_HEADER_BYTES, IMAGE_HEADER_BYTES,
     MAX_IMAGE_WBLOCKS,
 };
-use super::{tag, BlockInfo, BlockState, OpenError, Region, Shard, ShardStats, TAG_STARTUP};
+use super::{tag, BlockInfo, BlockState, Format, OpenError, OpenOptions, Region, Shard, ShardStats, TAG_STARTUP};
+use super::region::HeaderSector;
 use crate::clock::Clock;
 use crate::config::StorageConfig;
 use crate::digest::{Digest, PartitionId, N_PARTITIONS};
 use crate::index::{IndexEntry, PrimaryIndex, Visit};
 use crate::record::{self, RecordError, WblockHeader, RBLOCK_BYTES, RECORD_HEADER_BYTES, WBLOCK_HEADER_BYTES};
 use bolide_drivers::{BlockDevice, BufPool, DeviceError, IoBuf, SubmitError, SECTOR_SIZE};
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 /// How a shard came up.
@@ -51,8 +59,19 @@ pub struct OpenReport {
     pub index_entries: usize,
     pub corrupt_headers: u64,
     pub corrupt_bodies: u64,
-    /// Records dropped because no copy passed its checksum (see the module docs).
+    /// Records dropped because no copy passed its checksum and the damage looks like a torn
+    /// write (see the module docs).
     pub corrupt_dropped: u64,
+    /// Records whose newest copy is damaged by what cannot be a torn write (media damage): kept
+    /// in the index on the damaged copy, so reads answer an error and no older copy is served.
+    pub corrupt_kept: u64,
+    /// Wblock headers found damaged (repaired from their checksum and their records, or, with
+    /// `accept_damage`, dropped).
+    pub damaged_wblock_headers: u64,
+    /// Record headers repaired (a damaged magic or one damaged byte).
+    pub repaired_record_headers: u64,
+    /// Wblocks dropped with their records under `accept_damage`.
+    pub wblocks_dropped: u64,
     pub bytes_read: u64,
     pub elapsed_ms: u64,
 }
@@ -83,11 +102,30 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     /// Bad config, a region that does not fit, a header written with other settings or damaged
     /// (nothing is written then), or a device error.
     pub fn open(
+        dev: D,
+        clock: C,
+        cfg: StorageConfig,
+        shard_id: u32,
+        region: Region,
+    ) -> Result<(Shard<D, C>, OpenReport), OpenError> {
+        Shard::open_with(dev, clock, cfg, shard_id, region, OpenOptions::default())
+    }
+
+    /// [`Shard::open`] with explicit [`OpenOptions`]: when a region may be formatted, and
+    /// whether a cold start may drop damaged wblocks.
+    ///
+    /// # Errors
+    /// As [`Shard::open`]; also [`OpenError::HeaderCorrupt`] (a header that is not valid, a
+    /// damaged magic included), [`OpenError::NotBlank`] (a zeroed header over wblocks),
+    /// [`OpenError::Truncated`] and [`OpenError::Damaged`]. Nothing is written to the
+    /// device before these checks pass.
+    pub fn open_with(
         mut dev: D,
         clock: C,
         cfg: StorageConfig,
         shard_id: u32,
         region: Region,
+        opts: OpenOptions,
     ) -> Result<(Shard<D, C>, OpenReport), OpenError> {
         cfg.validate()?;
         let started = Instant::now();
@@ -164,6 +202,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             next_internal_token: 0,
             lut_floor_ms: 0,
             truncate_scratch: Vec::new(),
+            accept_damage: false,
         };
         shard.reset_blocks();
         let mut report = OpenReport {
@@ -176,22 +215,61 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             corrupt_headers: 0,
             corrupt_bodies: 0,
             corrupt_dropped: 0,
+            corrupt_kept: 0,
+            damaged_wblock_headers: 0,
+            repaired_record_headers: 0,
+            wblocks_dropped: 0,
             bytes_read: 0,
             elapsed_ms: 0,
         };
         let sector = shard.read_blocking(0, IoBuf::new(SECTOR_SIZE))?;
-        match RegionHeader::decode(sector.as_slice()) {
-            Err(e) => return Err(OpenError::HeaderCorrupt(e.to_string())),
-            Ok(None) => {
+        let device = info.name.clone();
+        let decoded = match RegionHeader::decode(sector.as_slice()) {
+            Ok(HeaderSector::Blank) => {
+                shard.check_blank()?;
+                None
+            }
+            Ok(HeaderSector::Valid(h)) => Some(h),
+            Err(reason) if opts.format == Format::IfInvalid => {
+                tracing::warn!(shard = shard_id, %device, offset = region.offset_bytes, "formatting over a region header that is not valid, as the operator asked: {reason}");
+                None
+            }
+            Err(reason) => {
+                tracing::error!(shard = shard_id, %device, offset = region.offset_bytes, "region header refused: {reason}");
+                return Err(OpenError::HeaderCorrupt {
+                    device,
+                    offset_bytes: region.offset_bytes,
+                    reason,
+                });
+            }
+        };
+        shard.accept_damage = opts.accept_damage;
+        match decoded {
+            None => {
                 shard.instance_id = shard.entropy(0) | 1;
                 shard.next_seq = 1 + (shard.entropy(1) & 0xFFFF_FFFF);
                 shard.created_ms = shard.clock.now_cl_ms();
                 shard.write_header(None)?;
-                tracing::info!(shard = shard_id, wblocks = n_wblocks, "formatted a blank region");
+                tracing::info!(shard = shard_id, %device, offset = region.offset_bytes, wblocks = n_wblocks, "formatted a blank region");
             }
-            Ok(Some(h)) => {
+            Some(h) => {
+                if h.wblock_size_bytes as u64 != ws as u64 {
+                    return Err(OpenError::Mismatch {
+                        what: "wblock size",
+                        found: h.wblock_size_bytes as u64,
+                        expected: ws as u64,
+                    });
+                }
+                if u64::from(h.n_wblocks) > u64::from(n_wblocks) {
+                    tracing::error!(shard = shard_id, %device, offset = region.offset_bytes, have = n_wblocks, header = h.n_wblocks, "region is shorter than its header says");
+                    return Err(OpenError::Truncated {
+                        device,
+                        offset_bytes: region.offset_bytes,
+                        have: u64::from(n_wblocks),
+                        header: u64::from(h.n_wblocks),
+                    });
+                }
                 let checks = [
-                    ("wblock size", h.wblock_size_bytes as u64, ws as u64),
                     ("wblock count", h.n_wblocks as u64, n_wblocks as u64),
                     ("shard id", h.shard_id as u64, shard_id as u64),
                 ];
@@ -243,6 +321,66 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         h.update(self.dev.info().name.as_bytes());
         h.update(salt.to_le_bytes());
         u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+    }
+
+    /// Proves a region whose header sector is zeros blank: no wblock starts with a wblock or
+    /// index-image header (a magic within [`record::MAGIC_FLIP_MAX_BITS`] bits counts, so a
+    /// damaged one is not missed). One sector read per wblock, several in flight.
+    fn check_blank(&mut self) -> Result<(), OpenError> {
+        let ws = self.wblock_size as u64;
+        let near = |b: &[u8], magic: u32| {
+            (u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")) ^ magic).count_ones() <= record::MAGIC_FLIP_MAX_BITS
+        };
+        let mut next = 1u32;
+        let mut in_flight = 0usize;
+        let mut done = Vec::new();
+        let mut found: Option<(u32, &'static str)> = None;
+        let depth = self.dev.info().max_in_flight.clamp(1, 32);
+        loop {
+            while found.is_none() && next < self.n_wblocks && in_flight < depth {
+                let off = self.region.offset_bytes + next as u64 * ws;
+                self.dev
+                    .submit_read(off, IoBuf::new(SECTOR_SIZE), tag(TAG_STARTUP, next as u64))
+                    .map_err(submit_err)?;
+                next += 1;
+                in_flight += 1;
+            }
+            if in_flight == 0 {
+                break;
+            }
+            self.dev.submit()?;
+            self.dev.reap(&mut done, 1)?;
+            for c in done.drain(..) {
+                in_flight -= 1;
+                let id = (c.tag & ((1 << 56) - 1)) as u32;
+                let buf = c.buf.expect("read carries its buffer");
+                if let Err(e) = c.result {
+                    found.get_or_insert((id, "an unreadable first sector"));
+                    tracing::error!(shard = self.shard_id, wblock = id, "blank check: {e}");
+                    continue;
+                }
+                let b = buf.as_slice();
+                if near(b, record::WBLOCK_MAGIC) {
+                    found.get_or_insert((id, "a wblock header"));
+                } else if near(b, region::IMAGE_BLOCK_MAGIC) {
+                    found.get_or_insert((id, "an index-image header"));
+                }
+            }
+        }
+        match found {
+            None => Ok(()),
+            Some((wblock, what)) => {
+                let device = self.dev.info().name.clone();
+                tracing::error!(shard = self.shard_id, %device, offset = self.region.offset_bytes, wblock, what, "region header is zeros over a region that holds data; not formatting it");
+                Err(OpenError::NotBlank {
+                    device,
+                    offset_bytes: self.region.offset_bytes,
+                    wblock,
+                    wblock_offset_bytes: self.region.offset_bytes + wblock as u64 * ws,
+                    what,
+                })
+            }
+        }
     }
 
     fn reset_blocks(&mut self) {
@@ -323,13 +461,15 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
 
     fn cold_start(&mut self, report: &mut OpenReport) -> Result<(), OpenError> {
         let ws = self.wblock_size;
-        let mut corrupt: HashSet<Digest> = HashSet::new();
+        let mut quality: HashMap<Digest, CopyQuality> = HashMap::new();
         let mut valid_blocks: Vec<(u32, u64)> = Vec::new();
+        let mut refusal: Option<OpenError> = None;
         let mut next = 1u32;
         let mut in_flight = 0usize;
         let mut done = Vec::new();
+        let mut io_error = None;
         loop {
-            while next < self.n_wblocks {
+            while next < self.n_wblocks && refusal.is_none() && io_error.is_none() {
                 let Some(buf) = self.pool.take() else { break };
                 let off = self.region.offset_bytes + next as u64 * ws as u64;
                 self.dev
@@ -349,15 +489,28 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
                 let buf = c.buf.expect("read carries its buffer");
                 if let Err(e) = c.result {
                     self.pool.put(buf);
-                    return Err(OpenError::Device(e));
+                    io_error.get_or_insert(e);
+                    continue;
+                }
+                if refusal.is_some() || io_error.is_some() {
+                    self.pool.put(buf);
+                    continue;
                 }
                 report.bytes_read += ws as u64;
                 report.wblocks_scanned += 1;
-                if let Some(seq) = self.scan_wblock(id, buf.as_slice(), &mut corrupt, report) {
-                    valid_blocks.push((id, seq));
+                match self.scan_wblock(id, buf.as_slice(), &mut quality, report) {
+                    Ok(Some(seq)) => valid_blocks.push((id, seq)),
+                    Ok(None) => {}
+                    Err(e) => refusal = Some(e),
                 }
                 self.pool.put(buf);
             }
+        }
+        if let Some(e) = io_error {
+            return Err(OpenError::Device(e));
+        }
+        if let Some(e) = refusal {
+            return Err(e);
         }
         for (id, seq) in valid_blocks {
             self.blocks[id as usize].state = BlockState::Sealed;
@@ -369,53 +522,180 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         // is very unlikely to share their low 32 bits (which would let a torn write expose
         // them).
         self.next_seq += self.entropy(2) & 0xFFFF_FFFF;
-        // A record whose only copies fail their body checksum is, after a crash, almost always a
-        // torn write that was never acknowledged (a valid older copy would have won). It is
-        // dropped, and counted and logged, rather than served as an error for ever.
-        for d in &corrupt {
-            tracing::error!(shard = self.shard_id, digest = ?d, "cold start: dropped a record whose every copy fails its checksum (torn write or media corruption)");
-            self.index.remove(d);
+        let device = self.dev.info().name.clone();
+        let ws64 = ws as u64;
+        let mut dropped = 0u64;
+        let mut kept = 0u64;
+        for (d, q) in &quality {
+            let Some(e) = self.index.get(d).copied() else { continue };
+            let (wblock, offset) = (e.addr_bytes() / ws64, self.region.offset_bytes + e.addr_bytes());
+            match q {
+                CopyQuality::Good => {}
+                // A record whose only copies fail their body checksum in a way a torn write
+                // explains: after a crash, a write that was never acknowledged (a valid older
+                // copy would have won). Dropped, counted and logged.
+                CopyQuality::Torn => {
+                    tracing::error!(shard = self.shard_id, %device, digest = ?d, wblock, offset, "cold start: dropped a record whose every copy fails its body checksum like a torn write");
+                    self.index.remove(d);
+                    dropped += 1;
+                }
+                // Newest copy damaged by what no crash explains: keep it, so the record reads
+                // as corrupt (loud) and no older copy or deleted state comes back.
+                CopyQuality::Damaged => {
+                    tracing::error!(shard = self.shard_id, %device, digest = ?d, wblock, offset, generation = e.generation(), "cold start: the newest copy of a record is damaged (media damage, not a torn write); it is kept and reads of it fail, no older copy is served");
+                    kept += 1;
+                }
+            }
         }
-        report.corrupt_dropped = corrupt.len() as u64;
+        report.corrupt_dropped = dropped;
+        report.corrupt_kept = kept;
+        self.stats.cold_start_corrupt_dropped += dropped;
+        self.stats.cold_start_corrupt_kept += kept;
+        self.stats.cold_start_damaged_wblock_headers += report.damaged_wblock_headers;
+        self.stats.cold_start_repaired_record_headers += report.repaired_record_headers;
+        self.stats.cold_start_wblocks_dropped += report.wblocks_dropped;
         self.finish_load();
         Ok(())
     }
 
-    /// Scans one wblock; returns its sequence when its header is valid.
+    /// Reads a wblock header at cold start (see `docs/FAULT_MODEL.md`, "Wblock header").
+    fn classify_wblock(&self, id: u32, data: &[u8]) -> WblockVerdict {
+        let ws = self.wblock_size;
+        let h = &data[..WBLOCK_HEADER_BYTES];
+        let le32 = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().expect("4 bytes"));
+        let le64 = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().expect("8 bytes"));
+        let ours_fields = le64(16) == self.instance_id && le32(24) == id && le32(28) as usize == ws;
+        let crc_ok = crc32c::crc32c(&h[8..]) == le32(4);
+        let magic = le32(0);
+        match WblockHeader::decode(h) {
+            Ok(Some(w)) if w.instance_id == self.instance_id && w.wblock_id == id && w.wblock_size_bytes as usize == ws => {
+                WblockVerdict::Valid(w)
+            }
+            Ok(Some(w)) => {
+                if w.instance_id == self.instance_id {
+                    tracing::error!(shard = self.shard_id, wblock = id, header_wblock = w.wblock_id, "cold start: wblock holds the header of another wblock (a misdirected write); treated as free");
+                }
+                WblockVerdict::Free
+            }
+            // Not a header, or another instance's (possibly with a damaged magic): free space.
+            Ok(None) if !ours_fields => WblockVerdict::Free,
+            _ => {
+                let detail = if magic != record::WBLOCK_MAGIC {
+                    format!("magic {:08x}, expected {:08x}", magic.swap_bytes(), record::WBLOCK_MAGIC.swap_bytes())
+                } else if !crc_ok {
+                    "header checksum mismatch".to_string()
+                } else {
+                    "reserved bytes or size invalid".to_string()
+                };
+                // Repair what the checksum proves: a damaged magic over intact bytes, damage
+                // inside one byte of the checksum or of bytes 8..64. The repaired header must
+                // name this region and wblock, and its first record must carry its sequence.
+                let mut fixed = [0u8; WBLOCK_HEADER_BYTES];
+                fixed.copy_from_slice(h);
+                fixed[0..4].copy_from_slice(&record::WBLOCK_MAGIC.to_le_bytes());
+                let stored = le32(4);
+                let computed = crc32c::crc32c(&h[8..]);
+                if computed != stored {
+                    let diff = (computed ^ stored).to_le_bytes();
+                    if diff.iter().filter(|&&b| b != 0).count() == 1 && magic == record::WBLOCK_MAGIC {
+                        fixed[4..8].copy_from_slice(&computed.to_le_bytes());
+                    } else if let Some((j, v)) = record::crc_error_in_one_byte(&h[8..], stored) {
+                        fixed[8 + j] ^= v;
+                    }
+                }
+                let repairable = magic == record::WBLOCK_MAGIC || crc_ok;
+                if let (true, Ok(Some(w))) = (repairable, WblockHeader::decode(&fixed)) {
+                    if w.instance_id == self.instance_id
+                        && w.wblock_id == id
+                        && w.wblock_size_bytes as usize == ws
+                        && first_record_seq_lo(data, ws).is_none_or(|lo| lo == w.seq as u32)
+                    {
+                        return WblockVerdict::Damaged { recovered: Some(w), detail };
+                    }
+                }
+                WblockVerdict::Damaged { recovered: None, detail }
+            }
+        }
+    }
+
+    /// Scans one wblock; returns its sequence when its header is valid (or repaired).
+    ///
+    /// # Errors
+    /// [`OpenError::Damaged`] when the wblock header, or a record header in sequence, is damaged
+    /// beyond repair over records that may be newest copies, and `accept_damage` is not set.
     fn scan_wblock(
         &mut self,
         id: u32,
         data: &[u8],
-        corrupt: &mut HashSet<Digest>,
+        quality: &mut HashMap<Digest, CopyQuality>,
         report: &mut OpenReport,
-    ) -> Option<u64> {
+    ) -> Result<Option<u64>, OpenError> {
         let ws = self.wblock_size;
-        let hdr = match WblockHeader::decode(&data[..WBLOCK_HEADER_BYTES]) {
-            Ok(Some(h))
-                if h.instance_id == self.instance_id && h.wblock_id == id && h.wblock_size_bytes as usize == ws =>
-            {
+        let wblock_offset = self.region.offset_bytes + id as u64 * ws as u64;
+        let hdr = match self.classify_wblock(id, data) {
+            WblockVerdict::Valid(h) => h,
+            WblockVerdict::Free => return Ok(None),
+            WblockVerdict::Damaged { recovered: Some(h), detail } => {
+                report.damaged_wblock_headers += 1;
+                tracing::error!(shard = self.shard_id, device = %self.dev.info().name, wblock = id, offset = wblock_offset, seq = h.seq, "cold start: damaged wblock header ({detail}) repaired from its checksum and its records; the wblock is used");
                 h
             }
-            Ok(Some(_)) | Ok(None) => return None,
-            Err(_) => {
-                tracing::error!(
-                    shard = self.shard_id,
-                    wblock = id,
-                    "cold start: damaged wblock header; its records are skipped"
-                );
-                report.corrupt_headers += 1;
-                return None;
+            WblockVerdict::Damaged { recovered: None, detail } => {
+                report.damaged_wblock_headers += 1;
+                let records = count_record_headers(data, ws);
+                if records == 0 {
+                    tracing::error!(shard = self.shard_id, device = %self.dev.info().name, wblock = id, offset = wblock_offset, "cold start: damaged wblock header ({detail}) over no records; treated as free");
+                    return Ok(None);
+                }
+                let detail = format!("wblock {id} has a damaged header ({detail}) and holds {records} record headers that cannot be placed in time");
+                return self.damage_found(wblock_offset, detail, report).map(|()| None);
             }
         };
         self.blocks[id as usize].seq = hdr.seq;
         let mut pos = WBLOCK_HEADER_BYTES;
+        // True while `pos` is where the previous record ended: a damaged header there is a
+        // record of this wblock, not bytes inside a body stepped through while resynchronising.
+        let mut in_sync = true;
         while pos + RECORD_HEADER_BYTES <= ws {
-            match record::decode_header(&data[pos..], Some(hdr.seq)) {
+            let mut repaired = None;
+            let decoded = match record::decode_header(&data[pos..], Some(hdr.seq)) {
+                Err(RecordError::HeaderCorrupt) => match record::repair_record_header(&data[pos..]) {
+                    Some(fixed) => match record::decode_header(&fixed, Some(hdr.seq)) {
+                        Ok(h) => {
+                            repaired = Some(fixed);
+                            Ok(h)
+                        }
+                        Err(e) => Err(e),
+                    },
+                    None => Err(RecordError::HeaderCorrupt),
+                },
+                other => other,
+            };
+            match decoded {
                 Ok(h) if pos + h.padded_len() <= ws => {
-                    let valid = record::verify_body(&h, &data[pos..pos + h.padded_len()]).is_ok();
-                    if !valid {
+                    let span = &data[pos..pos + h.total_len as usize];
+                    let body_ok = record::verify_body(&h, span).is_ok();
+                    let q = if repaired.is_some() {
+                        report.repaired_record_headers += 1;
+                        tracing::error!(shard = self.shard_id, wblock = id, offset = wblock_offset + pos as u64, digest = ?h.meta.digest, "cold start: damaged record header repaired for recovery; the copy on the device stays damaged");
+                        // The copy on the device fails its checks at every read: it counts as
+                        // damaged even when its body is intact.
+                        CopyQuality::Damaged
+                    } else if body_ok || h.meta.tombstone {
+                        // A tombstone is all header: a damaged body does not undo the delete.
+                        if !body_ok {
+                            report.corrupt_bodies += 1;
+                        }
+                        CopyQuality::Good
+                    } else {
                         report.corrupt_bodies += 1;
-                    }
+                        let one_sector = pos / SECTOR_SIZE == (pos + h.total_len as usize - 1) / SECTOR_SIZE;
+                        if one_sector || record::crc_error_in_one_byte(&span[RECORD_HEADER_BYTES..], h.body_crc).is_some() {
+                            CopyQuality::Damaged
+                        } else {
+                            CopyQuality::Torn
+                        }
+                    };
                     report.records_found += 1;
                     let addr = self.addr_of(id, pos);
                     let new = IndexEntry::new(
@@ -427,32 +707,64 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
                         h.meta.lut_ms.min(crate::index::MAX_LUT_MS),
                         h.meta.tombstone,
                     );
+                    // Newest wins. A torn copy loses to every other; between the rest the
+                    // greater LUT wins, then an intact copy over a damaged one of the same LUT
+                    // (defrag's moves keep the LUT), then the greater wblock sequence.
+                    let key = |q: CopyQuality, lut: u64, seq: u64| (q != CopyQuality::Torn, lut, q == CopyQuality::Good, seq);
                     let wins = match self.index.get(&h.meta.digest) {
                         None => true,
                         Some(old) => {
                             let old_seq = self.blocks[self.block_of(old.addr_bytes()) as usize].seq;
-                            let old_valid = !corrupt.contains(&h.meta.digest);
-                            (valid, new.lut_ms(), hdr.seq) > (old_valid, old.lut_ms(), old_seq)
+                            let old_q = quality.get(&h.meta.digest).copied().unwrap_or(CopyQuality::Good);
+                            key(q, new.lut_ms(), hdr.seq) > key(old_q, old.lut_ms(), old_seq)
                         }
                     };
                     if wins {
                         self.index.insert(new);
-                        if valid {
-                            corrupt.remove(&h.meta.digest);
-                        } else {
-                            corrupt.insert(h.meta.digest);
-                        }
+                        quality.insert(h.meta.digest, q);
                     }
                     pos += h.padded_len();
+                    in_sync = true;
                 }
                 Ok(_) | Err(RecordError::HeaderCorrupt) => {
                     report.corrupt_headers += 1;
+                    let crosses = pos / SECTOR_SIZE != (pos + RECORD_HEADER_BYTES - 1) / SECTOR_SIZE;
+                    if in_sync && !crosses {
+                        // A record header of this wblock, inside one sector (so no torn write
+                        // made it), damaged past repair: its digest is unknown.
+                        let detail = format!(
+                            "wblock {id}: the record header at byte offset {} is damaged past repair (its record, which may be the newest copy, cannot be identified)",
+                            wblock_offset + pos as u64
+                        );
+                        self.damage_found(wblock_offset + pos as u64, detail, report)?;
+                    }
+                    in_sync = false;
                     pos += RBLOCK_BYTES;
                 }
-                Err(_) => pos += RBLOCK_BYTES,
+                Err(_) => {
+                    in_sync = false;
+                    pos += RBLOCK_BYTES;
+                }
             }
         }
-        Some(hdr.seq)
+        Ok(Some(hdr.seq))
+    }
+
+    /// Damage a cold start cannot attribute: refuses the start, or with `accept_damage` logs
+    /// and counts it and goes on.
+    fn damage_found(&mut self, offset_bytes: u64, detail: String, report: &mut OpenReport) -> Result<(), OpenError> {
+        let device = self.dev.info().name.clone();
+        if self.accept_damage {
+            tracing::error!(shard = self.shard_id, %device, offset = offset_bytes, "cold start: {detail}; skipped as accept_damage allows (older copies of its records may be served)");
+            report.wblocks_dropped += 1;
+            return Ok(());
+        }
+        tracing::error!(shard = self.shard_id, %device, offset = offset_bytes, "cold start refused: {detail}");
+        Err(OpenError::Damaged {
+            device,
+            offset_bytes,
+            detail,
+        })
     }
 
     /// After the index is loaded: expired records become tombstones, live bytes are counted, the
@@ -736,6 +1048,45 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         tracing::info!(shard = self.shard_id, ?report, "shard shut down cleanly");
         Ok((report, self.dev))
     }
+}
+
+/// How trustworthy the copy a digest's index entry points at is, during a cold start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CopyQuality {
+    /// Checksums pass (or a tombstone with a valid header).
+    Good,
+    /// Fails its checks in a way a torn write cannot explain (media damage): kept, reads fail.
+    Damaged,
+    /// Fails its body checksum in a way a torn write explains: loses to every other copy.
+    Torn,
+}
+
+/// A wblock header as a cold start judges it.
+enum WblockVerdict {
+    Valid(WblockHeader),
+    /// Never written, erased, another instance's, or not a header.
+    Free,
+    /// Ours but damaged; `recovered` when its fields could be proved.
+    Damaged { recovered: Option<WblockHeader>, detail: String },
+}
+
+/// `wblock_seq_lo` of the first record header with a valid checksum, searching from byte 64 in
+/// 16-byte steps: the first record of the wblock's current life (records are written front to
+/// back, so nothing of an earlier life lies before it).
+fn first_record_seq_lo(data: &[u8], ws: usize) -> Option<u32> {
+    (WBLOCK_HEADER_BYTES..ws.saturating_sub(RECORD_HEADER_BYTES - 1))
+        .step_by(RBLOCK_BYTES)
+        .find_map(|p| record::decode_header(&data[p..], None).ok().map(|h| h.wblock_seq_lo))
+}
+
+/// Record headers with a valid checksum and the first one's sequence: what a wblock whose own
+/// header is lost still holds.
+fn count_record_headers(data: &[u8], ws: usize) -> u64 {
+    let Some(lo) = first_record_seq_lo(data, ws) else { return 0 };
+    (WBLOCK_HEADER_BYTES..ws.saturating_sub(RECORD_HEADER_BYTES - 1))
+        .step_by(RBLOCK_BYTES)
+        .filter(|&p| record::decode_header(&data[p..], Some(u64::from(lo))).is_ok())
+        .count() as u64
 }
 
 /// Streams the image payload into wblock-sized pool buffers and writes them, several in flight.

@@ -32,7 +32,6 @@
 //! `[u64 seq][u8 used][7 reserved]` (16 bytes), then the index entries in index order, 40 bytes
 //! each ([`crate::index::IndexEntry::to_bytes`]).
 
-use crate::record::RecordError;
 use bolide_drivers::SECTOR_SIZE;
 
 pub const REGION_MAGIC: [u8; 8] = *b"BOLIDE\x00\x01";
@@ -98,37 +97,46 @@ impl RegionHeader {
         out[8..12].copy_from_slice(&crc.to_le_bytes());
     }
 
-    /// Decodes a header sector. `Ok(None)` when the region was never formatted (magic absent).
+    /// Decodes a header sector.
+    ///
+    /// Only a sector of zeros is [`HeaderSector::Blank`] (a region never formatted, or whose
+    /// header was zeroed: the caller must still prove the rest blank before formatting). Any
+    /// other content is either a valid header or an error that says what is wrong; a damaged
+    /// magic is never read as "not formatted".
     ///
     /// # Errors
-    /// Magic present but the checksum, version or a field is wrong: `HeaderCorrupt`/`Malformed`.
-    pub fn decode(buf: &[u8]) -> Result<Option<RegionHeader>, RecordError> {
+    /// [`RegionHeaderError`]: a magic that is not Bolide's (damaged, or another program's
+    /// data), a checksum mismatch, an unknown version, an impossible image reference.
+    pub fn decode(buf: &[u8]) -> Result<HeaderSector, RegionHeaderError> {
         if buf.len() < SECTOR_SIZE {
-            return Err(RecordError::Truncated {
-                need: SECTOR_SIZE,
-                have: buf.len(),
-            });
+            return Err(RegionHeaderError::Truncated { have: buf.len() });
         }
         let buf = &buf[..SECTOR_SIZE];
-        if buf[0..8] != REGION_MAGIC {
-            return Ok(None);
+        if buf.iter().all(|&b| b == 0) {
+            return Ok(HeaderSector::Blank);
         }
         let u32_at = |o: usize| u32::from_le_bytes(buf[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(buf[o..o + 8].try_into().expect("8 bytes"));
-        if crc32c::crc32c(&buf[12..]) != u32_at(8) {
-            return Err(RecordError::HeaderCorrupt);
+        let crc_ok = crc32c::crc32c(&buf[12..]) == u32_at(8);
+        if buf[0..8] != REGION_MAGIC {
+            let mut found = [0u8; 8];
+            found.copy_from_slice(&buf[0..8]);
+            return Err(RegionHeaderError::BadMagic { found, rest_intact: crc_ok });
+        }
+        if !crc_ok {
+            return Err(RegionHeaderError::Checksum {
+                stored: u32_at(8),
+                computed: crc32c::crc32c(&buf[12..]),
+            });
         }
         if u32_at(12) != REGION_FORMAT_VERSION {
-            return Err(RecordError::Malformed(format!(
-                "region format version {} (this build reads {REGION_FORMAT_VERSION})",
-                u32_at(12)
-            )));
+            return Err(RegionHeaderError::Version(u32_at(12)));
         }
         let flags = u32_at(36);
         let image = if flags & FLAG_CLEAN_IMAGE != 0 {
             let n = u32_at(68) as usize;
             if n > MAX_IMAGE_WBLOCKS {
-                return Err(RecordError::Malformed(format!("index image spans {n} wblocks")));
+                return Err(RegionHeaderError::Field(format!("index image spans {n} wblocks")));
             }
             Some(ImageRef {
                 next_seq: u64_at(48),
@@ -139,7 +147,7 @@ impl RegionHeader {
         } else {
             None
         };
-        Ok(Some(RegionHeader {
+        Ok(HeaderSector::Valid(RegionHeader {
             instance_id: u64_at(16),
             wblock_size_bytes: u32_at(24),
             n_wblocks: u32_at(28),
@@ -148,6 +156,35 @@ impl RegionHeader {
             image,
         }))
     }
+}
+
+/// What the region's header sector holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderSector {
+    /// 4096 zero bytes.
+    Blank,
+    Valid(RegionHeader),
+}
+
+/// Why a region header sector is not a valid header. The region is never formatted over one
+/// of these unless the operator says so.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegionHeaderError {
+    #[error("header sector is {have} bytes, not {SECTOR_SIZE}")]
+    Truncated { have: usize },
+    /// Bytes 0..8 are not `BOLIDE\0\x01` and the sector is not all zeros.
+    #[error("bytes 0..8 are {} where the region magic {} belongs ({}); this is not a blank region and is not formatted", hex(found), hex(&REGION_MAGIC), if *rest_intact { "the rest of the header passes its checksum: the magic is damaged" } else { "the rest does not pass the header checksum either: damaged, or another program's data" })]
+    BadMagic { found: [u8; 8], rest_intact: bool },
+    #[error("header checksum mismatch (stored {stored:#010x}, computed {computed:#010x} over bytes 12..4096)")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("region format version {0} (this build reads {REGION_FORMAT_VERSION})")]
+    Version(u32),
+    #[error("{0}")]
+    Field(String),
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 /// Writes the 64-byte header of image wblock number `index`.
@@ -187,12 +224,49 @@ mod tests {
         };
         let mut sector = vec![0u8; SECTOR_SIZE];
         h.encode(&mut sector);
-        assert_eq!(RegionHeader::decode(&sector).unwrap(), Some(h.clone()));
+        assert_eq!(RegionHeader::decode(&sector).unwrap(), HeaderSector::Valid(h.clone()));
         sector[100] ^= 1;
-        assert_eq!(RegionHeader::decode(&sector), Err(RecordError::HeaderCorrupt));
-        assert_eq!(RegionHeader::decode(&vec![0u8; SECTOR_SIZE]).unwrap(), None);
+        assert!(matches!(RegionHeader::decode(&sector), Err(RegionHeaderError::Checksum { .. })));
+        assert_eq!(RegionHeader::decode(&vec![0u8; SECTOR_SIZE]).unwrap(), HeaderSector::Blank);
         let plain = RegionHeader { image: None, ..h };
         plain.encode(&mut sector);
-        assert_eq!(RegionHeader::decode(&sector).unwrap(), Some(plain));
+        assert_eq!(RegionHeader::decode(&sector).unwrap(), HeaderSector::Valid(plain));
+    }
+
+    /// Issue 12, defect 2: one bit of the magic flipped read as "never formatted".
+    #[test]
+    fn a_flipped_magic_bit_is_damage_not_blank() {
+        let h = RegionHeader {
+            instance_id: 7,
+            wblock_size_bytes: 1 << 20,
+            n_wblocks: 10,
+            shard_id: 0,
+            created_ms: 1,
+            image: None,
+        };
+        let mut sector = vec![0u8; SECTOR_SIZE];
+        h.encode(&mut sector);
+        for byte in 0..8 {
+            for bit in 0..8 {
+                let mut s = sector.clone();
+                s[byte] ^= 1 << bit;
+                match RegionHeader::decode(&s) {
+                    Err(e @ RegionHeaderError::BadMagic { rest_intact: true, .. }) => {
+                        assert!(e.to_string().contains("the magic is damaged"), "{e}");
+                    }
+                    other => panic!("magic byte {byte} bit {bit}: {other:?}"),
+                }
+            }
+        }
+        // Another program's data: refused too, and said to be neither blank nor ours.
+        let junk = vec![0xa5u8; SECTOR_SIZE];
+        assert!(matches!(
+            RegionHeader::decode(&junk),
+            Err(RegionHeaderError::BadMagic { rest_intact: false, .. })
+        ));
+        // A zero magic over an otherwise written header is not blank either.
+        let mut zeroed_magic = sector.clone();
+        zeroed_magic[..8].fill(0);
+        assert!(matches!(RegionHeader::decode(&zeroed_magic), Err(RegionHeaderError::BadMagic { .. })));
     }
 }
