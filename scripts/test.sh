@@ -24,6 +24,10 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+echo "== test dependencies"
+# The S3-protocol server of the object-store backup tests (backup/tests/e2e_object_store.rs).
+command -v moto_server >/dev/null || python3 -m pip install --quiet 'moto[server]'
+
 echo "== build"
 cargo build --workspace --all-targets --locked
 

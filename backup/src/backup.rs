@@ -6,7 +6,7 @@
 //! append whole records to one shared file (or stdout).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +24,7 @@ use crate::asb::{self, BytesForm};
 use crate::convert;
 use crate::frame::{Codec, FileWriter};
 use crate::state::{self, State, Unit};
+use crate::target::{ObjectStoreArgs, Sink, Target};
 
 /// A job in directory mode checkpoints its place at least every this many records.
 const CHECKPOINT_RECORDS: u64 = 5000;
@@ -56,15 +57,16 @@ pub struct BackupArgs {
     /// Only back up this set.
     #[arg(short = 's', long)]
     pub set: Option<String>,
-    /// The directory that holds the backup files (created if missing; must hold no .asb files
-    /// unless --remove-files).
+    /// Where the backup files go: a local directory (created if missing), `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `az://container/prefix` or `file:///path`; must hold no .asb files
+    /// unless --remove-files.
     #[arg(
         short = 'd',
         long,
         conflicts_with = "output_file",
         required_unless_present_any = ["output_file", "estimate"]
     )]
-    pub directory: Option<PathBuf>,
+    pub directory: Option<String>,
     /// Back up to a single file; `-` for stdout.
     #[arg(short = 'o', long)]
     pub output_file: Option<String>,
@@ -127,6 +129,8 @@ pub struct BackupArgs {
     /// (whole partitions), print it, and write nothing.
     #[arg(short = 'e', long, conflicts_with = "continue_state")]
     pub estimate: bool,
+    #[command(flatten)]
+    pub object: ObjectStoreArgs,
 }
 
 /// Parses asbackup's `--modified-after/--modified-before` formats to Unix seconds (UTC).
@@ -296,7 +300,7 @@ impl std::fmt::Display for BackupSummary {
 enum Output {
     /// One file series per job, rotated at `limit_bytes`.
     Dir {
-        dir: PathBuf,
+        target: Target,
         limit_bytes: u64,
         next_index: AtomicU64,
     },
@@ -319,8 +323,9 @@ struct Shared {
     bytes: AtomicU64,
     files: AtomicU64,
     failed: AtomicBool,
-    /// Directory mode: where the resume state lives, the state, and when it was last saved.
-    state: Option<(PathBuf, Mutex<(State, Instant)>)>,
+    /// Directory mode: where the resume state lives (location, file name), the state, and when
+    /// it was last saved.
+    state: Option<((Target, String), Mutex<(State, Instant)>)>,
 }
 
 /// What a checkpoint says about the job's current partition.
@@ -338,34 +343,40 @@ struct PendingMarks {
 
 /// The current file of one job in directory mode.
 struct DirFile {
-    writer: FileWriter<BufWriter<File>>,
-    path: PathBuf,
+    writer: FileWriter<Sink>,
+    /// The file's name in the target, and the target's description of it (for messages).
+    name: String,
+    path: String,
     written: u64,
+    /// A local file: a flush puts the bytes in the OS, so a checkpoint may name its length.
+    /// An object: nothing is visible before the upload completes, so the marks of the records
+    /// in it are recorded only when it is closed.
+    checkpoints_on_flush: bool,
 }
 
 impl Shared {
-    fn open_next_file(&self, dir: &Path) -> Result<DirFile, String> {
+    fn open_next_file(&self, target: &Target) -> Result<DirFile, String> {
         let Output::Dir { next_index, .. } = &self.output else {
             unreachable!("open_next_file in directory mode only")
         };
         let index = next_index.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("{}_{index:05}.asb", self.namespace));
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| format!("create {}: {e}", path.display()))?;
+        let name = format!("{}_{index:05}.asb", self.namespace);
+        let path = target.describe(&name);
+        let sink = target.create(&name)?;
+        let checkpoints_on_flush = sink.checkpoints_on_flush();
         let mut header = Vec::new();
         asb::encode_header(&mut header, &self.namespace, index == 0);
-        let writer = FileWriter::new(BufWriter::with_capacity(1 << 20, file), &self.codec)
+        let writer = FileWriter::new(sink, &self.codec)
             .and_then(|mut w| w.write_all(&header).map(|()| w))
-            .map_err(|e| format!("write {}: {e}", path.display()))?;
+            .map_err(|e| format!("write {path}: {e}"))?;
         self.files.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(header.len() as u64, Ordering::Relaxed);
         Ok(DirFile {
             writer,
+            name,
             path,
             written: header.len() as u64,
+            checkpoints_on_flush,
         })
     }
 }
@@ -383,6 +394,10 @@ impl Shared {
         force: bool,
     ) -> Result<(), String> {
         pending.marks.extend(marks);
+        if file.as_ref().is_some_and(|f| !f.checkpoints_on_flush) {
+            // An object being uploaded: its marks wait for close_file.
+            return Ok(());
+        }
         if !force && file.is_some() && pending.since.elapsed() < STATE_SAVE_INTERVAL {
             return Ok(());
         }
@@ -392,23 +407,44 @@ impl Shared {
         Ok(())
     }
 
+    /// Ends the job's file with `marks` added to its pending ones: a local file is
+    /// checkpointed (flushed, its length and the marks recorded) and then closed; an object is
+    /// uploaded to completion first, and then recorded whole with the marks.
+    fn close_file(
+        &self,
+        mut f: DirFile,
+        pending: &mut PendingMarks,
+        marks: impl IntoIterator<Item = Mark>,
+    ) -> Result<(), String> {
+        pending.marks.extend(marks);
+        if f.checkpoints_on_flush {
+            self.checkpoint(Some(&mut f), &pending.marks)?;
+            finish_file(f)?;
+        } else {
+            let name = f.name.clone();
+            let len = finish_file(f)?;
+            self.record(Some((name, len)), &pending.marks)?;
+        }
+        pending.marks.clear();
+        pending.since = Instant::now();
+        Ok(())
+    }
+
     /// Flushes the job's file and records it, with `marks` (in order), in the resume state.
     fn checkpoint(&self, file: Option<&mut DirFile>, marks: &[Mark]) -> Result<(), String> {
-        let Some((path, st)) = &self.state else { return Ok(()) };
         let mut entry = None;
         if let Some(f) = file {
-            f.writer
-                .flush()
-                .map_err(|e| format!("write {}: {e}", f.path.display()))?;
-            let name = f
-                .path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
+            f.writer.flush().map_err(|e| format!("write {}: {e}", f.path))?;
             // A chunk boundary of a framed file (flush ends the chunk).
-            entry = Some((name, f.writer.bytes_out()));
+            entry = Some((f.name.clone(), f.writer.bytes_out()));
         }
+        self.record(entry, marks)
+    }
+
+    /// Records a file's length (a flushed local file, a completed object) and `marks` in the
+    /// resume state, and saves it at most every [`STATE_SAVE_INTERVAL`].
+    fn record(&self, entry: Option<(String, u64)>, marks: &[Mark]) -> Result<(), String> {
+        let Some(((target, name), st)) = &self.state else { return Ok(()) };
         let mut guard = st.lock().map_err(|_| "state lock poisoned".to_string())?;
         let (st, last_save) = &mut *guard;
         if let Some((name, len)) = entry {
@@ -429,7 +465,7 @@ impl Shared {
         // any save is consistent; saving at most every STATE_SAVE_INTERVAL keeps 4096
         // partition checkpoints cheap (a resume redoes at most that much work).
         if last_save.elapsed() >= STATE_SAVE_INTERVAL {
-            st.save(path)?;
+            st.save_to(target, name)?;
             *last_save = Instant::now();
         }
         Ok(())
@@ -437,20 +473,20 @@ impl Shared {
 
     /// Saves the state now (after a failure).
     fn save_state(&self) -> Result<(), String> {
-        let Some((path, st)) = &self.state else { return Ok(()) };
+        let Some(((target, name), st)) = &self.state else { return Ok(()) };
         let guard = st.lock().map_err(|_| "state lock poisoned".to_string())?;
-        guard.0.save(path)
+        guard.0.save_to(target, name)
     }
 }
 
-fn finish_file(f: DirFile) -> Result<(), String> {
+/// Ends a file (the framing's last chunk, a local sync, an object's upload completed); returns
+/// its bytes.
+fn finish_file(f: DirFile) -> Result<u64, String> {
     let DirFile { writer, path, .. } = f;
-    let file = writer
+    writer
         .finish()
-        .map_err(|e| format!("write {}: {e}", path.display()))?
-        .into_inner()
-        .map_err(|e| format!("write {}: {}", path.display(), e.error()))?;
-    file.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))
+        .and_then(Sink::close)
+        .map_err(|e| format!("write {path}: {e}"))
 }
 
 /// One query of a job: a run of contiguous whole partitions, or the rest of one partition after
@@ -577,19 +613,18 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
             shared.records.fetch_add(1, Ordering::Relaxed);
             shared.bytes.fetch_add(rec_bytes, Ordering::Relaxed);
             match &shared.output {
-                Output::Dir { dir, limit_bytes, .. } => {
+                Output::Dir { target, limit_bytes, .. } => {
                     // Rotate before a record that would start past the limit; the old file's
-                    // final length goes into the state first.
+                    // final length goes into the state with the marks of its records.
                     if file.as_ref().is_some_and(|f| f.written >= *limit_bytes) {
-                        let mut old = file.take().expect("checked");
-                        let r = shared.mark(Some(&mut old), &mut pending, partials(&mut seen), true);
-                        if let Err(e) = r.and_then(|()| finish_file(old)) {
+                        let old = file.take().expect("checked");
+                        if let Err(e) = shared.close_file(old, &mut pending, partials(&mut seen)) {
                             result = Err(e);
                             break 'scans;
                         }
                     }
                     if file.is_none() {
-                        match shared.open_next_file(dir) {
+                        match shared.open_next_file(target) {
                             Ok(f) => file = Some(f),
                             Err(e) => {
                                 result = Err(e);
@@ -599,7 +634,7 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                     }
                     let f = file.as_mut().expect("opened above");
                     if let Err(e) = f.writer.write_all(&chunk) {
-                        result = Err(format!("write {}: {e}", f.path.display()));
+                        result = Err(format!("write {}: {e}", f.path));
                         break 'scans;
                     }
                     f.written += chunk.len() as u64;
@@ -638,15 +673,17 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
         }
     }
     if result.is_ok() {
-        result = match &shared.output {
-            Output::Shared(out) => write_shared(out, &chunk),
-            Output::Dir { .. } => shared.mark(file.as_mut(), &mut pending, None, true),
+        result = match (&shared.output, file.take()) {
+            (Output::Shared(out), _) => write_shared(out, &chunk),
+            (Output::Dir { .. }, Some(f)) => shared.close_file(f, &mut pending, None),
+            (Output::Dir { .. }, None) => shared.mark(None, &mut pending, None, true),
         };
     }
     if let Some(f) = file.take() {
-        let closed = finish_file(f);
-        if result.is_ok() {
-            result = closed;
+        // After a failure: a local file is closed as far as it got (the state names only its
+        // checkpointed length); an object upload is abandoned (dropped).
+        if f.checkpoints_on_flush {
+            let _ = finish_file(f);
         }
     }
     if result.is_err() {
@@ -668,19 +705,17 @@ fn write_shared(out: &SharedOut, chunk: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("write output: {e}"))
 }
 
-fn prepare_dir(dir: &Path, remove: bool) -> Result<(), String> {
-    fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    for entry in fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {
-        let path = entry.map_err(|e| format!("read {}: {e}", dir.display()))?.path();
+fn prepare_dir(target: &Target, remove: bool) -> Result<(), String> {
+    target.create_dir()?;
+    for (name, _) in target.list()? {
         // A deletes.asbd left by an earlier incremental would be applied with this backup.
-        if path.extension().is_some_and(|x| x == "asb") || path.file_name().is_some_and(|n| n == DELETES_FILE) {
+        if name.ends_with(".asb") || name == DELETES_FILE {
             if remove {
-                fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+                target.remove(&name)?;
             } else {
                 return Err(format!(
-                    "{} already holds backup files ({}); use --remove-files to replace them",
-                    dir.display(),
-                    path.display()
+                    "{target} already holds backup files ({}); use --remove-files to replace them",
+                    target.describe(&name)
                 ));
             }
         }
@@ -707,15 +742,33 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
         args.encryption_key_file.as_deref(),
     )?;
     let start = Instant::now();
-    let resumed = match &args.continue_state {
-        Some(path) => {
-            if args.directory.is_none() {
-                return Err("--continue needs the backup's --directory".into());
-            }
-            let text = fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
-            Some(State::parse(&text, &path.display().to_string())?)
-        }
+    let target = match &args.directory {
+        Some(d) => Some(Target::parse(d, &args.object)?),
         None => None,
+    };
+    // Where the resume state lives: `--continue`'s file (a local path; for an object store the
+    // last component of the name given, in the target), else `<ns>.asb.state` in the target.
+    let state_loc = target.as_ref().map(|t| match (&args.continue_state, t) {
+        (Some(p), Target::Local(_)) => (
+            Target::Local(p.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)),
+            p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string(),
+        ),
+        (Some(p), Target::Object(_)) => (
+            t.clone(),
+            p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string(),
+        ),
+        (None, _) => (t.clone(), format!("{}.asb.state", args.namespace)),
+    });
+    let resumed = match (&args.continue_state, &state_loc) {
+        (Some(_), None) => return Err("--continue needs the backup's --directory".into()),
+        (Some(_), Some((t, name))) => {
+            let text = t
+                .read_small(name)?
+                .ok_or_else(|| format!("{}: no such state file", t.describe(name)))?;
+            let text = String::from_utf8(text).map_err(|_| format!("{}: not text", t.describe(name)))?;
+            Some(State::parse(&text, &t.describe(name))?)
+        }
+        (None, _) => None,
     };
     let units: Vec<Unit> = match (&resumed, &args.partition_list) {
         (Some(st), _) => st.remaining(),
@@ -724,10 +777,10 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     };
     let jobs = split_units(units.clone(), args.parallel as usize);
 
-    let output = match (&args.directory, &args.output_file) {
-        (Some(dir), _) => {
-            let next = match &resumed {
-                Some(st) => {
+    let output = match (&target, &args.output_file) {
+        (Some(target), _) => {
+            let next = match (&resumed, target.local_dir()) {
+                (Some(st), Some(dir)) => {
                     let next = state::rewind_dir(dir, st, &args.namespace)?;
                     // A framed file cut back to its last checkpoint gets its final chunk.
                     for name in st.files.keys() {
@@ -735,13 +788,22 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
                     }
                     next
                 }
-                None => {
-                    prepare_dir(dir, args.remove_files)?;
+                // A hand test (200 000 records, -w 2, killed after 6 s) lost 4 364 records of 90
+                // partitions on resume: refused until that is found (issue 16 note).
+                (Some(_), None) if std::env::var_os("BOLIDE_BACKUP_OBJECT_CONTINUE").is_none() => {
+                    return Err(format!(
+                        "--continue on an object store is disabled: a resumed run lost records in testing; \
+                         run the backup again into a new prefix ({target})"
+                    ))
+                }
+                (Some(st), None) => state::rewind_objects(target, st, &args.namespace)?,
+                (None, _) => {
+                    prepare_dir(target, args.remove_files)?;
                     0
                 }
             };
             Output::Dir {
-                dir: dir.clone(),
+                target: target.clone(),
                 limit_bytes: args.file_limit.max(1) << 20,
                 next_index: AtomicU64::new(next),
             }
@@ -785,18 +847,14 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     };
 
     // Directory backups keep a resume state (not with --max-records: a capped backup is a sample).
-    let state = match (&args.directory, args.max_records) {
-        (Some(dir), None) => {
-            let path = args
-                .continue_state
-                .clone()
-                .unwrap_or_else(|| dir.join(format!("{}.asb.state", args.namespace)));
+    let state = match (state_loc, args.max_records) {
+        (Some((t, name)), None) => {
             let st = resumed.clone().unwrap_or(State {
                 units: units.clone(),
                 ..State::default()
             });
-            st.save(&path)?;
-            Some((path, Mutex::new((st, Instant::now()))))
+            st.save_to(&t, &name)?;
+            Some(((t, name), Mutex::new((st, Instant::now()))))
         }
         _ => None,
     };
@@ -901,15 +959,15 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
             return Err(format!("{e}\n{save}"));
         }
         return Err(match &shared.state {
-            Some((path, _)) => format!("{e}\nresume with --continue {}", path.display()),
+            Some(((t, name), _)) => format!("{e}\nresume with --continue {}", t.describe(name)),
             None => e,
         });
     }
     match &shared.output {
-        Output::Dir { dir, .. } => {
+        Output::Dir { target, .. } => {
             // An empty backup is still a valid one: the first file with just the header.
             if shared.files.load(Ordering::Relaxed) == 0 {
-                finish_file(shared.open_next_file(dir)?)?;
+                finish_file(shared.open_next_file(target)?)?;
             }
         }
         Output::Shared(out) => {
@@ -925,9 +983,9 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     }
     // Incremental: the deletions in the same LUT range, after the records (the state stays
     // until this pass is done, so a killed run redoes it on --continue).
-    let deletes = match (&lut_range, &args.directory) {
-        (Some(range), Some(dir)) => {
-            Some(deletion_pass(&shared, &all_units, range.clone(), args.parallel as usize, dir).await?)
+    let deletes = match (&lut_range, &target) {
+        (Some(range), Some(target)) => {
+            Some(deletion_pass(&shared, &all_units, range.clone(), args.parallel as usize, target).await?)
         }
         (Some(_), None) => {
             eprintln!("note: deletions are captured only in directory mode (--directory); none recorded");
@@ -935,8 +993,8 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
         }
         _ => None,
     };
-    if let Some((path, _)) = &shared.state {
-        fs::remove_file(path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+    if let Some(((t, name), _)) = &shared.state {
+        t.remove(name)?;
     }
     let _ = shared.client.close().await;
     Ok(BackupSummary {
@@ -1218,18 +1276,19 @@ async fn deletion_pass(
     units: &[Unit],
     lut_range: Expression,
     parallel: usize,
-    dir: &Path,
+    target: &Target,
 ) -> Result<u64, String> {
-    let path = dir.join(DELETES_FILE);
+    let path = target.describe(DELETES_FILE);
     let mut policy = shared.policy.clone();
     policy.include_bin_data = false;
     policy.base_policy.filter_expression = Some(and(vec![is_tombstone(), lut_range]));
-    let file = File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+    target.remove(DELETES_FILE)?;
+    let sink = target.create(DELETES_FILE)?;
     let mut header = Vec::new();
     asb::encode_header(&mut header, &shared.namespace, false);
-    let writer = FileWriter::new(BufWriter::with_capacity(1 << 20, file), &shared.codec)
+    let writer = FileWriter::new(sink, &shared.codec)
         .and_then(|mut w| w.write_all(&header).map(|()| w))
-        .map_err(|e| format!("write {}: {e}", path.display()))?;
+        .map_err(|e| format!("write {path}: {e}"))?;
     let out = Arc::new(Mutex::new(writer));
     let ranges = partition_ranges(units);
     let groups = split_units(ranges, parallel);
@@ -1261,14 +1320,14 @@ async fn deletion_pass(
                         out.lock()
                             .map_err(|_| "output lock poisoned".to_string())?
                             .write_all(&chunk)
-                            .map_err(|e| format!("write {}: {e}", path.display()))?;
+                            .map_err(|e| format!("write {path}: {e}"))?;
                         chunk.clear();
                     }
                 }
                 out.lock()
                     .map_err(|_| "output lock poisoned".to_string())?
                     .write_all(&chunk)
-                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+                    .map_err(|e| format!("write {path}: {e}"))?;
             }
             Ok::<u64, String>(n)
         }));
@@ -1290,12 +1349,10 @@ async fn deletion_pass(
         .map_err(|_| "deletion writer still shared".to_string())?
         .into_inner()
         .map_err(|_| "output lock poisoned".to_string())?;
-    let file = writer
+    writer
         .finish()
-        .map_err(|e| format!("write {}: {e}", path.display()))?
-        .into_inner()
-        .map_err(|e| format!("write {}: {}", path.display(), e.error()))?;
-    file.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))?;
+        .and_then(Sink::close)
+        .map_err(|e| format!("write {path}: {e}"))?;
     Ok(total)
 }
 

@@ -596,11 +596,19 @@ pub fn open_reader<'a>(
 /// As [`open_reader`], naming the file.
 pub fn check_file(path: &Path, key: Option<&MasterKey>) -> Result<bool, String> {
     let name = path.display().to_string();
-    let mut f = File::open(path).map_err(|e| format!("open {name}: {e}"))?;
+    let f = File::open(path).map_err(|e| format!("open {name}: {e}"))?;
+    check_reader(f, &name, key)
+}
+
+/// [`check_file`] over any reader (an object-store file); reads only the header.
+///
+/// # Errors
+/// As [`open_reader`], naming the file `name`.
+pub fn check_reader(mut f: impl Read, name: &str, key: Option<&MasterKey>) -> Result<bool, String> {
     let mut prefix = [0u8; 8];
     match read_some(&mut f, &mut prefix) {
         Ok(true) if &prefix == MAGIC => {
-            read_header(&mut f, &name, key).map_err(|e| e.to_string())?;
+            read_header(&mut f, name, key).map_err(|e| e.to_string())?;
             Ok(true)
         }
         Ok(_) => Ok(false),

@@ -6,7 +6,10 @@
 
 pub mod asb;
 pub mod backup;
+pub mod catalogue;
 pub mod convert;
 pub mod frame;
+pub mod policy;
 pub mod restore;
 pub mod state;
+pub mod target;

@@ -16,9 +16,8 @@
 //! write of them is done: each record in it is deleted by digest (not found counts as done).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
 use std::io::{self, IsTerminal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +34,7 @@ use tokio::sync::mpsc;
 use crate::asb::{self, AsbReader};
 use crate::backup::{connect, now_unix_secs};
 use crate::convert;
+use crate::target::{ObjectStoreArgs, Target};
 
 /// Seconds between the Unix epoch and the Citrusleaf epoch (2010-01-01, wire spec §10.5).
 pub const CITRUSLEAF_EPOCH_SECS: i64 = 1_262_304_000;
@@ -72,12 +72,23 @@ pub struct RestoreArgs {
     /// Namespace to restore: `NS` (records must be of NS) or `SRC,DST` (records of SRC go to DST).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
-    /// A directory of .asb files (restored in file-name order).
+    /// A directory of .asb files (restored in file-name order): a local path, `s3://`, `gs://`,
+    /// `az://` or `file://` location.
     #[arg(short = 'd', long)]
-    pub directory: Option<PathBuf>,
+    pub directory: Option<String>,
     /// Directories restored one after the other (a full backup, then incrementals), comma-separated.
     #[arg(long, value_delimiter = ',')]
-    pub directory_list: Vec<PathBuf>,
+    pub directory_list: Vec<String>,
+    /// A policy's target root (with a catalogue): restore the chain for `--time` (default: now,
+    /// the newest chain whole).
+    #[arg(long, conflicts_with_all = ["directory", "directory_list", "input_file"])]
+    pub target: Option<String>,
+    /// With --target: the state at this time (YYYY-MM-DD_HH:MM:SS, YYYY-MM-DD or HH:MM:SS, UTC;
+    /// or Unix milliseconds): the newest successful full that finished by then and its
+    /// incrementals that finished by then, in order, with replace semantics and no generation
+    /// check (a later run's version always wins).
+    #[arg(long, requires = "target", value_parser = parse_time_ms)]
+    pub time: Option<i64>,
     /// One .asb file; `-` for stdin.
     #[arg(short = 'i', long)]
     pub input_file: Option<String>,
@@ -117,6 +128,8 @@ pub struct RestoreArgs {
     /// The key the backup was encrypted with (the same file as for the backup).
     #[arg(long)]
     pub encryption_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub object: ObjectStoreArgs,
 }
 
 /// What a restore did.
@@ -197,17 +210,25 @@ struct Counters {
 }
 
 enum Source {
-    File(PathBuf),
+    /// A file in a directory (local or an object-store prefix), and its size.
+    File(Target, String, u64),
     /// A directory's `deletes.asbd`.
-    Deletes(PathBuf),
+    Deletes(Target, String, u64),
     Stdin,
 }
 
 impl Source {
     fn name(&self) -> String {
         match self {
-            Source::File(p) | Source::Deletes(p) => p.display().to_string(),
+            Source::File(t, n, _) | Source::Deletes(t, n, _) => t.describe(n),
             Source::Stdin => "<stdin>".into(),
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn io::Read + Send>, String> {
+        match self {
+            Source::File(t, n, _) | Source::Deletes(t, n, _) => t.open(n),
+            Source::Stdin => Ok(Box::new(io::stdin())),
         }
     }
 }
@@ -215,35 +236,73 @@ impl Source {
 /// The sources in order, each tagged with its place in the chain: a directory's .asb files are
 /// one element, its `deletes.asbd` the next (so it is applied after every write before it), the
 /// input file the last.
-fn sources(args: &RestoreArgs) -> Result<Vec<(usize, Source)>, String> {
-    let mut dirs: Vec<PathBuf> = args.directory.iter().cloned().collect();
-    dirs.extend(args.directory_list.iter().cloned());
-    let mut out = Vec::new();
-    for (element, dir) in dirs.iter().enumerate() {
-        let mut files = Vec::new();
-        for entry in fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {
-            let path = entry.map_err(|e| format!("read {}: {e}", dir.display()))?.path();
-            if path.extension().is_some_and(|x| x == "asb") {
-                files.push(path);
-            }
-        }
-        if files.is_empty() {
-            return Err(format!("no .asb files in {}", dir.display()));
-        }
-        files.sort();
-        out.extend(files.into_iter().map(|f| (2 * element, Source::File(f))));
-        let deletes = dir.join(crate::backup::DELETES_FILE);
-        if deletes.is_file() {
-            out.push((2 * element + 1, Source::Deletes(deletes)));
-        }
+/// `--time`: asbackup's formats (UTC) or Unix milliseconds.
+fn parse_time_ms(s: &str) -> Result<i64, String> {
+    if s.len() >= 12 && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map_err(|_| format!("bad time {s:?}"));
     }
+    crate::backup::parse_timestamp(s).map(|secs| secs * 1000)
+}
+
+fn sources(args: &RestoreArgs) -> Result<Vec<(usize, Source)>, String> {
+    if let Some(root) = &args.target {
+        let root = Target::parse(root, &args.object)?;
+        let cat = crate::catalogue::Catalogue::load(&root)?;
+        let t = args.time.unwrap_or(i64::MAX);
+        let chain = cat.chain_at(t).map_err(|e| format!("{root}: {e}"))?;
+        eprintln!(
+            "restore: chain of {} run(s) from {root}: {}",
+            chain.len(),
+            chain.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        let dirs: Vec<Target> = chain.iter().map(|r| root.child(&r.id)).collect();
+        return dir_sources(&dirs);
+    }
+    let mut dirs = Vec::new();
+    for d in args.directory.iter().chain(&args.directory_list) {
+        dirs.push(Target::parse(d, &args.object)?);
+    }
+    let mut out = dir_sources(&dirs)?;
     match args.input_file.as_deref() {
         Some("-") => out.push((2 * dirs.len(), Source::Stdin)),
-        Some(f) => out.push((2 * dirs.len(), Source::File(PathBuf::from(f)))),
+        Some(f) => {
+            let p = Path::new(f);
+            let dir = Target::Local(p.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf));
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| format!("bad --input-file {f:?}"))?
+                .to_string();
+            let size = std::fs::metadata(p).map_err(|e| format!("open {f}: {e}"))?.len();
+            out.push((2 * dirs.len(), Source::File(dir, name, size)));
+        }
         None => {}
     }
     if out.is_empty() {
         return Err("give --directory, --directory-list or --input-file".into());
+    }
+    Ok(out)
+}
+
+/// The sources of a chain of directories, in order: each directory's .asb files by name (one
+/// chain element), then its `deletes.asbd` (the next).
+fn dir_sources(dirs: &[Target]) -> Result<Vec<(usize, Source)>, String> {
+    let mut out = Vec::new();
+    for (element, dir) in dirs.iter().enumerate() {
+        let listed = dir.list()?;
+        let mut any = false;
+        for (name, size) in &listed {
+            if name.ends_with(".asb") {
+                out.push((2 * element, Source::File(dir.clone(), name.clone(), *size)));
+                any = true;
+            }
+        }
+        if !any {
+            return Err(format!("no .asb files in {dir}"));
+        }
+        if let Some((name, size)) = listed.iter().find(|(n, _)| n == crate::backup::DELETES_FILE) {
+            out.push((2 * element + 1, Source::Deletes(dir.clone(), name.clone(), *size)));
+        }
     }
     Ok(out)
 }
@@ -307,10 +366,7 @@ fn read_all(
         }
         chain_element = Some(element);
         let name = src.name();
-        let raw: Box<dyn io::Read + Send> = match &src {
-            Source::File(p) | Source::Deletes(p) => Box::new(File::open(p).map_err(|e| format!("open {name}: {e}"))?),
-            Source::Stdin => Box::new(io::stdin()),
-        };
+        let raw = src.open()?;
         let counted = CountingReader {
             inner: raw,
             count: counters.bytes.clone(),
@@ -346,7 +402,7 @@ fn read_all(
                     ));
                 }
             }
-            let msg = if matches!(src, Source::Deletes(_)) {
+            let msg = if matches!(src, Source::Deletes(..)) {
                 counters.deletes_read.fetch_add(1, Ordering::Relaxed);
                 Msg::Delete(rec)
             } else {
@@ -739,8 +795,8 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
     // Every file's header and key before anything is written: a wrong key or a file that needs
     // one stops the restore with the target untouched.
     for (_, src) in &sources {
-        if let Source::File(p) | Source::Deletes(p) = src {
-            crate::frame::check_file(p, codec.key.as_ref())?;
+        if !matches!(src, Source::Stdin) {
+            crate::frame::check_reader(src.open()?, &src.name(), codec.key.as_ref())?;
         }
     }
     let ns_map = namespace_map(args.namespace.as_deref())?;
@@ -748,11 +804,11 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
 
     // Create-only needs no generation check (and the real server's order of the two checks
     // would decide between "existed" and "fresher").
-    let check_generation = !args.no_generation && !args.unique;
+    let check_generation = !args.no_generation && !args.unique && args.target.is_none();
     let base = WritePolicy {
         record_exists_action: if args.unique {
             RecordExistsAction::CreateOnly
-        } else if args.replace {
+        } else if args.replace || args.target.is_some() {
             RecordExistsAction::Replace
         } else {
             RecordExistsAction::Update
@@ -792,7 +848,7 @@ pub async fn run(args: RestoreArgs) -> Result<RestoreSummary, String> {
         let files: Option<u64> = sources
             .iter()
             .map(|(_, src)| match src {
-                Source::File(p) | Source::Deletes(p) => fs::metadata(p).ok().map(|m| m.len()),
+                Source::File(_, _, size) | Source::Deletes(_, _, size) => Some(*size),
                 Source::Stdin => None,
             })
             .sum();

