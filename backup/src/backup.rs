@@ -325,8 +325,11 @@ struct Shared {
     failed: AtomicBool,
     /// Directory mode: where the resume state lives (location, file name), the state, and when
     /// it was last saved.
-    state: Option<((Target, String), Mutex<(State, Instant)>)>,
+    state: Option<ResumeState>,
 }
+
+/// Where the resume state lives (location, file name), the state, and when it was last saved.
+type ResumeState = ((Target, String), Mutex<(State, Instant)>);
 
 /// What a checkpoint says about the job's current partition.
 #[derive(Clone, Copy)]

@@ -569,7 +569,7 @@ impl Sink {
                     io::Error::new(e.kind(), format!("stat {}: {e}", path.display()))
                 })
             }
-            Sink::Object(u) => u.complete(),
+            Sink::Object(u) => (*u).complete(),
         }
     }
 }
@@ -633,7 +633,7 @@ impl ObjectUpload {
         }
     }
 
-    fn complete(mut self: Box<Self>) -> io::Result<u64> {
+    fn complete(mut self) -> io::Result<u64> {
         let result = self.finish_upload();
         if result.is_err() {
             self.abort();

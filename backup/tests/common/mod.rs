@@ -298,8 +298,6 @@ pub fn now_utc_string() -> String {
     )
 }
 
-/// Streams every record of `src` and reads it back from `dst` by digest (32 reads in flight),
-
 /// [`tool`] with extra environment variables (object-store credentials).
 pub fn tool_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_bolide-backup"))
