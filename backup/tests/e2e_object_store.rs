@@ -243,7 +243,8 @@ fn s3_backup_restores_record_by_record() {
         let dport = dst.port.to_string();
         let mut rargs = vec!["restore", "-p", &dport, "-d", &url, "--s3-endpoint-override", &ep];
         if framed {
-            rargs.extend(["--encryption-key-file", key_s]);
+            // The restore's spelling, as for local backups.
+            rargs.extend(["--compress", "zstd", "--encrypt", "aes256", "--encryption-key-file", key_s]);
         }
         let out = tool_env(&rargs, &CREDS);
         assert!(out.status.success(), "restore from {url}");
