@@ -509,6 +509,7 @@ fn restore_into_a_full_node_reports_out_of_space() {
     });
 }
 
+/// Streams every record of `src` and reads it back from `dst` by digest (32 reads in flight),
 /// comparing bins, stored key and TTL (within `ttl_slack` s); returns the number compared.
 async fn verify_streaming(src: u16, dst: u16, ttl_slack: u64) -> u64 {
     use futures::stream::FuturesUnordered;
