@@ -7,6 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# No incremental caches: they are most of a debug target's size, and CI builds from scratch anyway.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+echo "== disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free under $(pwd)"
+
 # The pinned toolchain (rust-toolchain.toml) is installed by rustup on first use.
 rustup show active-toolchain >/dev/null
 
@@ -56,3 +60,4 @@ cargo clippy -p bolide-dpdk-sys -p bolide-drivers -p bolide-tests --features bol
 start=$(date +%s)
 cargo test -p bolide-tests --features dpdk --locked --test dpdk_net -- --nocapture
 echo "DPDK tests: $(( $(date +%s) - start )) s"
+echo "== target directory: $(du -sh target 2>/dev/null | cut -f1)"
