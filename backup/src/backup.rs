@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aerospike::expressions::{and, ge, int_val, is_tombstone, last_update, lt, Expression};
+use aerospike::expressions::{and, ge, int_val, is_tombstone, last_update, lt, not, or, Expression};
 use aerospike::query::PartitionFilter;
 use aerospike::{Bins, Client, ClientPolicy, Key, QueryPolicy, Statement};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -290,7 +290,7 @@ impl std::fmt::Display for BackupSummary {
             self.bytes as f64 / secs / (1024.0 * 1024.0)
         )?;
         if let Some(d) = self.deletes {
-            write!(f, "; {d} deletion(s) in {DELETES_FILE}")?;
+            write!(f, "; {d} deletion(s) in .asbd files")?;
         }
         Ok(())
     }
@@ -323,6 +323,11 @@ struct Shared {
     bytes: AtomicU64,
     files: AtomicU64,
     failed: AtomicBool,
+    /// An incremental directory backup of all bins: one scan returns records and tombstones
+    /// (see [`one_pass_filter`]); tombstones go to each file's `.asbd` companion.
+    one_pass_deletes: bool,
+    /// Deletions written by the one pass.
+    deletes: AtomicU64,
     /// Directory mode: where the resume state lives (location, file name), the state, and when
     /// it was last saved.
     state: Option<ResumeState>,
@@ -355,6 +360,34 @@ struct DirFile {
     /// An object: nothing is visible before the upload completes, so the marks of the records
     /// in it are recorded only when it is closed.
     checkpoints_on_flush: bool,
+    /// One-pass incrementals: the deletions of this file's scan stretch, `<ns>_NNNNN.asbd`
+    /// (opened at the first one), checkpointed and closed with the file.
+    deletes: Option<DeletesFile>,
+}
+
+/// The deletion file paired with a job's .asb file (one-pass incrementals).
+struct DeletesFile {
+    writer: FileWriter<Sink>,
+    name: String,
+    path: String,
+}
+
+impl DirFile {
+    /// The paired deletion file, opened on first use.
+    fn deletes(&mut self, target: &Target, shared: &Shared) -> Result<&mut DeletesFile, String> {
+        if self.deletes.is_none() {
+            let name = format!("{}d", self.name);
+            let path = target.describe(&name);
+            let sink = target.create(&name)?;
+            let mut header = Vec::new();
+            asb::encode_header(&mut header, &shared.namespace, false);
+            let writer = FileWriter::new(sink, &shared.codec)
+                .and_then(|mut w| w.write_all(&header).map(|()| w))
+                .map_err(|e| format!("write {path}: {e}"))?;
+            self.deletes = Some(DeletesFile { writer, name, path });
+        }
+        Ok(self.deletes.as_mut().expect("opened above"))
+    }
 }
 
 impl Shared {
@@ -380,6 +413,7 @@ impl Shared {
             path,
             written: header.len() as u64,
             checkpoints_on_flush,
+            deletes: None,
         })
     }
 }
@@ -424,9 +458,17 @@ impl Shared {
             self.checkpoint(Some(&mut f), &pending.marks)?;
             finish_file(f)?;
         } else {
+            // The deletion file's upload completes first, then the file's: both are visible
+            // before the state names either.
+            let mut entries = Vec::new();
+            if let Some(d) = f.deletes.take() {
+                let len = finish_deletes(d.writer, &d.path)?;
+                entries.push((d.name, len));
+            }
             let name = f.name.clone();
             let len = finish_file(f)?;
-            self.record(Some((name, len)), &pending.marks)?;
+            entries.push((name, len));
+            self.record(entries, &pending.marks)?;
         }
         pending.marks.clear();
         pending.since = Instant::now();
@@ -435,22 +477,26 @@ impl Shared {
 
     /// Flushes the job's file and records it, with `marks` (in order), in the resume state.
     fn checkpoint(&self, file: Option<&mut DirFile>, marks: &[Mark]) -> Result<(), String> {
-        let mut entry = None;
+        let mut entries = Vec::new();
         if let Some(f) = file {
             f.writer.flush().map_err(|e| format!("write {}: {e}", f.path))?;
             // A chunk boundary of a framed file (flush ends the chunk).
-            entry = Some((f.name.clone(), f.writer.bytes_out()));
+            entries.push((f.name.clone(), f.writer.bytes_out()));
+            if let Some(d) = &mut f.deletes {
+                d.writer.flush().map_err(|e| format!("write {}: {e}", d.path))?;
+                entries.push((d.name.clone(), d.writer.bytes_out()));
+            }
         }
-        self.record(entry, marks)
+        self.record(entries, marks)
     }
 
     /// Records a file's length (a flushed local file, a completed object) and `marks` in the
     /// resume state, and saves it at most every [`STATE_SAVE_INTERVAL`].
-    fn record(&self, entry: Option<(String, u64)>, marks: &[Mark]) -> Result<(), String> {
+    fn record(&self, entries: Vec<(String, u64)>, marks: &[Mark]) -> Result<(), String> {
         let Some(((target, name), st)) = &self.state else { return Ok(()) };
         let mut guard = st.lock().map_err(|_| "state lock poisoned".to_string())?;
         let (st, last_save) = &mut *guard;
-        if let Some((name, len)) = entry {
+        for (name, len) in entries {
             st.files.insert(name, len);
         }
         for mark in marks {
@@ -485,7 +531,19 @@ impl Shared {
 /// Ends a file (the framing's last chunk, a local sync, an object's upload completed); returns
 /// its bytes.
 fn finish_file(f: DirFile) -> Result<u64, String> {
-    let DirFile { writer, path, .. } = f;
+    let DirFile {
+        writer, path, deletes, ..
+    } = f;
+    if let Some(d) = deletes {
+        finish_deletes(d.writer, &d.path)?;
+    }
+    writer
+        .finish()
+        .and_then(Sink::close)
+        .map_err(|e| format!("write {path}: {e}"))
+}
+
+fn finish_deletes(writer: FileWriter<Sink>, path: &str) -> Result<u64, String> {
     writer
         .finish()
         .and_then(Sink::close)
@@ -594,8 +652,11 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                     break 'scans;
                 }
             };
+            // One-pass incremental: a zero-bin record is a deletion (a live record always has
+            // bins, and the scan asks for all of them).
+            let deletion = shared.one_pass_deletes && rec.bins.is_empty();
             if let Some(max) = shared.max_records {
-                if shared.taken.fetch_add(1, Ordering::Relaxed) >= max {
+                if !deletion && shared.taken.fetch_add(1, Ordering::Relaxed) >= max {
                     break 'scans;
                 }
             }
@@ -610,10 +671,18 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                 }
             };
             let before = chunk.len();
-            asb::encode_record(&mut chunk, &rec, shared.form);
+            asb::encode_record(
+                &mut chunk,
+                &rec,
+                if deletion { BytesForm::Base64 } else { shared.form },
+            );
             let rec_bytes = (chunk.len() - before) as u64;
-            n += 1;
-            shared.records.fetch_add(1, Ordering::Relaxed);
+            if deletion {
+                shared.deletes.fetch_add(1, Ordering::Relaxed);
+            } else {
+                n += 1;
+                shared.records.fetch_add(1, Ordering::Relaxed);
+            }
             shared.bytes.fetch_add(rec_bytes, Ordering::Relaxed);
             match &shared.output {
                 Output::Dir { target, limit_bytes, .. } => {
@@ -636,11 +705,28 @@ async fn run_job(shared: Arc<Shared>, units: Vec<Unit>) -> Result<u64, String> {
                         }
                     }
                     let f = file.as_mut().expect("opened above");
-                    if let Err(e) = f.writer.write_all(&chunk) {
-                        result = Err(format!("write {}: {e}", f.path));
-                        break 'scans;
+                    if deletion {
+                        let d = match f.deletes(target, &shared) {
+                            Ok(d) => d,
+                            Err(e) => {
+                                result = Err(e);
+                                break 'scans;
+                            }
+                        };
+                        if let Err(e) = d.writer.write_all(&chunk) {
+                            result = Err(format!("write {}: {e}", d.path));
+                            break 'scans;
+                        }
+                        // Deletions count towards the rotation too (a stretch of deletions
+                        // alone still checkpoints).
+                        f.written += chunk.len() as u64;
+                    } else {
+                        if let Err(e) = f.writer.write_all(&chunk) {
+                            result = Err(format!("write {}: {e}", f.path));
+                            break 'scans;
+                        }
+                        f.written += chunk.len() as u64;
                     }
-                    f.written += chunk.len() as u64;
                     chunk.clear();
                     let pid = state::pid_of(&rec.digest);
                     if !scan.pids().contains(&pid) {
@@ -712,7 +798,7 @@ fn prepare_dir(target: &Target, remove: bool) -> Result<(), String> {
     target.create_dir()?;
     for (name, _) in target.list()? {
         // A deletes.asbd left by an earlier incremental would be applied with this backup.
-        if name.ends_with(".asb") || name == DELETES_FILE {
+        if name.ends_with(".asb") || name.ends_with(".asbd") {
             if remove {
                 target.remove(&name)?;
             } else {
@@ -832,7 +918,16 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
         policy.records_per_second = (rps / u32::from(args.parallel).min(jobs.len() as u32)).max(1);
     }
     let lut_range = lut_filter(args.modified_after, args.modified_before);
-    policy.base_policy.filter_expression = lut_range.clone();
+    // Incremental directory backups of every bin take their deletions in the same scan as the
+    // records, so each digest is seen once, at one moment: two passes would miss a record
+    // deleted before the run and created again between them (docs/OPERATIONS.md, "What a chain
+    // guarantees"). With a bin selection a live record may come back without bins, so those
+    // keep the separate deletion pass.
+    let one_pass = target.is_some() && lut_range.is_some() && !args.no_bins && args.bin_list.is_empty();
+    policy.base_policy.filter_expression = match (&lut_range, one_pass) {
+        (Some(range), true) => Some(one_pass_filter(range.clone())),
+        _ => lut_range.clone(),
+    };
     let bins = if args.no_bins {
         Bins::None
     } else if args.bin_list.is_empty() {
@@ -881,6 +976,8 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
         bytes: AtomicU64::new(0),
         files: AtomicU64::new(files_before),
         failed: AtomicBool::new(false),
+        one_pass_deletes: one_pass,
+        deletes: AtomicU64::new(0),
         state,
     });
 
@@ -982,6 +1079,7 @@ pub async fn run(args: BackupArgs) -> Result<BackupSummary, String> {
     // Incremental: the deletions in the same LUT range, after the records (the state stays
     // until this pass is done, so a killed run redoes it on --continue).
     let deletes = match (&lut_range, &target) {
+        _ if one_pass => Some(shared.deletes.load(Ordering::Relaxed)),
         (Some(range), Some(target)) => {
             Some(deletion_pass(&shared, &all_units, range.clone(), args.parallel as usize, target).await?)
         }
@@ -1244,6 +1342,14 @@ pub fn lut_filter(after: Option<i64>, before: Option<i64>) -> Option<Expression>
         (None, Some(b)) => Some(lt(last_update(), lut_ns(b))),
         (None, None) => None,
     }
+}
+
+/// The filter of a one-pass incremental: `and(<LUT range>, or(is_tombstone(), not(is_tombstone())))`,
+/// live records and tombstones (a Bolide node visits tombstones when a filter mentions
+/// `is_tombstone`, `docs/ARCHITECTURE.md`, "Tombstone scans"; Aerospike returns the live records
+/// only) last updated in the range.
+pub fn one_pass_filter(lut_range: Expression) -> Expression {
+    and(vec![lut_range, or(vec![is_tombstone(), not(is_tombstone())])])
 }
 
 /// Whole-partition scan filters covering `units`: contiguous partitions coalesced into ranges.

@@ -300,7 +300,10 @@ fn dir_sources(dirs: &[Target]) -> Result<Vec<(usize, Source)>, String> {
         if !any {
             return Err(format!("no .asb files in {dir}"));
         }
-        if let Some((name, size)) = listed.iter().find(|(n, _)| n == crate::backup::DELETES_FILE) {
+        // `deletes.asbd` (a separate deletion pass) and the `<ns>_NNNNN.asbd` files of a
+        // one-pass incremental: every digest is in at most one of them and in none of the run's
+        // .asb files, so their order among themselves does not matter.
+        for (name, size) in listed.iter().filter(|(n, _)| n.ends_with(".asbd")) {
             out.push((2 * element + 1, Source::Deletes(dir.clone(), name.clone(), *size)));
         }
     }

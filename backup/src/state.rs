@@ -147,7 +147,7 @@ pub fn rewind_dir(dir: &Path, st: &State, namespace: &str) -> Result<u64, String
     let mut next = 0u64;
     for entry in fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {
         let path = entry.map_err(|e| format!("read {}: {e}", dir.display()))?.path();
-        if path.extension().is_none_or(|x| x != "asb") {
+        if path.extension().is_none_or(|x| x != "asb" && x != "asbd") {
             continue;
         }
         let name = path
@@ -175,14 +175,17 @@ pub fn rewind_dir(dir: &Path, st: &State, namespace: &str) -> Result<u64, String
         }
     }
     for name in st.files.keys() {
-        let index = name
-            .strip_prefix(&format!("{namespace}_"))
-            .and_then(|s| s.strip_suffix(".asb"))
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| format!("state names an unexpected file {name:?}"))?;
-        next = next.max(index + 1);
+        next = next.max(file_index(name, namespace)? + 1);
     }
     Ok(next)
+}
+
+/// The index of a backup file `<ns>_NNNNN.asb` or its deletion file `<ns>_NNNNN.asbd`.
+fn file_index(name: &str, namespace: &str) -> Result<u64, String> {
+    name.strip_prefix(&format!("{namespace}_"))
+        .and_then(|s| s.strip_suffix(".asb").or_else(|| s.strip_suffix(".asbd")))
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| format!("state names an unexpected file {name:?}"))
 }
 
 /// The object-store counterpart of [`rewind_dir`]: an object exists only once its upload
@@ -196,7 +199,7 @@ pub fn rewind_objects(target: &crate::target::Target, st: &State, namespace: &st
             target.remove(&name)?;
             continue;
         }
-        if !name.ends_with(".asb") {
+        if !name.ends_with(".asb") && !name.ends_with(".asbd") {
             continue;
         }
         match st.files.get(&name) {
@@ -216,12 +219,7 @@ pub fn rewind_objects(target: &crate::target::Target, st: &State, namespace: &st
         if !have.contains(name) {
             return Err(format!("{} is missing (the state names it)", target.describe(name)));
         }
-        let index = name
-            .strip_prefix(&format!("{namespace}_"))
-            .and_then(|s| s.strip_suffix(".asb"))
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| format!("state names an unexpected file {name:?}"))?;
-        next = next.max(index + 1);
+        next = next.max(file_index(name, namespace)? + 1);
     }
     Ok(next)
 }
