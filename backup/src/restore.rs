@@ -11,9 +11,10 @@
 //! row's result code is counted. `--disable-batch-writes` writes one record per put instead,
 //! up to [`IN_FLIGHT_PER_THREAD`] puts outstanding per writer.
 //!
-//! A directory's `deletes.asbd` (the deletions an incremental backup captured, see
-//! [`crate::backup::DELETES_FILE`]) is applied after the directory's .asb files, once every
-//! write of them is done: each record in it is deleted by digest (not found counts as done).
+//! A directory's `.asbd` files (the deletions an incremental backup captured: the one-pass
+//! `<ns>_NNNNN.asbd` files, or [`crate::backup::DELETES_FILE`] of a separate deletion pass) are
+//! applied after the directory's .asb files, once every write of them is done: each record in
+//! them is deleted by digest (not found counts as done).
 
 use std::collections::BTreeMap;
 use std::io::{self, IsTerminal};

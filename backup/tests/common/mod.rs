@@ -25,6 +25,11 @@ impl Node {
     }
 
     pub fn start_with_shard_bytes(shard_bytes: u64) -> Node {
+        Node::start_with_config(shard_bytes, "")
+    }
+
+    /// A node with `extra` appended to its config file (TOML lines).
+    pub fn start_with_config(shard_bytes: u64, extra: &str) -> Node {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
         let port = TcpListener::bind("127.0.0.1:0")
             .expect("bind")
@@ -35,7 +40,7 @@ impl Node {
         std::fs::write(
             &cfg,
             format!(
-                "listen = \"127.0.0.1:{port}\"\nshard_file_bytes = {shard_bytes}\nworkers = 2\ndata_dir = \"{}\"\n",
+                "listen = \"127.0.0.1:{port}\"\nshard_file_bytes = {shard_bytes}\nworkers = 2\ndata_dir = \"{}\"\n{extra}",
                 dir.path().join("data").display()
             ),
         )
