@@ -53,6 +53,10 @@ pub struct ObjectStoreArgs {
     /// 15 s) for at most this many seconds before the backup or restore fails.
     #[arg(long, default_value_t = 180)]
     pub object_retry_secs: u64,
+    /// Object stores: a request with no answer within this many seconds fails (and is retried
+    /// as above): a store that hangs instead of refusing is an outage too.
+    #[arg(long, default_value_t = 30)]
+    pub object_timeout_secs: u64,
 }
 
 impl Default for ObjectStoreArgs {
@@ -62,6 +66,7 @@ impl Default for ObjectStoreArgs {
             s3_region: None,
             s3_profile: None,
             object_retry_secs: 180,
+            object_timeout_secs: 30,
         }
     }
 }
@@ -163,6 +168,10 @@ fn retry_config(secs: u64) -> RetryConfig {
     }
 }
 
+fn timeout_options(opts: &ObjectStoreArgs) -> object_store::ClientOptions {
+    object_store::ClientOptions::new().with_timeout(Duration::from_secs(opts.object_timeout_secs.max(1)))
+}
+
 fn s3_store(url: &str, opts: &ObjectStoreArgs) -> Result<Arc<dyn ObjectStore>, String> {
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     use object_store::ClientOptions;
@@ -205,7 +214,7 @@ fn s3_store(url: &str, opts: &ObjectStoreArgs) -> Result<Arc<dyn ObjectStore>, S
         .s3_endpoint_override
         .clone()
         .or_else(|| b.get_config_value(&AmazonS3ConfigKey::Endpoint));
-    let mut client = ClientOptions::new();
+    let mut client = ClientOptions::new().with_timeout(Duration::from_secs(opts.object_timeout_secs.max(1)));
     if let Some(e) = &endpoint {
         b = b.with_endpoint(e);
         if e.starts_with("http://") {
@@ -244,6 +253,7 @@ impl Target {
             "gs" => Arc::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(s)
+                    .with_client_options(timeout_options(opts))
                     .with_retry(retry)
                     .build()
                     .map_err(|e| format!("{s}: {e}"))?,
@@ -251,6 +261,7 @@ impl Target {
             "az" | "abfs" | "abfss" | "azure" | "adl" => Arc::new(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(s)
+                    .with_client_options(timeout_options(opts))
                     .with_retry(retry)
                     .build()
                     .map_err(|e| format!("{s}: {e}"))?,

@@ -289,6 +289,43 @@ fn s3_outage_mid_backup_is_retried_and_reported() {
     assert_eq!(digests_once(&store(&moto.endpoint(), "bkt", "outage")), want);
 }
 
+/// The S3 server itself stopped (SIGSTOP: it holds its connections and answers nothing) for
+/// 4 s in the middle of a backup, then continued: requests time out (`--object-timeout-secs
+/// 1`), the retries are reported on stderr, and the backup completes with every record once.
+#[test]
+fn s3_server_stopped_mid_backup_is_retried_and_reported() {
+    let moto = Moto::start("bkt");
+    let src = Node::start();
+    let rt = runtime();
+    rt.block_on(put_records_padded(src.port, 0..20_000, 1, 200));
+    let want = source_digests(src.port);
+    let port = src.port.to_string();
+    let ep = moto.endpoint();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bolide-backup"))
+        .args([
+            "backup", "-p", &port, "-n", NS, "-d", "s3://bkt/stopped", "-w", "2",
+            "--s3-endpoint-override", &ep, "--object-timeout-secs", "1",
+            "--file-limit", "1", "--records-per-second", "4000",
+        ])
+        .envs(CREDS)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = moto.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill -STOP").success());
+    std::thread::sleep(Duration::from_secs(4));
+    let running = child.try_wait().expect("try_wait").is_none();
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().expect("kill -CONT").success());
+    assert!(running, "the backup ended while the server was stopped");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "the backup failed over a 4 s server stop");
+    assert!(stderr.contains("retry"), "no retry reported: {stderr}");
+    assert_eq!(digests_once(&store(&ep, "bkt", "stopped")), want);
+}
+
 /// A backup killed (SIGKILL) midway (as soon as the state names a completed file, and again
 /// later, with many files and partitions split across files), and one that gives up on a long
 /// outage (its last state save fails too), all finish with `--continue`: every record once in
