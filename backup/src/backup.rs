@@ -1164,6 +1164,16 @@ pub struct Estimate {
     pub elapsed: Duration,
 }
 
+impl Estimate {
+    /// The expected time of the backup at the sample's scan rate (T = D / B: the estimated
+    /// bytes over the bytes per second the sampling scan, one query at a time, encoded); `None`
+    /// when the sample saw nothing. Parallel scans and the target's write rate are not in it.
+    pub fn expected_secs(&self) -> Option<f64> {
+        let secs = self.elapsed.as_secs_f64();
+        (self.sampled_bytes > 0 && secs > 0.0).then(|| self.bytes as f64 / (self.sampled_bytes as f64 / secs))
+    }
+}
+
 impl std::fmt::Display for Estimate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -1185,7 +1195,11 @@ impl std::fmt::Display for Estimate {
             self.sampled_partitions,
             self.partitions_in_scope,
             self.elapsed.as_secs_f64()
-        )
+        )?;
+        if let Some(t) = self.expected_secs() {
+            write!(f, "; expected time at the sample's scan rate (one scan): {t:.1} s")?;
+        }
+        Ok(())
     }
 }
 
