@@ -47,30 +47,50 @@ struct Moto {
 
 impl Moto {
     fn start(bucket: &str) -> Moto {
-        let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server (pip install 'moto[server]'; scripts/test.sh does)");
-        let moto = Moto { port, child };
+        // A port checked free can be taken before moto binds it (tests start servers in
+        // parallel): a server that exits or does not answer the bucket creation is started
+        // again on another port.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let child = Command::new("moto_server")
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start moto_server (pip install 'moto[server]'; scripts/test.sh does)");
+            let mut moto = Moto { port, child };
+            match moto.create_bucket(bucket) {
+                Ok(()) => return moto,
+                Err(e) => last = e,
+            }
+        }
+        panic!("moto_server did not start: {last}");
+    }
+
+    /// Waits for the server and creates the bucket (moto accepts an unsigned request).
+    fn create_bucket(&mut self, bucket: &str) -> Result<(), String> {
+        let port = self.port;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start listening on {port}");
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Err(format!("moto_server on {port} exited: {status}"));
+            }
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let sent = write!(
+                    s,
+                    "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let mut answer = String::new();
+                if sent.is_ok() && s.read_to_string(&mut answer).is_ok() && answer.starts_with("HTTP/1.1 200") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no bucket on {port} within 30 s"));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        // Create the bucket (moto accepts an unsigned request).
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect moto");
-        write!(
-            s,
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .expect("create bucket");
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).expect("create bucket answer");
-        assert!(answer.starts_with("HTTP/1.1 200"), "create bucket: {answer}");
-        moto
     }
 
     fn endpoint(&self) -> String {
