@@ -16,27 +16,9 @@ const FIXTURE: &str = include_str!("testdata/ce-8.1.2.0.txt");
 
 /// Cases whose answers Bolide does not reproduce yet, with the reason. The test fails if one of
 /// these starts passing (so the list stays true) or if any other case differs.
-const EXP: &str = "EXP_READ/EXP_MODIFY ops (op types 7/8) not implemented: answered 16";
 const SELECT: &str = "SELECT / path expressions (CDT op 0xFE) not implemented: answered 4";
 const KNOWN_DIFFERENT: &[(&str, &str)] = &[
     ("m39", "PERSIST_INDEX is not kept, so a KV-ordered persisted map answers value queries in key order, not rank order"),
-    ("e03", EXP),
-    ("e04", EXP),
-    ("e06", EXP),
-    ("e07", EXP),
-    ("e08", EXP),
-    ("e09", EXP),
-    ("e10", EXP),
-    ("e12", EXP),
-    ("e13", EXP),
-    ("e14", EXP),
-    ("e15", EXP),
-    ("e16", EXP),
-    ("e17", EXP),
-    ("e18", EXP),
-    ("e19", EXP),
-    ("e20", EXP),
-    ("e21", EXP),
     ("s01", SELECT),
     ("s02", SELECT),
     ("s03", SELECT),
