@@ -255,10 +255,62 @@ fn size(l: &List) -> Mp {
     Mp::Int(l.items.len() as i64)
 }
 
-/// Inserts `v` into an ordered list after the elements equal to it.
+/// Where an APPEND / APPEND_ITEMS puts `v` in an ordered list (CDT spec §5.3): the server's
+/// binary search (`packed_list_add_ordered` → `order_index_find_rank_by_value` with a target
+/// past the end) stops at the **first probe that compares equal** and inserts before it; with
+/// no equal element it is the sorted position. Equal elements can differ in bytes (`ca` and
+/// `cb` floats of one value, §2.3), so the exact probe order matters for the stored bytes.
+fn append_position(items: &[Mp], v: &Mp) -> usize {
+    let n = items.len();
+    if n == 0 {
+        return 0;
+    }
+    let (mut lower, mut upper, mut rank) = (0, n, n / 2);
+    loop {
+        match cmp(v, &items[rank]) {
+            Ordering::Equal => return rank,
+            Ordering::Greater => {
+                if rank >= upper - 1 {
+                    return rank + 1;
+                }
+                lower = rank + 1;
+                rank = (rank + upper) / 2;
+            }
+            Ordering::Less => {
+                if rank == lower {
+                    return rank;
+                }
+                upper = rank;
+                rank = (rank + lower) / 2;
+            }
+        }
+    }
+}
+
+/// Inserts `v` into an ordered list before the elements equal to it (the sorted insert of an
+/// INCREMENT on an ordered list, `packed_list_replace_ordered`: the first rank of `v`).
 fn insert_sorted(l: &mut List, v: Mp) {
-    let at = l.items.partition_point(|e| cmp(e, &v) != Ordering::Greater);
+    let at = l.items.partition_point(|e| cmp(e, &v) == Ordering::Less);
     l.items.insert(at, v);
+}
+
+/// Adds `items` to an ordered list as `packed_list_add_items_ordered`: the items are sorted
+/// (stably), each one's position is found in the list as it was before the op
+/// ([`append_position`]), and items with the same position keep their sorted order.
+fn add_ordered(l: &mut List, mut items: Vec<Mp>) {
+    items.sort_by(cmp);
+    let at: Vec<usize> = items.iter().map(|v| append_position(&l.items, v)).collect();
+    let old = std::mem::take(&mut l.items);
+    let mut out = Vec::with_capacity(old.len() + items.len());
+    let mut old = old.into_iter().enumerate().peekable();
+    for (v, at) in items.into_iter().zip(at) {
+        while let Some((_, e)) = old.next_if(|(i, _)| *i < at) {
+            out.push(e);
+        }
+        out.push(v);
+    }
+    out.extend(old.map(|(_, e)| e));
+    l.items = out;
 }
 
 fn new_list(order: Option<&Mp>) -> List {
@@ -296,11 +348,7 @@ fn add_items(l: &mut List, items: Vec<Mp>, at: Option<usize>, flags: u64) -> Res
         accepted = items;
     }
     match at {
-        _ if l.ordered() => {
-            for it in accepted {
-                insert_sorted(l, it);
-            }
-        }
+        _ if l.ordered() => add_ordered(l, accepted),
         None => l.items.extend(accepted),
         Some(at) => {
             if at > l.items.len() {
@@ -478,14 +526,27 @@ pub(crate) fn op(op: &Op, target: &mut Option<Mp>) -> Result<Option<Mp>, u8> {
                 Some(p) => super::add_numbers(&l.items[p], &delta)?,
                 None => delta,
             };
-            if flags & ADD_UNIQUE != 0 && l.items.iter().enumerate().any(|(j, e)| Some(j) != p && cmp(e, &new).is_eq()) {
-                if flags & NO_FAIL == 0 {
-                    return Err(rc::ELEMENT_EXISTS);
+            if flags & ADD_UNIQUE != 0 {
+                // The answer is the new value even when nothing is stored: the server packs the
+                // result before the unique check (`list_increment`).
+                let refused = if l.ordered() {
+                    // `packed_list_replace_ordered`: the first rank of the new value; an equal
+                    // element there and at the index itself is a no-op.
+                    let rank = l.items.partition_point(|e| cmp(e, &new) == Ordering::Less);
+                    let found = l.items.get(rank).is_some_and(|e| cmp(e, &new).is_eq());
+                    if found && Some(rank) == p {
+                        return Ok(Some(new));
+                    }
+                    found
+                } else {
+                    l.items.iter().enumerate().any(|(j, e)| Some(j) != p && cmp(e, &new).is_eq())
+                };
+                if refused {
+                    if flags & NO_FAIL == 0 {
+                        return Err(rc::ELEMENT_EXISTS);
+                    }
+                    return Ok(Some(new));
                 }
-                return Ok(Some(match p {
-                    Some(p) => l.items[p].clone(),
-                    None => Mp::Nil,
-                }));
             }
             match p {
                 Some(p) if l.ordered() => {

@@ -25,14 +25,14 @@ pub(crate) fn by_value_order(m: &Map) -> Vec<usize> {
     ord
 }
 
+/// An empty map with the order flags of a SET_TYPE / `attr` argument (CDT spec §6.2): the low
+/// two bits kept as they are (1 K-ordered, 3 KV-ordered, and 2, V-ordered, which CE 8.1 stores
+/// as `c7 00 02 c0` and treats as KV-ordered: `is_k_ordered` is "flags ≠ 0"); flags with bits
+/// outside 0x13 count as 0 (`cdt_context_use_static_map_if_notinuse`).
 fn new_map(attr: Option<&Mp>) -> Map {
     let a = attr.and_then(Mp::as_u64).unwrap_or(0);
     Map {
-        flags: match a & 0x03 {
-            1 => msgpack::MAP_K_ORDERED,
-            3 => msgpack::MAP_KV_ORDERED,
-            _ => 0,
-        },
+        flags: if a & !0x13 == 0 { (a & 0x03) as u8 } else { 0 },
         pairs: Vec::new(),
     }
 }

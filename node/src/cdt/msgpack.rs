@@ -22,6 +22,9 @@ pub const LIST_ORDERED: u8 = 0x01;
 pub const MAP_K_ORDERED: u8 = 0x01;
 /// Map flags: key-value ordered.
 pub const MAP_KV_ORDERED: u8 = 0x03;
+/// Map flag: value ordered. Alone (SET_TYPE 2) CE 8.1 keeps it as the stored flag byte and
+/// orders the map as KV (CDT spec §2.2, §6.2).
+pub const MAP_V_ORDERED: u8 = 0x02;
 /// Result-map flag: "preserve order" (return type KEY_VALUE, CDT spec §4.1).
 pub const MAP_PRESERVE_ORDER: u8 = 0x08;
 
@@ -409,10 +412,12 @@ impl<'a> Reader<'a> {
                 let mut flags = 0;
                 if let Some((Mp::Ext(t, _), _)) = pairs.first() {
                     if !pairs[0].0.is_wild_or_inf() {
+                        // Order bits 0x01 K / 0x02 V / 0x03 KV are kept as sent (the
+                        // server's rewrite masks with KV_ORDERED | PERSIST_INDEX, §2.3);
+                        // 0x08 alone is a result map's "preserve order".
                         flags = match *t & 0x0b {
-                            f @ (0x01 | 0x03 | 0x08) => f,
-                            f if f & 0x09 == 0x09 => 0x01,
-                            _ => 0,
+                            f if f & 0x03 != 0 => f & 0x03,
+                            f => f,
                         };
                         pairs.remove(0);
                     }

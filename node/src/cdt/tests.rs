@@ -16,27 +16,9 @@ const FIXTURE: &str = include_str!("testdata/ce-8.1.2.0.txt");
 
 /// Cases whose answers Bolide does not reproduce yet, with the reason. The test fails if one of
 /// these starts passing (so the list stays true) or if any other case differs.
-const EXP: &str = "EXP_READ/EXP_MODIFY ops (op types 7/8) not implemented: answered 16";
 const SELECT: &str = "SELECT / path expressions (CDT op 0xFE) not implemented: answered 4";
 const KNOWN_DIFFERENT: &[(&str, &str)] = &[
     ("m39", "PERSIST_INDEX is not kept, so a KV-ordered persisted map answers value queries in key order, not rank order"),
-    ("e03", EXP),
-    ("e04", EXP),
-    ("e06", EXP),
-    ("e07", EXP),
-    ("e08", EXP),
-    ("e09", EXP),
-    ("e10", EXP),
-    ("e12", EXP),
-    ("e13", EXP),
-    ("e14", EXP),
-    ("e15", EXP),
-    ("e16", EXP),
-    ("e17", EXP),
-    ("e18", EXP),
-    ("e19", EXP),
-    ("e20", EXP),
-    ("e21", EXP),
     ("s01", SELECT),
     ("s02", SELECT),
     ("s03", SELECT),
@@ -435,5 +417,110 @@ mod model {
                 }
             }
         }
+    }
+}
+
+/// Ordered-list and map-flag details read in the CE 8.1.2.0 source (`particle_list.c`
+/// `packed_list_add_ordered`, `packed_list_replace_ordered`; `particle_map.c` `map_set_flags`,
+/// `map_flags_to_static_ix`, `is_k_ordered`), each checked on the stored bytes.
+mod server_source {
+    use super::{hex, unhex};
+    use crate::cdt::{apply, normalize_write, Answer};
+    use crate::particle::Value;
+
+    const F32_ONE: &str = "ca3f800000";
+    const F64_ONE: &str = "cb3ff0000000000000";
+
+    fn list(h: &str) -> Value {
+        normalize_write(Value::List(unhex(h))).expect("valid list")
+    }
+
+    fn stored(v: Option<Value>) -> String {
+        match v {
+            Some(Value::List(b) | Value::Map(b)) => hex(&b),
+            other => panic!("not a container: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ordered_append_lands_on_the_first_equal_probe() {
+        // Three equal f32 elements: the binary search probes index 1 first, finds an equal
+        // element and inserts the f64 before it (neither before nor after all equal ones).
+        let l = list(&format!("94c70001{F32_ONE}{F32_ONE}{F32_ONE}"));
+        let o = apply(4, 4, &unhex(&format!("9201{F64_ONE}")), Some(&l)).unwrap();
+        assert_eq!(o.answer, Answer::Value(Value::Int(4)));
+        assert_eq!(stored(o.new_value), format!("95c70001{F32_ONE}{F64_ONE}{F32_ONE}{F32_ONE}"));
+        // Two elements: the first probe is index 1 again.
+        let l = list(&format!("93c70001{F32_ONE}{F32_ONE}"));
+        let o = apply(4, 4, &unhex(&format!("9201{F64_ONE}")), Some(&l)).unwrap();
+        assert_eq!(stored(o.new_value), format!("94c70001{F32_ONE}{F64_ONE}{F32_ONE}"));
+        // Smaller and larger values still go to their sorted places.
+        let l = list("94c70001020406");
+        let o = apply(4, 4, &unhex("920103"), Some(&l)).unwrap();
+        assert_eq!(stored(o.new_value), "95c7000102030406");
+        let o = apply(4, 4, &unhex("920107"), Some(&l)).unwrap();
+        assert_eq!(stored(o.new_value), "95c7000102040607");
+        let o = apply(4, 4, &unhex("920100"), Some(&l)).unwrap();
+        assert_eq!(stored(o.new_value), "95c7000100020406");
+    }
+
+    #[test]
+    fn ordered_append_items_positions_come_from_the_list_before_the_op() {
+        // [f32 1.0] + items [f64 1.0, f64 1.0]: both items find the single element at probe 0
+        // of the old list and go before it, in item order.
+        let l = list(&format!("92c70001{F32_ONE}"));
+        let o = apply(4, 4, &unhex(&format!("920292{F64_ONE}{F64_ONE}")), Some(&l)).unwrap();
+        assert_eq!(o.answer, Answer::Value(Value::Int(3)));
+        assert_eq!(stored(o.new_value), format!("94c70001{F64_ONE}{F64_ONE}{F32_ONE}"));
+        // Unsorted items are merged in value order.
+        let l = list("94c70001020406");
+        let o = apply(4, 4, &unhex("920293070501"), Some(&l)).unwrap();
+        assert_eq!(stored(o.new_value), "97c70001010204050607");
+    }
+
+    #[test]
+    fn ordered_increment_reinserts_before_equal_elements() {
+        // [1, 3, 3]: index 0 + 2 = 3 goes before both 3s; with f32 threes the bytes show it.
+        let l = list(&format!("94c70001{F32_ONE}ca40400000ca40400000"));
+        let o = apply(4, 4, &unhex("930c00ca40000000"), Some(&l)).unwrap();
+        assert_eq!(o.answer, Answer::Value(Value::Float(3.0)));
+        // The sum of two f32 values is a double (cdt_calc_delta), placed at rank 0 of 3.0.
+        let v = stored(o.new_value);
+        assert!(v.starts_with("94c70001cb4008000000000000"), "{v}");
+    }
+
+    #[test]
+    fn ordered_increment_add_unique() {
+        let l = list("93c700010505");
+        // Index 0 + 0 = 5: its first rank is index 0 itself, a no-op answering the value.
+        let o = apply(4, 4, &unhex("950c00000101"), Some(&l)).unwrap();
+        assert_eq!(o.answer, Answer::Value(Value::Int(5)));
+        assert_eq!(stored(o.new_value), "93c700010505");
+        // Index 1 + 0 = 5: the first 5 is at index 0, so it exists (6); with NO_FAIL (0x04)
+        // the answer is still the new value and nothing changes.
+        assert_eq!(apply(4, 4, &unhex("950c01000101"), Some(&l)), Err(24));
+        let o = apply(4, 4, &unhex("950c01000105"), Some(&l)).unwrap();
+        assert_eq!(o.answer, Answer::Value(Value::Int(5)));
+        assert_eq!(stored(o.new_value), "93c700010505");
+    }
+
+    #[test]
+    fn map_v_ordered_flag_is_kept() {
+        let m = normalize_write(Value::Map(unhex("82a2036202a2036101"))).unwrap();
+        // SET_TYPE 2 (V_ORDERED alone): sorted by key, flag byte 2.
+        let o = apply(4, 4, &unhex("924002"), Some(&m)).unwrap();
+        assert_eq!(o.answer, Answer::NoResult);
+        assert_eq!(stored(o.new_value), "83c70002c0a2036101a2036202");
+        // PUT with attr 2 on a missing bin creates `c7 00 02 c0`.
+        let o = apply(4, 4, &unhex("9443a203620102"), None).unwrap();
+        assert_eq!(stored(o.new_value), "82c70002c0a2036201");
+        // Attr with bits outside 0x13 counts as unordered.
+        let o = apply(4, 4, &unhex("9443a2036201cc82"), None).unwrap();
+        assert_eq!(stored(o.new_value), "81a2036201");
+        // A written map with ext flag 2 keeps it (the rewrite masks with 0x13).
+        let w = normalize_write(Value::Map(unhex("82c70002c0a2036101"))).unwrap();
+        assert_eq!(stored(Some(w)), "82c70002c0a2036101");
+        // SET_TYPE with other bits answers 26.
+        assert_eq!(apply(4, 4, &unhex("924004"), Some(&m)), Err(26));
     }
 }

@@ -12,6 +12,7 @@ use crate::record::{Record, StoredKey};
 use crate::shard::PutRecord;
 
 use crate::proto::msg::{info1, info2, info3, op_type, MAX_N_OPS};
+use crate::proto::exp;
 use crate::proto::result_code as rc;
 
 /// Expression and string ops: a later issue (answered 16 until then). CDT, bit and HLL op types
@@ -189,12 +190,12 @@ fn apply_inner(cmd: &Command, cur: Existing<'_>, filter: Option<Filter<'_>>, ns:
         return Ok(Action::Delete(Reply::code(rc::OK)));
     }
     if !cmd.is_write() {
-        return read(cmd, cur);
+        return read(cmd, cur, ns.now_s);
     }
     write(cmd, cur, ns)
 }
 
-fn read(cmd: &Command, cur: Existing<'_>) -> Result<Action, u8> {
+fn read(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
     if cur.generation == 0 {
         return Err(rc::KEY_NOT_FOUND);
     }
@@ -244,11 +245,30 @@ fn read(cmd: &Command, cur: Existing<'_>) -> Result<Action, u8> {
                 let o = cdt::apply(t, op.particle_type, &op.value, bin.map(|b| &b.value))?;
                 push_cdt_answer(&mut reply.ops, op, o.answer, false, respond_all);
             }
+            op_type::EXP_READ => {
+                let view = exp_view(cmd, Some(rec), &rec.bins);
+                let v = exp::exp_read(&op.value, &view, u64::from(now_s) * 1000)?;
+                reply.ops.push(out(op_type::EXP_READ, &op.name, v));
+            }
             t if OPS_UNSUPPORTED.contains(&t) => return Err(rc::UNSUPPORTED_FEATURE),
             _ => return Err(rc::PARAMETER),
         }
     }
     Ok(Action::Reply(reply))
+}
+
+/// The record an EXP op sees (CDT spec §9.1): the stored metadata (none yet for a record being
+/// created) and the bins as the command has left them so far.
+fn exp_view<'a>(cmd: &'a Command, old: Option<&'a Record>, bins: &'a [Bin]) -> exp::OpRecordView<'a> {
+    exp::OpRecordView {
+        digest: old.map_or(&cmd.digest.0, |r| &r.meta.digest.0),
+        lut_cl_ms: old.map_or(0, |r| r.meta.lut_ms),
+        void_time_cl_s: old.map_or(0, |r| r.meta.void_time),
+        size_bytes: old.map_or(0, |r| crate::record::padded(crate::record::encoded_len(r)) as u64),
+        set_name: old.map_or(&cmd.set_name, |r| &r.set_name),
+        key_stored: old.is_some_and(|r| r.key.is_some()),
+        bins,
+    }
 }
 
 fn out(op_type: u8, name: &[u8], value: Option<Value>) -> OutOp {
@@ -383,6 +403,22 @@ fn write(cmd: &Command, cur: Existing<'_>, ns: Namespace) -> Result<Action, u8> 
                 }
                 push_cdt_answer(&mut reply_ops, op, o.answer, true, respond_all);
                 continue;
+            }
+            op_type::EXP_READ => {
+                let view = exp_view(cmd, old, &bins);
+                let v = exp::exp_read(&op.value, &view, u64::from(ns.now_s) * 1000)?;
+                reply_ops.push(out(op_type::EXP_READ, &op.name, v));
+                continue;
+            }
+            op_type::EXP_MODIFY => {
+                let name = bin_name(&op.name)?;
+                let exists = bins.iter().any(|b| b.name == name);
+                let view = exp_view(cmd, old, &bins);
+                match exp::exp_modify(&op.value, &view, u64::from(ns.now_s) * 1000, exists)? {
+                    exp::ExpModify::Keep => {}
+                    exp::ExpModify::Delete => bins.retain(|b| b.name != name),
+                    exp::ExpModify::Set(v) => set_bin(&mut bins, name, cdt::normalize_write(v)?),
+                }
             }
             t if OPS_UNSUPPORTED.contains(&t) => return Err(rc::UNSUPPORTED_FEATURE),
             _ => return Err(rc::PARAMETER),
