@@ -883,7 +883,7 @@ impl Builder {
                 Ok((Node::Unary(op, Box::new(a)), ty))
             }
             OP_COND => {
-                if argc < 3 || argc % 2 == 0 {
+                if argc < 3 || argc.is_multiple_of(2) {
                     return Err(ExpError::Arity { op, found: argc });
                 }
                 let mut args = Vec::with_capacity(argc);
@@ -906,7 +906,7 @@ impl Builder {
                 Ok((Node::Cond(args), ty.unwrap_or(Ty::Nil)))
             }
             OP_LET => {
-                if argc < 3 || argc % 2 == 0 {
+                if argc < 3 || argc.is_multiple_of(2) {
                     return Err(ExpError::Arity { op, found: argc });
                 }
                 let base = self.vars.len();
@@ -1024,7 +1024,7 @@ impl Builder {
             // SELECT / path expressions (§9.6).
             return Err(ExpError::Unsupported(op));
         }
-        if code_v == 0xff && op_type == 3 || code_v == 0xff && op_type == 4 {
+        if code_v == 0xff && (op_type == 3 || op_type == 4) {
             if n != 3 {
                 return Err(ExpError::BadArgument { op });
             }
