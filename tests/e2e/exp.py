@@ -11,6 +11,7 @@ import sys
 
 import aerospike
 from aerospike import exception as ex
+from aerospike_helpers import cdt_ctx
 from aerospike_helpers import expressions as e
 from aerospike_helpers.operations import expression_operations as eo
 from aerospike_helpers.operations import hll_operations as hll
@@ -109,6 +110,16 @@ check(read(e.MapGetValues(e.MapBin("m"))) == [1, 2], "map values")
 check(read(e.BinType("s")) == 3, "bin type")
 check(read(e.SetName()) == "exp", "set name")
 check(read(e.TTL()) == -1, "ttl of a record that never expires")
+check(read(e.ToInt(-3.9)) == -3, "to_int truncates toward 0")
+check(read(e.ToFloat(3)) == 3.0, "to_float")
+check(read(e.Exclusive(e.Eq(1, 1), e.Eq(1, 2))) is True, "exclusive: exactly one true")
+check(read(e.KeyExists()) is False, "key_exists without a stored key")
+check(read(e.IsTombstone()) is False, "is_tombstone of a live record")
+check(read(e.BinExists("s")) is True and read(e.BinExists("zz")) is False, "bin_exists")
+check(read(e.VoidTime()) == -1, "void_time of a record that never expires")
+check(read(e.GT(e.RecordSize(), 0)) is True, "record_size is positive")
+check(read(e.GE(e.SinceUpdateTime(), 0)) is True, "since_update is not negative")
+check(read(e.Val(None)) is None, "nil literal")
 fails([eo.expression_read("r", e.Div(7, 0).compile())], ex.OpNotApplicable, "integer division by 0 is unknown: 26")
 fails([eo.expression_read("r", e.IntBin("zz").compile())], ex.OpNotApplicable, "missing bin is unknown: 26")
 check(read(e.IntBin("zz"), aerospike.EXP_READ_EVAL_NO_FAIL) is None, "EVAL_NO_FAIL: unknown reads as nil")
@@ -131,6 +142,15 @@ check(read(e.MapPut(None, None, "c", 3, e.MapBin("m"))) == {"a": 1, "b": 2, "c":
 check(read(e.BitCount(0, 8, e.BlobBin("b"))) == 4, "bit count")
 check(read(e.BitGetInt(16, 8, True, e.BlobBin("b"))) == -16, "bit get_int signed")
 check(read(e.HLLGetCount(e.HLLBin("h"))) == 3, "hll count")
+check(read(e.ListGetByRankRange(None, aerospike.LIST_RETURN_VALUE, 1, 2, e.ListBin("l"))) == [2, 3],
+      "list get by rank range")
+check(read(e.ListGetByIndex([cdt_ctx.cdt_ctx_list_index(0)], aerospike.LIST_RETURN_VALUE, e.ResultType.INTEGER, 1,
+                            e.ListBin("n"))) == 2, "list call with a ctx")
+check(read(e.MapGetByValueRelRankRangeToEnd(None, aerospike.MAP_RETURN_KEY, 1, 0, e.MapBin("m"))) == ["a", "b"],
+      "map get by value relative rank range to end")
+check(read(e.BitResize(None, 6, 0, e.BlobBin("b"))) == b"\x0f\x00\xf0\x81\x00\x00", "modify-local bit resize")
+check(read(e.HLLDescribe(e.HLLBin("h"))) == [8, 0], "hll describe")
+check(read(e.HLLMayContain(["a"], e.HLLBin("h"))) == 1, "hll may contain")
 fails([eo.expression_read("r", e.MapSize(None, e.MapBin("l")).compile())], ex.OpNotApplicable,
       "a map call on a list bin is unknown: 26")
 _, _, bins = client.get(K)
@@ -168,6 +188,7 @@ check(client.get(K)[2]["i"] == 18, "CREATE_ONLY | POLICY_NO_FAIL keeps the bin")
 fails([eo.expression_write("zz", e.Add(e.IntBin("i"), 1).compile(), aerospike.EXP_WRITE_UPDATE_ONLY)],
       ex.BinNotFound, "UPDATE_ONLY on a missing bin: 17")
 fails([eo.expression_write("i", e.IntBin("zz").compile())], ex.OpNotApplicable, "unknown result: 26")
+fails([eo.expression_write("i", e.Val(None).compile())], ex.OpNotApplicable, "a nil result without ALLOW_DELETE: 26")
 client.operate(K, [eo.expression_write("i", e.IntBin("zz").compile(), aerospike.EXP_WRITE_EVAL_NO_FAIL)])
 check(client.get(K)[2]["i"] == 18, "EVAL_NO_FAIL: unknown is a no-op")
 client.operate(K, [op.write("gone", 1)])
