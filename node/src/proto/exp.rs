@@ -71,12 +71,25 @@
 //! | 74 | record_size | – | int: the stored size |
 //! | 81 | bin | result type (0 nil, 1 bool, 2 int, 3 str, 6 blob, 7 float), raw name | that type |
 //! | 82 | bin_type | raw name | int: particle type, 0 when missing |
+//! | 9 | in_list | value, list | bool |
+//! | 20–29 | ADD SUB MUL DIV POW LOG MOD ABS FLOOR CEIL | ints or floats, not mixed | int / float |
+//! | 30, 31 | to_int, to_float | float / int | int / float |
+//! | 32–41 | INT_AND OR XOR NOT LSHIFT RSHIFT ARSHIFT COUNT LSCAN RSCAN | ints | int |
+//! | 50, 51 | MIN, MAX | ≥ 1 number, one type | that type |
+//! | 80 | key | result type | the stored user key |
+//! | 101, 102 | map_keys, map_values | map | list |
+//! | 123 | cond | (bool, value)…, default | the branches' type |
+//! | 124, 125 | var, let (`def` pairs, then the body) | name / pairs, body | the body's type |
+//! | 126 | quote | a list literal | list |
+//! | 127 | call: a list/map, bit or HLL op, read or modify-local, with its ctx (CDT spec §9.4) | result type, system, op, target | as asked |
 //!
-//! The other codes the server defines (7 regex, 8 geo, 20–41 arithmetic and bit ops, 50–51
-//! min/max, 80 key, 123–127 cond/var/let/quote/call), bin reads of type list (4), map (5),
-//! geojson (8) or hll (9), and map, geojson, hll or ext literals are [`ExpError::Unsupported`] /
-//! [`ExpError::UnsupportedValue`] (16). Codes the server does not define are
-//! [`ExpError::InvalidOp`] (4).
+//! Bin reads (81) take every result type but geojson; list and map literals are quoted (126).
+//! The codes the server defines that Bolide does not implement are [`ExpError::Unsupported`]
+//! (16): 7 regex, 8 geo, 100 result_remove and 122 var_builtin (the loop variables; both
+//! belong to SELECT paths, CDT spec §9.6), a SELECT (0xFE) inside a call, geojson bin reads and
+//! geojson or msgpack-ext literals. Codes the server does not define are
+//! [`ExpError::InvalidOp`] (4). The string expressions of newer clients (`Upper`, `StrLen`, ...)
+//! are answered 4, as CE 8.1.2.0 answers them (checked with the Python client 19.3.0).
 //!
 //! # Semantics (as the server's `exp.c`)
 //!
