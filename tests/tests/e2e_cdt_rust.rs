@@ -147,6 +147,27 @@ async fn run(port: u16) {
         "reverse indexes of the last two, sorted ascending (as CE)"
     );
     assert_eq!(r[7], Value::from(1), "negative index counts from the end");
+    let r = op(
+        &client,
+        &k,
+        &[
+            lists::get_by_value("l", as_val!(1), ListReturnType::EXISTS.inverted()),
+            lists::get_by_index_range_count("l", 1, 1, ListReturnType::EXISTS.inverted()),
+            lists::get_by_index_range_count("l", 0, 5, ListReturnType::EXISTS.inverted()),
+            lists::get_by_value_list("l", vec![as_val!(9)], ListReturnType::EXISTS.inverted()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        r,
+        vec![
+            Value::Bool(false),
+            Value::Bool(true),
+            Value::Bool(false),
+            Value::Bool(true)
+        ],
+        "EXISTS|INVERTED: by value, 'nothing selected'; by index range or value list, 'the complement is not empty'"
+    );
 
     let r = op(
         &client,
@@ -163,6 +184,36 @@ async fn run(port: u16) {
     assert_eq!(r[1], Value::from(2), "remove by value answers how many went");
     assert_eq!(r[2], Value::from(5), "pop answers the element");
     assert_eq!(r[3], ints(&[19, 4]), "what is left");
+
+    // EXISTS|INVERTED on empty collections (CE 8.1.2.0): a list's value selections answer true,
+    // rank selections and a map's value selections false.
+    let r = op(
+        &client,
+        &k,
+        &[
+            lists::append(&unordered, "e", as_val!(1)),
+            lists::remove_by_value("e", as_val!(1), ListReturnType::NONE),
+            maps::put(&MapPolicy::default(), "em", as_val!("a"), as_val!(1)),
+            maps::remove_by_key("em", as_val!("a"), MapReturnType::NONE),
+            lists::size("e"),
+            lists::get_by_value("e", as_val!(1), ListReturnType::EXISTS.inverted()),
+            lists::get_by_rank_range_count("e", 0, 1, ListReturnType::EXISTS.inverted()),
+            maps::get_by_value("em", as_val!(1), MapReturnType::EXISTS.inverted()),
+            maps::get_by_key_range("em", as_val!("a"), as_val!("z"), MapReturnType::EXISTS.inverted()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        r[4..].to_vec(),
+        vec![
+            Value::from(0),
+            Value::Bool(true),
+            Value::Bool(false),
+            Value::Bool(false),
+            Value::Bool(true)
+        ],
+        "EXISTS|INVERTED on an empty list and an empty map"
+    );
 
     // An ordered list: set_order sorts; add-unique refuses a duplicate (24), no-fail skips it.
     let r = op(
