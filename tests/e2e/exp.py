@@ -1,7 +1,8 @@
 """Drives a Bolide node with the official Python client (aerospike 19.3.0) through expressions:
 EXP_READ / EXP_MODIFY ops (expression_read / expression_write), filter expressions (field 43)
 with list, map, bit and HLL calls, and the base ops (arithmetic, cond, let/def/var). Every answer
-is checked value by value; the expected values are CE 8.1.2.0's (CDT spec §9, appendix A.5).
+is checked value by value; the expected values are CE 8.1.2.0's (CDT spec §9, appendix A.5):
+the script passes unchanged against a real CE 8.1.2.0 (`exp.py 3100`, checked 2026-12-03).
 Exit status 0 = all good.
 
 Usage: exp.py PORT
@@ -10,6 +11,7 @@ import sys
 
 import aerospike
 from aerospike import exception as ex
+from aerospike_helpers import cdt_ctx
 from aerospike_helpers import expressions as e
 from aerospike_helpers.operations import expression_operations as eo
 from aerospike_helpers.operations import hll_operations as hll
@@ -18,6 +20,7 @@ from aerospike_helpers.operations import operations as op
 port = int(sys.argv[1])
 client = aerospike.client({"hosts": [("127.0.0.1", port)]}).connect()
 checks = 0
+failures = []
 K = ("test", "exp", "r")
 
 
@@ -26,11 +29,27 @@ def check(cond, what):
     checks += 1
     if not cond:
         print(f"FAILED: {what}", file=sys.stderr)
-        sys.exit(1)
+        failures.append(what)
+
+
+class Raised:
+    """What read() gives back when the operate call raised: equal to nothing, printed with the error."""
+
+    def __init__(self, err):
+        self.err = err
+
+    def __eq__(self, other):
+        return False
+
+    def __repr__(self):
+        return f"raised {type(self.err).__name__} {self.err}"
 
 
 def read(expr, flags=0):
-    _, _, bins = client.operate(K, [eo.expression_read("r", expr.compile(), flags)])
+    try:
+        _, _, bins = client.operate(K, [eo.expression_read("r", expr.compile(), flags)])
+    except ex.AerospikeError as err:
+        return Raised(err)
     return bins.get("r")
 
 
@@ -42,6 +61,7 @@ def fails(ops, exc, what, policy=None):
         return
     except Exception as err:  # noqa: BLE001
         check(False, f"{what}: raised {type(err).__name__} {err}")
+        return
     check(False, f"{what}: no error")
 
 
@@ -78,11 +98,11 @@ check(read(e.IntCount(255)) == 8, "popcount")
 check(read(e.IntLeftScan(1, True)) == 63, "left scan")
 check(read(e.IntRightScan(1, True)) == 63, "right scan")
 check(read(e.Add(e.FloatBin("f"), 1.0)) == 4.5, "float bin")
-check(read(e.Cond(e.EQ(1, 2), "a", e.EQ(1, 1), "b", "c")) == "b", "cond picks the first true")
+check(read(e.Cond(e.Eq(1, 2), "a", e.Eq(1, 1), "b", "c")) == "b", "cond picks the first true")
 check(read(e.Let(e.Def("x", 5), e.Add(e.Var("x"), 1))) == 6, "let/var")
 check(read(e.Let(e.Def("x", e.IntBin("i")), e.Def("y", e.Mul(e.Var("x"), 2)),
                  e.Sub(e.Var("y"), e.Var("x")))) == 7, "let: later definitions see earlier ones")
-check(read(e.EQ(e.StrBin("s"), "Hello")) is True, "string compare")
+check(read(e.Eq(e.StrBin("s"), "Hello")) is True, "string compare")
 check(read(e.InList(2, e.ListBin("l"))) is True, "in_list")
 check(read(e.NE(e.ListBin("l"), [1, 2])) is True, "list compare (quoted literal)")
 check(read(e.MapGetKeys(e.MapBin("m"))) == ["a", "b"], "map keys")
@@ -90,10 +110,20 @@ check(read(e.MapGetValues(e.MapBin("m"))) == [1, 2], "map values")
 check(read(e.BinType("s")) == 3, "bin type")
 check(read(e.SetName()) == "exp", "set name")
 check(read(e.TTL()) == -1, "ttl of a record that never expires")
+check(read(e.ToInt(-3.9)) == -3, "to_int truncates toward 0")
+check(read(e.ToFloat(3)) == 3.0, "to_float")
+check(read(e.Exclusive(e.Eq(1, 1), e.Eq(1, 2))) is True, "exclusive: exactly one true")
+check(read(e.KeyExists()) is False, "key_exists without a stored key")
+check(read(e.IsTombstone()) is False, "is_tombstone of a live record")
+check(read(e.BinExists("s")) is True and read(e.BinExists("zz")) is False, "bin_exists")
+check(read(e.VoidTime()) == -1, "void_time of a record that never expires")
+check(read(e.GT(e.RecordSize(), 0)) is True, "record_size is positive")
+check(read(e.GE(e.SinceUpdateTime(), 0)) is True, "since_update is not negative")
+check(read(e.Val(None)) is None, "nil literal")
 fails([eo.expression_read("r", e.Div(7, 0).compile())], ex.OpNotApplicable, "integer division by 0 is unknown: 26")
 fails([eo.expression_read("r", e.IntBin("zz").compile())], ex.OpNotApplicable, "missing bin is unknown: 26")
 check(read(e.IntBin("zz"), aerospike.EXP_READ_EVAL_NO_FAIL) is None, "EVAL_NO_FAIL: unknown reads as nil")
-fails([eo.expression_read("r", e.Add(1, 2.0).compile())], ex.ParamError, "int + float does not build: 4")
+fails([eo.expression_read("r", e.Add(1, 2.0).compile())], ex.InvalidRequest, "int + float does not build: 4")
 
 # ----------------------------------------------------------------- CDT / bit / HLL calls
 check(read(e.ListSize(None, e.ListBin("l"))) == 3, "list size")
@@ -112,6 +142,15 @@ check(read(e.MapPut(None, None, "c", 3, e.MapBin("m"))) == {"a": 1, "b": 2, "c":
 check(read(e.BitCount(0, 8, e.BlobBin("b"))) == 4, "bit count")
 check(read(e.BitGetInt(16, 8, True, e.BlobBin("b"))) == -16, "bit get_int signed")
 check(read(e.HLLGetCount(e.HLLBin("h"))) == 3, "hll count")
+check(read(e.ListGetByRankRange(None, aerospike.LIST_RETURN_VALUE, 1, 2, e.ListBin("l"))) == [2, 3],
+      "list get by rank range")
+check(read(e.ListGetByIndex([cdt_ctx.cdt_ctx_list_index(0)], aerospike.LIST_RETURN_VALUE, e.ResultType.INTEGER, 1,
+                            e.ListBin("n"))) == 2, "list call with a ctx")
+check(read(e.MapGetByValueRelRankRangeToEnd(None, aerospike.MAP_RETURN_KEY, 1, 0, e.MapBin("m"))) == ["a", "b"],
+      "map get by value relative rank range to end")
+check(read(e.BitResize(None, 6, 0, e.BlobBin("b"))) == b"\x0f\x00\xf0\x81\x00\x00", "modify-local bit resize")
+check(read(e.HLLDescribe(e.HLLBin("h"))) == [8, 0], "hll describe")
+check(read(e.HLLMayContain(["a"], e.HLLBin("h"))) == 1, "hll may contain")
 fails([eo.expression_read("r", e.MapSize(None, e.MapBin("l")).compile())], ex.OpNotApplicable,
       "a map call on a list bin is unknown: 26")
 _, _, bins = client.get(K)
@@ -125,12 +164,12 @@ try:
     check(False, "filter on list size should filter out")
 except ex.FilteredOut:
     check(True, "filter on list size filters out")
-pol = {"expressions": e.EQ(e.MapGetByKey(None, aerospike.MAP_RETURN_VALUE, e.ResultType.INTEGER, "a",
+pol = {"expressions": e.Eq(e.MapGetByKey(None, aerospike.MAP_RETURN_VALUE, e.ResultType.INTEGER, "a",
                                         e.MapBin("m")), 1).compile()}
 client.put(K, {"i": 8}, policy=pol)
 check(client.get(K)[2]["i"] == 8, "a write under a map filter applies")
 try:
-    client.put(K, {"i": 9}, policy={"expressions": e.EQ(e.HLLGetCount(e.HLLBin("h")), 99).compile()})
+    client.put(K, {"i": 9}, policy={"expressions": e.Eq(e.HLLGetCount(e.HLLBin("h")), 99).compile()})
     check(False, "hll filter should filter out the write")
 except ex.FilteredOut:
     check(client.get(K)[2]["i"] == 8, "a filtered-out write changes nothing")
@@ -149,10 +188,11 @@ check(client.get(K)[2]["i"] == 18, "CREATE_ONLY | POLICY_NO_FAIL keeps the bin")
 fails([eo.expression_write("zz", e.Add(e.IntBin("i"), 1).compile(), aerospike.EXP_WRITE_UPDATE_ONLY)],
       ex.BinNotFound, "UPDATE_ONLY on a missing bin: 17")
 fails([eo.expression_write("i", e.IntBin("zz").compile())], ex.OpNotApplicable, "unknown result: 26")
+fails([eo.expression_write("i", e.Val(None).compile())], ex.OpNotApplicable, "a nil result without ALLOW_DELETE: 26")
 client.operate(K, [eo.expression_write("i", e.IntBin("zz").compile(), aerospike.EXP_WRITE_EVAL_NO_FAIL)])
 check(client.get(K)[2]["i"] == 18, "EVAL_NO_FAIL: unknown is a no-op")
 client.operate(K, [op.write("gone", 1)])
-client.operate(K, [eo.expression_write("gone", e.ListGetByValue(None, aerospike.LIST_RETURN_NONE, 99, e.ListBin("l")).compile(),
+client.operate(K, [eo.expression_write("gone", e.Val(None).compile(),
                                        aerospike.EXP_WRITE_ALLOW_DELETE)])
 check("gone" not in client.get(K)[2], "ALLOW_DELETE: a nil result deletes the bin")
 # Atomicity: a failing op after an expression write leaves the record unchanged.
@@ -160,4 +200,7 @@ fails([eo.expression_write("i", e.Add(e.IntBin("i"), 100).compile()),
        eo.expression_read("r", e.IntBin("zz").compile())], ex.OpNotApplicable, "second op fails")
 check(client.get(K)[2]["i"] == 18, "nothing applied when a later op fails")
 
+if failures:
+    print(f"exp e2e: {len(failures)} of {checks} checks failed", file=sys.stderr)
+    sys.exit(1)
 print(f"exp e2e: {checks} checks passed")

@@ -4,7 +4,9 @@ use std::cmp::Ordering;
 
 use super::list::{family_argc, get_remove_by, rel_range, Family};
 use super::msgpack::{self, cmp, Map, Mp};
-use super::{argc, build_result, complement, count_arg, delta_arg, int_arg, rt, split_rt, storage_arg, Coll, Op, RangeInfo};
+use super::{
+    argc, build_result, complement, count_arg, delta_arg, int_arg, rt, split_rt, storage_arg, Coll, Op, RangeInfo,
+};
 use crate::proto::result_code as rc;
 
 /// Map write flags (§6.3).
@@ -153,7 +155,9 @@ fn select_keys(m: &Map, s: &MapSel, args: &[Mp]) -> Result<(Vec<usize>, RangeInf
             let Mp::List(l) = &args[0] else {
                 return Err(rc::PARAMETER);
             };
-            let sel = (0..n).filter(|&i| l.items.iter().any(|k| cmp(&m.pairs[i].0, k).is_eq())).collect();
+            let sel = (0..n)
+                .filter(|&i| l.items.iter().any(|k| cmp(&m.pairs[i].0, k).is_eq()))
+                .collect();
             (sel, info, false)
         }
         MapSel::KeyInterval => {
@@ -301,7 +305,9 @@ pub(crate) fn op(op: &Op, target: &mut Option<Mp>) -> Result<Option<Mp>, u8> {
                         return Err(rc::OP_NOT_APPLICABLE);
                     }
                     let result = match build_result(&Coll::M(m), rtype, &sel, single, info)? {
-                        Some(Mp::Bool(_)) if inverted => Some(Mp::Bool(!found)),
+                        // As list.rs: a key list's EXISTS|INVERTED is "the complement is not
+                        // empty"; the other key selections answer "nothing was selected".
+                        Some(Mp::Bool(_)) if inverted && !matches!(s, MapSel::KeyList) => Some(Mp::Bool(!found)),
                         r => r,
                     };
                     (result, sel)

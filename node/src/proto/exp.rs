@@ -71,12 +71,25 @@
 //! | 74 | record_size | – | int: the stored size |
 //! | 81 | bin | result type (0 nil, 1 bool, 2 int, 3 str, 6 blob, 7 float), raw name | that type |
 //! | 82 | bin_type | raw name | int: particle type, 0 when missing |
+//! | 9 | in_list | value, list | bool |
+//! | 20–29 | ADD SUB MUL DIV POW LOG MOD ABS FLOOR CEIL | ints or floats, not mixed | int / float |
+//! | 30, 31 | to_int, to_float | float / int | int / float |
+//! | 32–41 | INT_AND OR XOR NOT LSHIFT RSHIFT ARSHIFT COUNT LSCAN RSCAN | ints | int |
+//! | 50, 51 | MIN, MAX | ≥ 1 number, one type | that type |
+//! | 80 | key | result type | the stored user key |
+//! | 101, 102 | map_keys, map_values | map | list |
+//! | 123 | cond | (bool, value)…, default | the branches' type |
+//! | 124, 125 | var, let (`def` pairs, then the body) | name / pairs, body | the body's type |
+//! | 126 | quote | a list literal | list |
+//! | 127 | call: a list/map, bit or HLL op, read or modify-local, with its ctx (CDT spec §9.4) | result type, system, op, target | as asked |
 //!
-//! The other codes the server defines (7 regex, 8 geo, 20–41 arithmetic and bit ops, 50–51
-//! min/max, 80 key, 123–127 cond/var/let/quote/call), bin reads of type list (4), map (5),
-//! geojson (8) or hll (9), and map, geojson, hll or ext literals are [`ExpError::Unsupported`] /
-//! [`ExpError::UnsupportedValue`] (16). Codes the server does not define are
-//! [`ExpError::InvalidOp`] (4).
+//! Bin reads (81) take every result type but geojson; list and map literals are quoted (126).
+//! The codes the server defines that Bolide does not implement are [`ExpError::Unsupported`]
+//! (16): 7 regex, 8 geo, 100 result_remove and 122 var_builtin (the loop variables; both
+//! belong to SELECT paths, CDT spec §9.6), a SELECT (0xFE) inside a call, geojson bin reads and
+//! geojson or msgpack-ext literals. Codes the server does not define are
+//! [`ExpError::InvalidOp`] (4). The string expressions of newer clients (`Upper`, `StrLen`, ...)
+//! are answered 4, as CE 8.1.2.0 answers them (checked with the Python client 19.3.0).
 //!
 //! # Semantics (as the server's `exp.c`)
 //!
@@ -868,7 +881,10 @@ impl Builder {
             OP_ABS => {
                 arity(1)?;
                 let (args, ty) = self.same_type_args(r, op, 1, 1, NUM)?;
-                Ok((Node::Unary(op, Box::new(args.into_iter().next().unwrap_or(Node::Unknown))), ty))
+                Ok((
+                    Node::Unary(op, Box::new(args.into_iter().next().unwrap_or(Node::Unknown))),
+                    ty,
+                ))
             }
             OP_FLOOR | OP_CEIL | OP_TO_INT => {
                 arity(1)?;
@@ -946,7 +962,14 @@ impl Builder {
             OP_MAP_KEYS | OP_MAP_VALUES => {
                 arity(1)?;
                 let m = Box::new(self.typed_arg(r, op, Ty::Map)?);
-                Ok((if op == OP_MAP_KEYS { Node::MapKeys(m) } else { Node::MapValues(m) }, Ty::List))
+                Ok((
+                    if op == OP_MAP_KEYS {
+                        Node::MapKeys(m)
+                    } else {
+                        Node::MapValues(m)
+                    },
+                    Ty::List,
+                ))
             }
             OP_KEY => {
                 arity(1)?;
@@ -1283,7 +1306,12 @@ fn particle_id(v: &Value) -> u8 {
 /// `exp.c` `cmp_msgpack`).
 fn has_unordered_map(v: &msgpack::Mp) -> bool {
     match v {
-        msgpack::Mp::Map(m) => (m.flags & 0x03 == 0 && !m.pairs.is_empty()) || m.pairs.iter().any(|(k, v)| has_unordered_map(k) || has_unordered_map(v)),
+        msgpack::Mp::Map(m) => {
+            (m.flags & 0x03 == 0 && !m.pairs.is_empty())
+                || m.pairs
+                    .iter()
+                    .any(|(k, v)| has_unordered_map(k) || has_unordered_map(v))
+        }
         msgpack::Mp::List(l) => l.items.iter().any(has_unordered_map),
         _ => false,
     }
@@ -1395,7 +1423,8 @@ impl<'r> Ev<'r> {
                 };
                 let mut probe = Vec::new();
                 v.encode(&mut probe);
-                let (Ok(p), Ok(msgpack::Mp::List(list))) = (msgpack::parse_exact(&probe), msgpack::parse_exact(l)) else {
+                let (Ok(p), Ok(msgpack::Mp::List(list))) = (msgpack::parse_exact(&probe), msgpack::parse_exact(l))
+                else {
                     return Val::Unknown;
                 };
                 Val::Bool(list.items.iter().any(|e| msgpack::cmp(e, &p) == Ordering::Equal))
@@ -1449,10 +1478,18 @@ impl<'r> Ev<'r> {
             }
             Node::Fold(op, args) => {
                 let vals: Vec<Val<'a>> = args.iter().map(|a| self.node(a, env)).collect();
-                if let Some(ints) = vals.iter().map(|v| if let Val::Int(i) = v { Some(*i) } else { None }).collect::<Option<Vec<_>>>() {
+                if let Some(ints) = vals
+                    .iter()
+                    .map(|v| if let Val::Int(i) = v { Some(*i) } else { None })
+                    .collect::<Option<Vec<_>>>()
+                {
                     return int_fold(*op, &ints).map_or(Val::Unknown, Val::Int);
                 }
-                if let Some(fs) = vals.iter().map(|v| if let Val::Float(f) = v { Some(*f) } else { None }).collect::<Option<Vec<_>>>() {
+                if let Some(fs) = vals
+                    .iter()
+                    .map(|v| if let Val::Float(f) = v { Some(*f) } else { None })
+                    .collect::<Option<Vec<_>>>()
+                {
                     return float_fold(*op, &fs).map_or(Val::Unknown, Val::Float);
                 }
                 Val::Unknown
@@ -1517,12 +1554,14 @@ impl<'r> Ev<'r> {
                 };
                 let keys = matches!(n, Node::MapKeys(_));
                 let items = m.pairs.into_iter().map(|(k, v)| if keys { k } else { v }).collect();
-                Val::List(Cow::Owned(msgpack::Mp::List(msgpack::List { flags: 0, items }).to_bytes()))
+                Val::List(Cow::Owned(
+                    msgpack::Mp::List(msgpack::List { flags: 0, items }).to_bytes(),
+                ))
             }
             Node::Key(ty) => match (ty, rec.user_key()) {
-                (Ty::Int, Some(v @ Value::Int(_))) | (Ty::Str, Some(v @ Value::Str(_))) | (Ty::Blob, Some(v @ Value::Blob(ParticleType::Blob, _))) => {
-                    Val::of_value(v).into_owned()
-                }
+                (Ty::Int, Some(v @ Value::Int(_)))
+                | (Ty::Str, Some(v @ Value::Str(_)))
+                | (Ty::Blob, Some(v @ Value::Blob(ParticleType::Blob, _))) => Val::of_value(v).into_owned(),
                 _ => Val::Unknown,
             },
             Node::Call(c) => self.call(c, env),
@@ -1731,10 +1770,18 @@ pub fn exp_modify(op_value: &[u8], rec: &dyn RecordView, now_cl_ms: u64, bin_exi
     let (expr, flags) = exp_op_parse(op_value, valid)?;
     let no_fail = flags & EXP_POLICY_NO_FAIL != 0;
     if bin_exists && flags & EXP_CREATE_ONLY != 0 {
-        return if no_fail { Ok(ExpModify::Keep) } else { Err(rc::BIN_EXISTS) };
+        return if no_fail {
+            Ok(ExpModify::Keep)
+        } else {
+            Err(rc::BIN_EXISTS)
+        };
     }
     if !bin_exists && flags & EXP_UPDATE_ONLY != 0 {
-        return if no_fail { Ok(ExpModify::Keep) } else { Err(rc::BIN_NOT_FOUND) };
+        return if no_fail {
+            Ok(ExpModify::Keep)
+        } else {
+            Err(rc::BIN_NOT_FOUND)
+        };
     }
     match eval_value(&expr, rec, now_cl_ms) {
         ExpValue::Unknown if flags & EXP_EVAL_NO_FAIL != 0 => Ok(ExpModify::Keep),
@@ -2253,8 +2300,16 @@ mod tests {
             E(u8),
         }
         use W::*;
-        let unhex = |h: &str| (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect::<Vec<u8>>();
-        let hll = crate::cdt::apply(16, 4, &[0x92, 0x00, 0x04], None).unwrap().new_value.unwrap();
+        let unhex = |h: &str| {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                .collect::<Vec<u8>>()
+        };
+        let hll = crate::cdt::apply(16, 4, &[0x92, 0x00, 0x04], None)
+            .unwrap()
+            .new_value
+            .unwrap();
         let bin = |n: &str, v: Value| Bin {
             name: BinName::new(n.as_bytes()).unwrap(),
             value: v,
@@ -2280,82 +2335,90 @@ mod tests {
             bins: &bins,
         };
         let rows: &[(&str, &str, W)] = &[
-        ("add ints", "929414935102a169030500", I(15)),
-        ("sub", "929315935102a1690a00", I(-3)),
-        ("sub one arg", "9292150500", I(-5)),
-        ("mul", "92941602030400", I(24)),
-        ("div int", "929317935102a1690200", I(3)),
-        ("div neg", "929317f90200", I(-3)),
-        ("div reciprocal", "929217935102a16900", I(0)),
-        ("div zero", "929317070000", E(26)),
-        ("div float", "929317cb401c000000000000cb400000000000000000", F(3.5)),
-        ("wrap", "929314d37fffffffffffffff0100", I(i64::MIN)),
-        ("mod", "92931af90300", I(-1)),
-        ("mod zero", "92931a070000", E(26)),
-        ("pow", "929318cb4000000000000000cb402400000000000000", F(1024.0)),
-        ("log", "929319cb4020000000000000cb400000000000000000", F(3.0)),
-        ("abs", "92921bfb00", I(5)),
-        ("floor", "92921ccbc00400000000000000", F(-3.0)),
-        ("ceil", "92921dcb4000cccccccccccd00", F(3.0)),
-        ("to_int", "92921ecbc00599999999999a00", I(-2)),
-        ("to_float", "92921f0300", F(3.0)),
-        ("int_and", "9293200c0a00", I(8)),
-        ("int_or", "9293210c0a00", I(14)),
-        ("int_xor", "9293220c0a00", I(6)),
-        ("int_not", "9292230000", I(-1)),
-        ("lshift", "929324010400", I(16)),
-        ("rshift", "929325f00200", I(4611686018427387900)),
-        ("arshift", "929326f00200", I(-4)),
-        ("count", "929227ccff00", I(8)),
-        ("lscan", "92932801c300", I(63)),
-        ("rscan", "92932901c300", I(63)),
-        ("min", "92943203010200", I(1)),
-        ("max", "929333cb400c000000000000cb3ff800000000000000", F(3.5)),
-        ("eq str", "929301935103a173a60348656c6c6f00", T(true)),
-        ("lt str", "929305a20361a2036200", T(true)),
-        ("ne list", "929302935104a16c927e92010200", T(true)),
-        ("eq list", "929301935104a16c927e9301020300", T(true)),
-        ("in_list", "92930902935104a16c00", T(true)),
-        ("in_list no", "92930905935104a16c00", T(false)),
-        ("and", "929310c3c200", T(false)),
-        ("or", "929311c3c200", T(true)),
-        ("not", "929212c200", T(true)),
-        ("xor", "929313c3c300", T(false)),
-        ("cond", "92967b93010102a2036193010101a20362a2036300", S("b")),
-        ("cond default", "92947b93010102a20361a2036300", S("c")),
-        ("let/var", "92947da178059314927ca1780100", I(6)),
-        ("let two", "92967da17805a1799316927ca178029315927ca179927ca17800", I(5)),
-        ("set_name", "92914600", S("cdt")),
-        ("key_exists", "92914700", T(false)),
-        ("ttl", "92914500", I(-1)),
-        ("void_time", "92914400", I(-1)),
-        ("bin_type s", "929252a17300", I(3)),
-        ("bin_type missing", "929252a27a7a00", I(0)),
-        ("bin wrong type", "92935102a17300", E(26)),
-        ("bin missing", "92935102a27a7a00", E(26)),
-        ("key not stored", "9292500200", E(26)),
-        ("mixed int float", "92931401cb400000000000000000", E(4)),
-        ("list unquoted", "9292010200", E(4)),
-        ("map literal", "9281a203610100", M("81a2036101")),
-        ("nil literal", "92c000", N),
-        ("str literal", "92a2037800", S("x")),
-        ("blob literal", "92a2040100", Bl(&[1])),
-        ("map keys", "929265935105a16d00", L("92a20361a20362")),
-        ("map values", "929266935105a16d00", L("920102")),
-        ("list size call", "92957f02009110935104a16c00", I(3)),
-        ("map get by key call", "92957f0200936107a20361935105a16d00", I(1)),
-        ("map get missing key", "92957f0200936107a3037a7a935105a16d00", E(26)),
-        ("list append local", "92957f0440920109935104a16c00", L("9401020309")),
-        ("list get by value list", "92957f0400931707927e920103935104a16c00", L("920103")),
-        ("list get by index expr param", "92957f02009313079315935102a16906935104a16c00", I(2)),
-        ("call on literal", "92957f02009110927e92050600", I(2)),
-        ("nested call", "92957f02009110957f0440920109935104a16c00", I(4)),
-        ("ctx call", "92957f020093ccff9210009110935104a16e00", I(2)),
-        ("bit count", "92957f020193330008935106a16200", I(4)),
-        ("wrong rtype", "92957f03009110935104a16c00", E(26)),
-        ("map size on list bin", "92957f02009160935105a16c00", E(26)),
-        ("filter compare call", "929303957f02009110935104a16c0200", T(true)),
-        ("hll count", "92957f02029132935109a16800", I(0)),
+            ("add ints", "929414935102a169030500", I(15)),
+            ("sub", "929315935102a1690a00", I(-3)),
+            ("sub one arg", "9292150500", I(-5)),
+            ("mul", "92941602030400", I(24)),
+            ("div int", "929317935102a1690200", I(3)),
+            ("div neg", "929317f90200", I(-3)),
+            ("div reciprocal", "929217935102a16900", I(0)),
+            ("div zero", "929317070000", E(26)),
+            ("div float", "929317cb401c000000000000cb400000000000000000", F(3.5)),
+            ("wrap", "929314d37fffffffffffffff0100", I(i64::MIN)),
+            ("mod", "92931af90300", I(-1)),
+            ("mod zero", "92931a070000", E(26)),
+            ("pow", "929318cb4000000000000000cb402400000000000000", F(1024.0)),
+            ("log", "929319cb4020000000000000cb400000000000000000", F(3.0)),
+            ("abs", "92921bfb00", I(5)),
+            ("floor", "92921ccbc00400000000000000", F(-3.0)),
+            ("ceil", "92921dcb4000cccccccccccd00", F(3.0)),
+            ("to_int", "92921ecbc00599999999999a00", I(-2)),
+            ("to_float", "92921f0300", F(3.0)),
+            ("int_and", "9293200c0a00", I(8)),
+            ("int_or", "9293210c0a00", I(14)),
+            ("int_xor", "9293220c0a00", I(6)),
+            ("int_not", "9292230000", I(-1)),
+            ("lshift", "929324010400", I(16)),
+            ("rshift", "929325f00200", I(4611686018427387900)),
+            ("arshift", "929326f00200", I(-4)),
+            ("count", "929227ccff00", I(8)),
+            ("lscan", "92932801c300", I(63)),
+            ("rscan", "92932901c300", I(63)),
+            ("min", "92943203010200", I(1)),
+            ("max", "929333cb400c000000000000cb3ff800000000000000", F(3.5)),
+            ("eq str", "929301935103a173a60348656c6c6f00", T(true)),
+            ("lt str", "929305a20361a2036200", T(true)),
+            ("ne list", "929302935104a16c927e92010200", T(true)),
+            ("eq list", "929301935104a16c927e9301020300", T(true)),
+            ("in_list", "92930902935104a16c00", T(true)),
+            ("in_list no", "92930905935104a16c00", T(false)),
+            ("and", "929310c3c200", T(false)),
+            ("or", "929311c3c200", T(true)),
+            ("not", "929212c200", T(true)),
+            ("xor", "929313c3c300", T(false)),
+            ("cond", "92967b93010102a2036193010101a20362a2036300", S("b")),
+            ("cond default", "92947b93010102a20361a2036300", S("c")),
+            ("let/var", "92947da178059314927ca1780100", I(6)),
+            ("let two", "92967da17805a1799316927ca178029315927ca179927ca17800", I(5)),
+            ("set_name", "92914600", S("cdt")),
+            ("key_exists", "92914700", T(false)),
+            ("ttl", "92914500", I(-1)),
+            ("void_time", "92914400", I(-1)),
+            ("bin_type s", "929252a17300", I(3)),
+            ("bin_type missing", "929252a27a7a00", I(0)),
+            ("bin wrong type", "92935102a17300", E(26)),
+            ("bin missing", "92935102a27a7a00", E(26)),
+            ("key not stored", "9292500200", E(26)),
+            ("mixed int float", "92931401cb400000000000000000", E(4)),
+            ("list unquoted", "9292010200", E(4)),
+            ("map literal", "9281a203610100", M("81a2036101")),
+            ("nil literal", "92c000", N),
+            ("str literal", "92a2037800", S("x")),
+            ("blob literal", "92a2040100", Bl(&[1])),
+            ("map keys", "929265935105a16d00", L("92a20361a20362")),
+            ("map values", "929266935105a16d00", L("920102")),
+            ("list size call", "92957f02009110935104a16c00", I(3)),
+            ("map get by key call", "92957f0200936107a20361935105a16d00", I(1)),
+            ("map get missing key", "92957f0200936107a3037a7a935105a16d00", E(26)),
+            ("list append local", "92957f0440920109935104a16c00", L("9401020309")),
+            (
+                "list get by value list",
+                "92957f0400931707927e920103935104a16c00",
+                L("920103"),
+            ),
+            (
+                "list get by index expr param",
+                "92957f02009313079315935102a16906935104a16c00",
+                I(2),
+            ),
+            ("call on literal", "92957f02009110927e92050600", I(2)),
+            ("nested call", "92957f02009110957f0440920109935104a16c00", I(4)),
+            ("ctx call", "92957f020093ccff9210009110935104a16e00", I(2)),
+            ("bit count", "92957f020193330008935106a16200", I(4)),
+            ("wrong rtype", "92957f03009110935104a16c00", E(26)),
+            ("map size on list bin", "92957f02009160935105a16c00", E(26)),
+            ("filter compare call", "929303957f02009110935104a16c0200", T(true)),
+            ("hll count", "92957f02029132935109a16800", I(0)),
         ];
         let mut bad = Vec::new();
         for (name, hex, want) in rows {
