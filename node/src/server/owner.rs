@@ -149,7 +149,14 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
                     };
                     (r, Box::new(rec))
                 });
-                let written = self.shard.put(p, token);
+                // Write-through: the record as written stays in the record cache, so the next
+                // read or update of it (an update reads the old bins) costs no device read.
+                let written = self.shard.put_kept(p, token).map(|(w, rec)| {
+                    if let Some(e) = self.shard.peek(&digest).filter(|e| e.lut_ms() == rec.meta.lut_ms) {
+                        self.cache.insert(&e, &Arc::new(rec));
+                    }
+                    w
+                });
                 self.after_write(key, written, reply, true, copy);
             }
             Action::Delete(reply) => {
