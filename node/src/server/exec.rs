@@ -693,6 +693,8 @@ mod tests {
             reply(apply(&cmd(info1::READ | info1::GET_ALL, 0, 0, vec![]), NONE, None, 0)).result_code,
             rc::KEY_NOT_FOUND
         );
+        // An expression read op without its expression is malformed (op types 7 and 8 are
+        // served by proto::exp since the expression work).
         assert_eq!(
             reply(apply(
                 &cmd(info1::READ, 0, 0, vec![op(op_type::EXP_READ, "a", None)]),
@@ -701,7 +703,7 @@ mod tests {
                 0
             ))
             .result_code,
-            rc::UNSUPPORTED_FEATURE
+            rc::PARAMETER
         );
     }
 
