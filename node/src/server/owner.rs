@@ -336,6 +336,14 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
 
     /// Encodes and delivers `reply` (a batch row's with its index).
     pub(crate) fn deliver_reply(&mut self, origin: Origin, reply: &Reply) {
+        if origin.worker == self.id && origin.row.is_none() {
+            // A connection of this core: encoded straight into its send buffer.
+            let conn = origin.conn;
+            let Some(out) = self.conns.out(conn) else { return };
+            codec::encode_reply_into(reply, 0, out);
+            self.answered(conn);
+            return;
+        }
         let bytes = match origin.row {
             Some(index) => codec::encode_row(reply, index),
             None => codec::encode_reply(reply),
