@@ -1,17 +1,23 @@
 //! The per-shard RAM record cache in front of the device (DESIGN.md, "The hot path").
 //!
 //! Bolide reads records with O_DIRECT, so nothing caches them but this: a verified record read
-//! from the device is kept, decoded, by digest, under a byte budget (`record_cache_bytes`,
+//! from the device (or written by a client put) is kept, decoded, by digest, under a byte budget (`record_cache_bytes`,
 //! split over the shards). The policy is quick_cache's (a CLOCK-Pro variant with a ghost list:
 //! a key must be seen twice before it may push hot keys out, so one scan cannot flush the
 //! cache); only client commands fill it, never scans, backups or replication.
 //!
-//! **Staleness.** An entry remembers the index entry it was read under: the record's device
-//! address and its LUT. A lookup is a hit only when both still match the live index entry.
-//! Every write of a digest gives it a strictly greater LUT (`Shard::put`), and a defrag move
-//! changes its address, so an entry can never answer for another version of its record, even
-//! if the wblock it came from was reused. Writes and deletes also drop the entry, to free the
-//! memory early.
+//! **Staleness.** An entry remembers the version of the record it holds: its LUT, generation
+//! and size on the device. A lookup is a hit only when all three still match the live index
+//! entry. Every write of a digest gives it a strictly greater LUT (`Shard::put`, including a
+//! re-create after a delete or a truncate, which take the LUT floor), so an entry can never
+//! answer for another version of its record. A defrag move copies the record's bytes
+//! unchanged to another address, so the cached copy stays valid after it (checking the
+//! address as well made every defrag move cost a device read: with the default
+//! `defrag_lwm_pct`, about as many as the updates themselves).
+//!
+//! **Write-through.** A client put keeps the record it wrote, under the index entry the write
+//! gave it: an update reads the old bins (merge semantics), so without this every update of a
+//! record would cost a device read. Deletes drop the entry, to free the memory early.
 
 use crate::digest::Digest;
 use crate::index::IndexEntry;
@@ -20,11 +26,11 @@ use quick_cache::unsync::Cache;
 use quick_cache::Weighter;
 use std::sync::Arc;
 
-/// A cached record and the index entry it is valid for.
+/// A cached record and the version (index entry fields) it is valid for.
 #[derive(Clone)]
 struct Cached {
-    addr_bytes: u64,
     lut_ms: u64,
+    generation: u16,
     /// The record's size on the device, bytes (its weight).
     size_bytes: u32,
     rec: Arc<Record>,
@@ -89,7 +95,11 @@ impl RecordCache {
             return None;
         };
         match cache.get(digest) {
-            Some(c) if c.addr_bytes == entry.addr_bytes() && c.lut_ms == entry.lut_ms() => {
+            Some(c)
+                if c.lut_ms == entry.lut_ms()
+                    && c.generation == entry.generation()
+                    && c.size_bytes as usize == entry.size_bytes() =>
+            {
                 self.counters.hits += 1;
                 Some(Arc::clone(&c.rec))
             }
@@ -106,7 +116,7 @@ impl RecordCache {
         }
     }
 
-    /// Keeps `rec`, read under the live index entry `entry`.
+    /// Keeps `rec`, read (or written) under the live index entry `entry`.
     pub fn insert(&mut self, entry: &IndexEntry, rec: &Arc<Record>) {
         let Some(cache) = &mut self.cache else { return };
         let size_bytes = entry.size_bytes() as u64;
@@ -117,8 +127,8 @@ impl RecordCache {
         cache.insert(
             rec.meta.digest,
             Cached {
-                addr_bytes: entry.addr_bytes(),
                 lut_ms: entry.lut_ms(),
+                generation: entry.generation(),
                 size_bytes: size_bytes as u32,
                 rec: Arc::clone(rec),
             },
@@ -170,26 +180,30 @@ mod tests {
     }
 
     #[test]
-    fn hits_only_under_the_same_address_and_lut() {
+    fn hits_only_for_the_same_version() {
         let mut c = RecordCache::new(1 << 20);
         let d = digest(1);
         let e = entry(d, 4096, 100);
         assert!(c.get(&d, &e).is_none());
         c.insert(&e, &rec(d, 100));
         assert_eq!(c.get(&d, &e).map(|r| r.meta.lut_ms), Some(100));
-        // Rewritten: a greater LUT at the same address (a reused wblock) is not the cached one.
+        // Moved by defrag: another address, the same bytes; still the cached version.
+        assert_eq!(c.get(&d, &entry(d, 8192, 100)).map(|r| r.meta.lut_ms), Some(100));
+        // Rewritten: a greater LUT (at the same address, a reused wblock) is not the cached one.
         assert!(c.get(&d, &entry(d, 4096, 101)).is_none());
         // The stale entry was dropped, so even the old index entry misses now.
         assert!(c.get(&d, &e).is_none());
+        // Another generation or size under the same LUT is not the cached version either.
         c.insert(&e, &rec(d, 100));
-        // Moved by defrag: another address.
-        assert!(c.get(&d, &entry(d, 8192, 100)).is_none());
+        assert!(c.get(&d, &IndexEntry::new(d, 4096, 1024, 2, 0, 100, false)).is_none());
+        c.insert(&e, &rec(d, 100));
+        assert!(c.get(&d, &IndexEntry::new(d, 4096, 2048, 1, 0, 100, false)).is_none());
         assert_eq!(
             c.counters,
             CacheCounters {
-                hits: 1,
-                misses: 4,
-                stale: 2
+                hits: 2,
+                misses: 5,
+                stale: 3
             }
         );
     }

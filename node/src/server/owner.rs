@@ -149,7 +149,14 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
                     };
                     (r, Box::new(rec))
                 });
-                let written = self.shard.put(p, token);
+                // Write-through: the record as written stays in the record cache, so the next
+                // read or update of it (an update reads the old bins) costs no device read.
+                let written = self.shard.put_kept(p, token).map(|(w, rec)| {
+                    if let Some(e) = self.shard.peek(&digest).filter(|e| e.lut_ms() == rec.meta.lut_ms) {
+                        self.cache.insert(&e, &Arc::new(rec));
+                    }
+                    w
+                });
                 self.after_write(key, written, reply, true, copy);
             }
             Action::Delete(reply) => {
@@ -329,6 +336,14 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
 
     /// Encodes and delivers `reply` (a batch row's with its index).
     pub(crate) fn deliver_reply(&mut self, origin: Origin, reply: &Reply) {
+        if origin.worker == self.id && origin.row.is_none() {
+            // A connection of this core: encoded straight into its send buffer.
+            let conn = origin.conn;
+            let Some(out) = self.conns.out(conn) else { return };
+            codec::encode_reply_into(reply, 0, out);
+            self.answered(conn);
+            return;
+        }
         let bytes = match origin.row {
             Some(index) => codec::encode_row(reply, index),
             None => codec::encode_reply(reply),

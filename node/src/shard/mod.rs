@@ -353,6 +353,9 @@ const TAG_DEFRAG: u64 = 3;
 const TAG_ERASE: u64 = 4;
 pub(crate) const TAG_STARTUP: u64 = 5;
 const MAX_READ_ATTEMPTS: u8 = 3;
+/// Wblock buffers kept for reuse when wblocks leave RAM (a few: one per write stream and
+/// some slack; more would only hold memory).
+const SPARE_WBLOCK_BUFS: usize = 4;
 /// Partitions the expiry sweep visits per poll turn.
 const NSUP_PARTITIONS_PER_TURN: u16 = 64;
 
@@ -388,6 +391,9 @@ pub struct Shard<D: BlockDevice, C: Clock> {
     nonfree_seqs: BTreeSet<(u64, u32)>,
     next_seq: u64,
     ram: Vec<RamBlock>,
+    /// Buffers of wblocks that left RAM, kept for the next wblock opened (zeroed then), so
+    /// a wblock costs no allocation; at most [`SPARE_WBLOCK_BUFS`].
+    spare_wblock_bufs: Vec<Vec<u8>>,
     client_wb: Option<u32>,
     defrag_wb: Option<u32>,
     /// The replica ("prole") write buffer: copies of records another core is master of.
@@ -487,6 +493,16 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
     /// # Errors
     /// See [`WriteError`]; a refused write changes nothing.
     pub fn put(&mut self, rec: PutRecord, token: u64) -> Result<Written, WriteError> {
+        self.put_kept(rec, token).map(|(written, _)| written)
+    }
+
+    /// [`Shard::put`], also handing back the record as written (its generation, LUT and
+    /// bins), for a write-through record cache: the caller gets the bytes it would otherwise
+    /// read back from the device on the record's next read.
+    ///
+    /// # Errors
+    /// As [`Shard::put`].
+    pub fn put_kept(&mut self, rec: PutRecord, token: u64) -> Result<(Written, Record), WriteError> {
         if let Some(e) = &self.failed {
             return Err(WriteError::DeviceFailed(e.clone()));
         }
@@ -513,7 +529,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         };
         let written = self.append_record(Stream::Client, &record, old, token)?;
         self.stats.client_writes += 1;
-        Ok(written)
+        Ok((written, record))
     }
 
     /// Rewrites a live record with a new void-time and a new LUT but the same generation: the
@@ -755,8 +771,16 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
         };
         self.nonfree_seqs.insert((seq, id));
         // A stale cached copy of the wblock's previous life must go.
-        self.ram.retain(|r| r.id != id);
-        let mut data = vec![0u8; self.wblock_size];
+        self.drop_ram(|r| r.id == id);
+        // Zeroed whole: the sector padding after the last record is written to the device,
+        // and bytes of another wblock's life there could read as a record at cold start.
+        let mut data = match self.spare_wblock_bufs.pop() {
+            Some(mut b) => {
+                b.fill(0);
+                b
+            }
+            None => vec![0u8; self.wblock_size],
+        };
         WblockHeader {
             seq,
             instance_id: self.instance_id,
@@ -778,6 +802,26 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             waiters: VecDeque::new(),
         });
         id
+    }
+
+    /// Removes the RAM copies `pred` picks, keeping their buffers as spares.
+    fn drop_ram(&mut self, pred: impl Fn(&RamBlock) -> bool) {
+        let mut i = 0;
+        while i < self.ram.len() {
+            if pred(&self.ram[i]) {
+                // `remove`, not `swap_remove`: the order of `ram` is the order of flushes.
+                let r = self.ram.remove(i);
+                self.keep_spare(r.data);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn keep_spare(&mut self, data: Vec<u8>) {
+        if self.spare_wblock_bufs.len() < SPARE_WBLOCK_BUFS && data.len() == self.wblock_size {
+            self.spare_wblock_bufs.push(data);
+        }
     }
 
     fn seal(&mut self, id: u32) {
@@ -1134,7 +1178,8 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
                 return;
             }
             let (_, i) = *cached.iter().min().expect("non-empty");
-            self.ram.swap_remove(i);
+            let r = self.ram.swap_remove(i);
+            self.keep_spare(r.data);
         }
     }
 
@@ -1213,7 +1258,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             queued: false,
             free_deps: 0,
         };
-        self.ram.retain(|r| r.id != b);
+        self.drop_ram(|r| r.id == b);
         self.free.push_back(b);
         self.stats.wblocks_freed += 1;
     }

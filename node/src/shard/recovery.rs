@@ -179,6 +179,7 @@ impl<D: BlockDevice, C: Clock> Shard<D, C> {
             nonfree_seqs: BTreeSet::new(),
             next_seq: 1,
             ram: Vec::new(),
+            spare_wblock_bufs: Vec::new(),
             client_wb: None,
             defrag_wb: None,
             replica_wb: None,
