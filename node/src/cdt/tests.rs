@@ -120,7 +120,7 @@ fn run_case(line: &str) -> Result<(), String> {
             })
             .collect();
         match apply(&command(0, info2::WRITE, info3::CREATE_OR_REPLACE, ops), none(), None, 0) {
-            Action::Put(p, _) => rec = Some(record(p.bins, 1)),
+            Action::Put(p, _) => rec = Some(std::sync::Arc::new(record(p.bins, 1))),
             other => return Err(format!("setup write answered {other:?}")),
         }
     }
@@ -143,7 +143,7 @@ fn run_case(line: &str) -> Result<(), String> {
         None => none(),
     };
     let (got_rc, got_ops, after) = match apply(&cmd, cur, None, 0) {
-        Action::Reply(r) => (r.result_code, r.ops, rec.as_ref().map(|r| r.bins.clone()).unwrap_or_default()),
+        Action::Reply(r) => (r.result_code, r.all_ops(), rec.as_ref().map(|r| r.bins.clone()).unwrap_or_default()),
         Action::Put(p, r) => (r.result_code, r.ops, p.bins),
         Action::Delete(r) => (r.result_code, r.ops, Vec::new()),
     };

@@ -22,9 +22,14 @@
 use crate::digest::Digest;
 use crate::index::IndexEntry;
 use crate::record::Record;
-use quick_cache::unsync::Cache;
+use quick_cache::unsync::{Cache, DefaultLifecycle};
 use quick_cache::Weighter;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
+
+/// Digests are already uniformly random: hashing them again (quick_cache's default is SipHash,
+/// about 230 instructions a lookup, three lookups per update) buys nothing.
+type DigestHash = BuildHasherDefault<super::cmd::DigestHasher>;
 
 /// A cached record and the version (index entry fields) it is valid for.
 #[derive(Clone)]
@@ -58,7 +63,7 @@ pub struct CacheCounters {
 /// One shard's record cache. `capacity_bytes` 0 disables it (every lookup misses, nothing is
 /// kept).
 pub struct RecordCache {
-    cache: Option<Cache<Digest, Cached, BySize>>,
+    cache: Option<Cache<Digest, Cached, BySize, DigestHash>>,
     capacity_bytes: u64,
     pub counters: CacheCounters,
 }
@@ -70,7 +75,7 @@ impl RecordCache {
     pub fn new(capacity_bytes: u64) -> RecordCache {
         let cache = (capacity_bytes > 0).then(|| {
             let items = (capacity_bytes / TYPICAL_RECORD_BYTES).clamp(16, 1 << 24) as usize;
-            Cache::with_weighter(items, capacity_bytes, BySize)
+            Cache::with(items, capacity_bytes, BySize, DigestHash::default(), DefaultLifecycle::default())
         });
         RecordCache {
             cache,

@@ -312,11 +312,13 @@ fn encode_reply_as(r: &Reply, transaction_ttl: u32) -> Vec<u8> {
 /// place costs no allocation and no copy). The space is reserved once, exactly: 8-byte proto
 /// header, 22-byte message header, per op 8 bytes plus its name and value (spec §3, §5).
 pub(crate) fn encode_reply_into(r: &Reply, transaction_ttl: u32, out: &mut Vec<u8>) {
+    let bins = r.record.as_deref().map_or(&[][..], |rec| &rec.bins[..]);
     let ops_bytes: usize = r
         .ops
         .iter()
         .map(|op| 8 + op.name.len() + op.value.as_ref().map_or(0, |v| v.wire_len()))
-        .sum();
+        .sum::<usize>()
+        + bins.iter().map(|b| 8 + b.name.as_bytes().len() + b.value.wire_len()).sum::<usize>();
     out.reserve(8 + 22 + ops_bytes);
     let start = W::begin(out);
     let at = W::write_header(
@@ -335,7 +337,10 @@ pub(crate) fn encode_reply_into(r: &Reply, transaction_ttl: u32, out: &mut Vec<u
             None => W::write_op(out, op.op_type, 0, &op.name, &[]),
         }
     }
-    W::set_n_ops(out, at, r.ops.len().min(u16::MAX as usize) as u16);
+    for b in bins {
+        W::write_value_op(out, crate::proto::msg::op_type::READ, b.name.as_bytes(), &b.value);
+    }
+    W::set_n_ops(out, at, r.n_ops().min(u16::MAX as usize) as u16);
     W::finish(out, start, PROTO_TYPE_MSG);
 }
 

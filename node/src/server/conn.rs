@@ -98,6 +98,8 @@ pub enum FrameStatus {
 pub struct Conns {
     slots: Vec<Option<Conn>>,
     dirty: Vec<ConnId>,
+    /// The other half of `dirty`'s double buffer (empty between flushes).
+    dirty_spare: Vec<ConnId>,
     pauses: Vec<(ConnId, bool)>,
     pool: Vec<Vec<u8>>,
     open: usize,
@@ -235,7 +237,10 @@ impl Conns {
     /// Hands every connection's new reply bytes to `send` (the network); a buffer `send`
     /// refuses (the connection is gone) is recycled.
     pub fn flush(&mut self, mut send: impl FnMut(ConnId, Vec<u8>) -> Result<(), Vec<u8>>) {
-        for id in std::mem::take(&mut self.dirty) {
+        // Double-buffered so neither list loses its capacity (no allocation per turn).
+        let mut ids = std::mem::take(&mut self.dirty_spare);
+        std::mem::swap(&mut ids, &mut self.dirty);
+        for id in ids.drain(..) {
             let s = id.slot() as usize;
             let Some(c) = self.slots.get_mut(s).and_then(|c| c.as_mut()).filter(|c| c.id == id) else {
                 continue;
@@ -255,6 +260,7 @@ impl Conns {
             }
             self.update_pause(id);
         }
+        self.dirty_spare = ids;
     }
 
     /// The network sent a buffer of `id` whole and gave it back.

@@ -10,6 +10,7 @@ use crate::digest::Digest;
 use crate::particle::{Bin, BinName, ParticleType, Value, BIN_NAME_MAX_BYTES};
 use crate::record::{Record, StoredKey};
 use crate::shard::PutRecord;
+use std::sync::Arc;
 
 use crate::proto::msg::{info1, info2, info3, op_type, MAX_N_OPS};
 use crate::proto::exp;
@@ -92,6 +93,10 @@ pub struct Reply {
     /// Seconds since 2010, 0 = never.
     pub void_time: u32,
     pub ops: Vec<OutOp>,
+    /// Every bin of this record, answered as READ ops after `ops` (a read of all bins): the
+    /// encoder writes them straight from the stored (cached) record, so the reply copies no
+    /// value and allocates nothing per bin.
+    pub record: Option<Arc<Record>>,
 }
 
 impl Reply {
@@ -101,7 +106,24 @@ impl Reply {
             generation: 0,
             void_time: 0,
             ops: Vec::new(),
+            record: None,
         }
+    }
+
+    /// The number of ops the reply carries (its `n_ops`): `ops` and the record's bins.
+    pub fn n_ops(&self) -> usize {
+        self.ops.len() + self.record.as_ref().map_or(0, |r| r.bins.len())
+    }
+
+    /// Every op the reply answers, the record's bins copied out as READ ops (for tests and
+    /// diagnostics; the data path encodes them from the record).
+    pub fn all_ops(&self) -> Vec<OutOp> {
+        let bins = self.record.iter().flat_map(|r| r.bins.iter());
+        self.ops
+            .iter()
+            .cloned()
+            .chain(bins.map(|b| out(op_type::READ, b.name.as_bytes(), Some(b.value.clone()))))
+            .collect()
     }
 }
 
@@ -122,7 +144,8 @@ pub type Filter<'a> = &'a dyn Fn(&Record) -> Result<bool, u8>;
 
 /// The record as the command sees it: `None` when absent, deleted or expired.
 pub struct Existing<'a> {
-    pub record: Option<&'a Record>,
+    /// The stored record, when its bins were read (shared with the record cache).
+    pub record: Option<&'a Arc<Record>>,
     /// Generation from the index when the bins were not read (deletes, exists).
     pub generation: u16,
     pub void_time: u32,
@@ -210,6 +233,7 @@ fn read(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
         generation: cur.generation as u32,
         void_time: cur.void_time,
         ops: Vec::new(),
+        record: None,
     };
     if cmd.info1 & info1::GET_NO_BIN_DATA != 0 {
         return Ok(Action::Reply(reply));
@@ -218,11 +242,7 @@ fn read(cmd: &Command, cur: Existing<'_>, now_s: u32) -> Result<Action, u8> {
     let respond_all = cmd.info2 & info2::RESPOND_ALL_OPS != 0;
     let get_all = cmd.info1 & info1::GET_ALL != 0;
     if get_all {
-        reply.ops = rec
-            .bins
-            .iter()
-            .map(|b| out(op_type::READ, b.name.as_bytes(), Some(b.value.clone())))
-            .collect();
+        reply.record = Some(Arc::clone(rec));
         return Ok(Action::Reply(reply));
     }
     // Neither every bin nor any op: the server's read_local answers 4 ("bin op(s) expected");
@@ -342,7 +362,7 @@ fn write(cmd: &Command, cur: Existing<'_>, ns: Namespace) -> Result<Action, u8> 
         Some(0) => 0,
         Some(t) => ns.now_s.saturating_add(t),
     };
-    let old = cur.record;
+    let old = cur.record.map(|r| &**r);
     let mut bins: Vec<Bin> = if replace {
         Vec::new()
     } else {
@@ -432,6 +452,7 @@ fn write(cmd: &Command, cur: Existing<'_>, ns: Namespace) -> Result<Action, u8> 
         generation: 0,
         void_time,
         ops: reply_ops,
+        record: None,
     };
     if bins.is_empty() {
         // A write that leaves no bin deletes the record; on a record that did not exist the
@@ -533,8 +554,8 @@ mod tests {
             value,
         }
     }
-    fn rec(bins: Vec<(&str, Value)>) -> Record {
-        Record {
+    fn rec(bins: Vec<(&str, Value)>) -> Arc<Record> {
+        Arc::new(Record {
             meta: RecordMeta {
                 digest: Digest([7; 20]),
                 generation: 4,
@@ -552,9 +573,9 @@ mod tests {
                     value: v,
                 })
                 .collect(),
-        }
+        })
     }
-    fn with(r: &Record) -> Existing<'_> {
+    fn with(r: &Arc<Record>) -> Existing<'_> {
         Existing {
             record: Some(r),
             generation: r.meta.generation,
@@ -662,7 +683,8 @@ mod tests {
             None,
             0,
         ));
-        assert_eq!((all.generation, all.ops.len()), (4, 2));
+        assert_eq!((all.generation, all.n_ops()), (4, 2));
+        assert!(all.record.as_ref().is_some_and(|a| Arc::ptr_eq(a, &r)), "bins answered from the stored record");
         let sel = reply(apply(
             &cmd(
                 info1::READ,
@@ -802,13 +824,13 @@ mod tests {
         assert_eq!(vt(0, NONE), Ok(0));
         assert_eq!(vt(TTL_NEVER, NONE), Ok(0));
         assert_eq!(vt(60, NONE), Ok(1060));
-        let r = Record {
+        let r = Arc::new(Record {
             meta: RecordMeta {
                 void_time: 5000,
                 ..rec(vec![]).meta
             },
-            ..rec(vec![("a", Value::Int(0))])
-        };
+            ..Record::clone(&rec(vec![("a", Value::Int(0))]))
+        });
         assert_eq!(vt(TTL_DONT_UPDATE, with(&r)), Ok(5000));
         assert_eq!(vt(MAX_TTL_S + 1, NONE), Err(rc::PARAMETER));
     }
@@ -821,7 +843,7 @@ mod tests {
             apply(&cmd(info1::READ | info1::GET_ALL, 0, 0, vec![]), with(&r), Some(no), 0),
             Action::Reply(Reply::code(rc::FILTERED_OUT))
         );
-        r.key = Some(StoredKey {
+        Arc::make_mut(&mut r).key = Some(StoredKey {
             ptype: 3,
             bytes: b"k1".to_vec(),
         });

@@ -116,7 +116,7 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
             }
             other => other,
         };
-        let action = self.decide(&self.pending(key).cmd, rec.as_deref(), entry);
+        let action = self.decide(&self.pending(key).cmd, rec.as_ref(), entry);
         if !matches!(action, Action::Reply(_)) {
             self.cache.forget(&digest);
         }
@@ -308,7 +308,7 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
     /// What `cmd` does to the record as stored here (`rec`: its bins when read, `None` when
     /// there is none or they were not needed; `entry`: its live index entry), with the
     /// command's filter applied.
-    pub(crate) fn decide(&self, cmd: &Command, rec: Option<&Record>, entry: Option<crate::index::IndexEntry>) -> Action {
+    pub(crate) fn decide(&self, cmd: &Command, rec: Option<&Arc<Record>>, entry: Option<crate::index::IndexEntry>) -> Action {
         let cur = Existing {
             record: rec,
             generation: entry.map_or(0, |e| e.generation()),

@@ -83,6 +83,8 @@ pub struct Core<D: BlockDevice, C: Clock, B: Doorbell> {
     pub(crate) conns: Conns,
     /// Connections with new bytes to serve this turn.
     pub(crate) readable: Vec<ConnId>,
+    /// The other half of `readable`'s double buffer (empty between turns).
+    readable_spare: Vec<ConnId>,
     /// Connections to close at the end of the turn.
     pub(crate) to_close: Vec<ConnId>,
     pub(crate) cmds: Cmds,
@@ -153,6 +155,7 @@ impl<N: NetQueue, D: BlockDevice, C: Clock, B: Doorbell> Reactor<N, D, C, B> {
                 parking,
                 conns: Conns::new(opts.conn_limits),
                 readable: Vec::new(),
+                readable_spare: Vec::new(),
                 to_close: Vec::new(),
                 cmds: Cmds::default(),
                 scan_reads: Slab::default(),
@@ -385,16 +388,15 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
     }
 
     fn serve_readable(&mut self) {
-        let ready = std::mem::take(&mut self.readable);
+        // Two vectors swapped turn by turn, both keeping their capacity: connections answered
+        // while serving (a local GET is answered at once) go to the other one.
+        let mut ready = std::mem::take(&mut self.readable_spare);
+        std::mem::swap(&mut ready, &mut self.readable);
         for conn in &ready {
             self.serve(*conn);
         }
-        // Keep the vector's capacity for the next turn.
-        let mut ready = ready;
         ready.clear();
-        if self.readable.is_empty() {
-            self.readable = ready;
-        }
+        self.readable_spare = ready;
     }
 
     /// Takes the next whole request off the connection, if it is idle, and serves it.

@@ -235,7 +235,9 @@ impl<D: BlockDevice, C: Clock, B: Doorbell> Core<D, C, B> {
                 return;
             }
         };
-        let rec = rec.filter(|r| !self.truncate.covers(r.meta.lut_ms, &r.set_name));
+        let rec = rec
+            .filter(|r| !self.truncate.covers(r.meta.lut_ms, &r.set_name))
+            .map(std::sync::Arc::new);
         let entry = self.shard.peek(&cmd.digest).filter(|_| rec.is_some());
         let reply = match self.decide(&cmd, rec.as_ref(), entry) {
             Action::Reply(r) => r,
